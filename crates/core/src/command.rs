@@ -1,0 +1,272 @@
+//! Replicated commands and the state machine's responses.
+//!
+//! A command carries everything apply needs: the leader stamps the time
+//! (`at`, unix seconds), fresh ids and derived bounds before proposing, so
+//! apply stays a pure function.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Jti, Kid};
+
+/// Who asked for a change, for the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Actor(pub String);
+
+/// The metadata of a newly signed token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewToken {
+    /// Token id.
+    pub jti: Jti,
+    /// Subject.
+    pub sub: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Optional audience.
+    pub aud: Option<String>,
+    /// Issued at (unix seconds).
+    pub iat: i64,
+    /// Not before.
+    pub nbf: i64,
+    /// Expires at.
+    pub exp: i64,
+    /// Rotation family.
+    pub fam: Jti,
+    /// Signing key.
+    pub kid: Kid,
+}
+
+/// A replicated command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Record a token the leader signed.
+    Issue {
+        /// The token's metadata.
+        token: NewToken,
+        /// Caller.
+        actor: Actor,
+    },
+    /// Record a successor and revoke the predecessor at `revoke_at`.
+    Refresh {
+        /// The token being replaced.
+        predecessor: Jti,
+        /// The successor, in the predecessor's family.
+        successor: NewToken,
+        /// When the predecessor stops being valid (unix seconds).
+        revoke_at: i64,
+        /// Leader's time.
+        at: i64,
+        /// Caller.
+        actor: Actor,
+    },
+    /// Revoke one token.
+    RevokeToken {
+        /// Token id.
+        jti: Jti,
+        /// Audit reason.
+        reason: String,
+        /// Leader's time.
+        at: i64,
+        /// Caller.
+        actor: Actor,
+    },
+    /// Revoke every token of `sub` with `iat <= before`.
+    RevokeSubject {
+        /// Subject.
+        sub: String,
+        /// Cutoff (inclusive), unix seconds.
+        before: i64,
+        /// When the cutoff can no longer matter (before + max TTL).
+        drop_after: i64,
+        /// Audit reason.
+        reason: String,
+        /// Leader's time.
+        at: i64,
+        /// Caller.
+        actor: Actor,
+    },
+    /// Revoke a whole rotation family.
+    RevokeFamily {
+        /// Family id.
+        family: Jti,
+        /// When the entry can no longer matter.
+        drop_after: i64,
+        /// Audit reason.
+        reason: String,
+        /// Leader's time.
+        at: i64,
+        /// Caller.
+        actor: Actor,
+    },
+    /// Publish a new signing key (stage 1 of a rotation).
+    PublishKey {
+        /// Key id.
+        kid: Kid,
+        /// Ed25519 public key.
+        public: [u8; 32],
+        /// Private key sealed with the KEK.
+        sealed: Vec<u8>,
+        /// Leader's time.
+        at: i64,
+        /// Caller.
+        actor: Actor,
+    },
+    /// Sign new tokens with `kid` (stage 2); the previous active key retires.
+    ActivateKey {
+        /// Key id.
+        kid: Kid,
+        /// Leader's time.
+        at: i64,
+        /// Caller.
+        actor: Actor,
+    },
+    /// Refuse `kid` from now on (stage 3).
+    RetireKey {
+        /// Key id.
+        kid: Kid,
+        /// Retire even if tokens it signed are unexpired.
+        force: bool,
+        /// Leader's time.
+        at: i64,
+        /// Caller.
+        actor: Actor,
+    },
+    /// Revoke a (compromised) key: every token it signed is refused.
+    RevokeKey {
+        /// Key id.
+        kid: Kid,
+        /// Audit reason.
+        reason: String,
+        /// Leader's time.
+        at: i64,
+        /// Caller.
+        actor: Actor,
+    },
+    /// Drop revocations and records that can no longer matter: everything
+    /// whose `exp`/`drop_after` is at or before `cutoff`.
+    Sweep {
+        /// Cutoff, unix seconds (leader's now minus a clock-skew allowance).
+        cutoff: i64,
+    },
+}
+
+impl Command {
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Issue { .. } => "issue",
+            Command::Refresh { .. } => "refresh",
+            Command::RevokeToken { .. } => "revoke_token",
+            Command::RevokeSubject { .. } => "revoke_subject",
+            Command::RevokeFamily { .. } => "revoke_family",
+            Command::PublishKey { .. } => "publish_key",
+            Command::ActivateKey { .. } => "activate_key",
+            Command::RetireKey { .. } => "retire_key",
+            Command::RevokeKey { .. } => "revoke_key",
+            Command::Sweep { .. } => "sweep",
+        }
+    }
+}
+
+/// Why the state machine refused a command. Refusals are deterministic, so
+/// every replica refuses the same entry the same way and nothing changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    /// The named object does not exist.
+    #[error("{what} {id} not found")]
+    NotFound {
+        /// Kind of object.
+        what: String,
+        /// Its id.
+        id: String,
+    },
+    /// The object exists but is in the wrong state for this command.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The object already exists.
+    #[error("{what} {id} already exists")]
+    AlreadyExists {
+        /// Kind of object.
+        what: String,
+        /// Its id.
+        id: String,
+    },
+}
+
+/// The state machine's answer to one log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    /// A blank or membership entry.
+    Applied {
+        /// Revision of the entry.
+        revision: u64,
+    },
+    /// A token (or successor) was recorded.
+    Issued {
+        /// Revision of the entry.
+        revision: u64,
+    },
+    /// A revocation is in force.
+    Revoked {
+        /// Revision of the revocation in force (the first one for a repeat).
+        revision: u64,
+        /// True when nothing changed because it was already revoked.
+        already: bool,
+    },
+    /// A signing key changed stage.
+    KeyChanged {
+        /// Revision of the entry.
+        revision: u64,
+    },
+    /// Expired entries were dropped.
+    Swept {
+        /// Revision of the entry.
+        revision: u64,
+        /// How many entries were dropped.
+        dropped: u64,
+    },
+    /// The command was refused; nothing changed.
+    Rejected {
+        /// Revision of the entry that carried it.
+        revision: u64,
+        /// Why.
+        rejection: Rejection,
+    },
+}
+
+impl Response {
+    /// The revision the response reports.
+    pub fn revision(&self) -> u64 {
+        match self {
+            Response::Applied { revision }
+            | Response::Issued { revision }
+            | Response::Revoked { revision, .. }
+            | Response::KeyChanged { revision }
+            | Response::Swept { revision, .. }
+            | Response::Rejected { revision, .. } => *revision,
+        }
+    }
+}
+
+impl std::fmt::Display for Command {
+    /// Names the command and its ids; never token strings or key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Issue { token, .. } => write!(f, "issue jti={} sub={}", token.jti, token.sub),
+            Command::Refresh { predecessor, successor, .. } => {
+                write!(f, "refresh {} -> {}", predecessor, successor.jti)
+            }
+            Command::RevokeToken { jti, .. } => write!(f, "revoke_token jti={jti}"),
+            Command::RevokeSubject { sub, before, .. } => {
+                write!(f, "revoke_subject sub={sub} before={before}")
+            }
+            Command::RevokeFamily { family, .. } => write!(f, "revoke_family fam={family}"),
+            Command::PublishKey { kid, .. } => write!(f, "publish_key kid={kid}"),
+            Command::ActivateKey { kid, .. } => write!(f, "activate_key kid={kid}"),
+            Command::RetireKey { kid, .. } => write!(f, "retire_key kid={kid}"),
+            Command::RevokeKey { kid, .. } => write!(f, "revoke_key kid={kid}"),
+            Command::Sweep { cutoff } => write!(f, "sweep cutoff={cutoff}"),
+        }
+    }
+}

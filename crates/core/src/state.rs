@@ -1,0 +1,630 @@
+//! The deterministic state machine: signing keys, token records and the
+//! revocation set.
+//!
+//! [`State::apply`] reads only the state and the command. Indexes used for
+//! listing are derived data: they are skipped when the state is serialised
+//! into a snapshot and rebuilt by [`State::from_snapshot_bytes`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Actor, Command, NewToken, Rejection, Response};
+use crate::{Jti, Kid};
+
+/// Stage of a signing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    /// Known to edges, not yet signing.
+    Published,
+    /// Signs new tokens.
+    Active,
+    /// Replaced by a newer key; its tokens still verify.
+    Retiring,
+    /// Refused everywhere.
+    Retired,
+    /// Compromised: refused everywhere, with all its tokens.
+    Revoked,
+}
+
+impl KeyState {
+    /// Whether tokens signed with a key in this state verify.
+    pub fn accepts_tokens(self) -> bool {
+        matches!(self, KeyState::Published | KeyState::Active | KeyState::Retiring)
+    }
+}
+
+/// A signing key as replicated. The private half is sealed with the KEK and
+/// dropped once the key can no longer sign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Key id.
+    pub kid: Kid,
+    /// Ed25519 public key.
+    pub public: [u8; 32],
+    /// Private key sealed with the KEK; empty once retired or revoked.
+    pub sealed: Vec<u8>,
+    /// Current stage.
+    pub state: KeyState,
+    /// Revision of the publish.
+    pub published_revision: u64,
+    /// Revision of the latest stage change.
+    pub changed_revision: u64,
+    /// Latest `exp` of any token signed with this key (0 if none).
+    pub max_token_exp: i64,
+    /// Who made the latest stage change.
+    pub actor: Actor,
+}
+
+/// A token's replicated metadata (never the token string).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// The token's claims and key.
+    #[serde(flatten)]
+    pub token: NewToken,
+    /// Revision of the issue.
+    pub issued_revision: u64,
+    /// Who issued it.
+    pub actor: Actor,
+    /// Successor, once refreshed.
+    pub successor: Option<Jti>,
+}
+
+/// Which kind of revocation applies to a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationKind {
+    /// Revoked by jti (or refreshed).
+    Token,
+    /// Revoked with all tokens of its subject up to a time.
+    Subject,
+    /// Revoked with its whole family.
+    Family,
+    /// Its signing key was revoked.
+    Key,
+}
+
+/// One revocation of a single token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// The token's exp: the entry is swept after it.
+    pub exp: i64,
+    /// The token is refused from this time (unix seconds).
+    pub effective_at: i64,
+    /// Revision that put this revocation in force.
+    pub revision: u64,
+    /// Audit reason.
+    pub reason: String,
+    /// Who revoked.
+    pub actor: Actor,
+}
+
+/// A cutoff revoking many tokens (subject or family).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cutoff {
+    /// Tokens with `iat <= before` are refused (families: all tokens).
+    pub before: i64,
+    /// The entry is swept after this time.
+    pub drop_after: i64,
+    /// Revision that put it in force.
+    pub revision: u64,
+    /// Audit reason.
+    pub reason: String,
+    /// Who revoked.
+    pub actor: Actor,
+}
+
+/// What revoked a token, for status answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationInfo {
+    /// The kind that applies.
+    pub kind: RevocationKind,
+    /// Revision of the revocation.
+    pub revision: u64,
+    /// Time from which the token is refused.
+    pub effective_at: i64,
+    /// Audit reason.
+    pub reason: String,
+}
+
+/// The token status at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenStatus {
+    /// Valid.
+    Active,
+    /// Refused because revoked.
+    Revoked,
+    /// Will be refused at a known time (refresh grace).
+    RevokePending,
+    /// Past exp.
+    Expired,
+}
+
+/// The replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Revision (log index) of the last applied entry.
+    pub revision: u64,
+    keys: BTreeMap<Kid, KeyRecord>,
+    active: Option<Kid>,
+    tokens: BTreeMap<Jti, TokenRecord>,
+    revoked_tokens: BTreeMap<Jti, Revocation>,
+    revoked_subjects: BTreeMap<String, Cutoff>,
+    revoked_families: BTreeMap<Jti, Cutoff>,
+    #[serde(skip)]
+    by_subject: BTreeSet<(String, Jti)>,
+    #[serde(skip)]
+    by_family: BTreeSet<(Jti, Jti)>,
+}
+
+/// A snapshot could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("state snapshot is corrupt: {0}")]
+pub struct CorruptSnapshot(#[from] serde_json::Error);
+
+impl State {
+    /// Serialises the state for a snapshot. Deterministic: maps are ordered.
+    pub fn to_snapshot_bytes(&self) -> Vec<u8> {
+        // Serialising maps with string keys into a Vec cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Restores a state from snapshot bytes and rebuilds its indexes.
+    pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Self, CorruptSnapshot> {
+        let mut s: State = serde_json::from_slice(bytes)?;
+        s.by_subject = s.tokens.values().map(|r| (r.token.sub.clone(), r.token.jti)).collect();
+        s.by_family = s.tokens.values().map(|r| (r.token.fam, r.token.jti)).collect();
+        Ok(s)
+    }
+
+    /// Marks a non-command entry (blank, membership) as applied.
+    pub fn apply_noop(&mut self, revision: u64) -> Response {
+        self.revision = revision;
+        Response::Applied { revision }
+    }
+
+    /// Applies one command at `revision`. Pure: no clock, no randomness, no I/O.
+    pub fn apply(&mut self, revision: u64, cmd: &Command) -> Response {
+        self.revision = revision;
+        let result = match cmd {
+            Command::Issue { token, actor } => self.issue(revision, token, actor),
+            Command::Refresh { predecessor, successor, revoke_at, at, actor } => {
+                self.refresh(revision, *predecessor, successor, *revoke_at, *at, actor)
+            }
+            Command::RevokeToken { jti, reason, at, actor } => {
+                self.revoke_token(revision, *jti, reason, *at, actor)
+            }
+            Command::RevokeSubject { sub, before, drop_after, reason, actor, .. } => {
+                self.revoke_subject(revision, sub, *before, *drop_after, reason, actor)
+            }
+            Command::RevokeFamily { family, drop_after, reason, at, actor } => {
+                self.revoke_family(revision, *family, *drop_after, reason, *at, actor)
+            }
+            Command::PublishKey { kid, public, sealed, actor, .. } => {
+                self.publish_key(revision, *kid, *public, sealed, actor)
+            }
+            Command::ActivateKey { kid, actor, .. } => self.activate_key(revision, *kid, actor),
+            Command::RetireKey { kid, force, at, actor } => {
+                self.retire_key(revision, *kid, *force, *at, actor)
+            }
+            Command::RevokeKey { kid, actor, .. } => self.revoke_key(revision, *kid, actor),
+            Command::Sweep { cutoff } => Ok(self.sweep(revision, *cutoff)),
+        };
+        result.unwrap_or_else(|rejection| Response::Rejected { revision, rejection })
+    }
+
+    fn issue(&mut self, revision: u64, t: &NewToken, actor: &Actor) -> Result<Response, Rejection> {
+        self.check_can_record(t)?;
+        self.record(revision, t, actor);
+        Ok(Response::Issued { revision })
+    }
+
+    fn check_can_record(&self, t: &NewToken) -> Result<(), Rejection> {
+        if self.tokens.contains_key(&t.jti) {
+            return Err(Rejection::AlreadyExists { what: "token".into(), id: t.jti.to_string() });
+        }
+        if self.active != Some(t.kid) {
+            return Err(Rejection::FailedPrecondition(format!(
+                "signing key {} is no longer the active key; retry",
+                t.kid
+            )));
+        }
+        if self.revoked_families.contains_key(&t.fam) {
+            return Err(Rejection::FailedPrecondition(format!("family {} is revoked", t.fam)));
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, revision: u64, t: &NewToken, actor: &Actor) {
+        if let Some(k) = self.keys.get_mut(&t.kid) {
+            k.max_token_exp = k.max_token_exp.max(t.exp);
+        }
+        self.by_subject.insert((t.sub.clone(), t.jti));
+        self.by_family.insert((t.fam, t.jti));
+        self.tokens.insert(
+            t.jti,
+            TokenRecord {
+                token: t.clone(),
+                issued_revision: revision,
+                actor: actor.clone(),
+                successor: None,
+            },
+        );
+    }
+
+    fn refresh(
+        &mut self,
+        revision: u64,
+        pred: Jti,
+        succ: &NewToken,
+        revoke_at: i64,
+        at: i64,
+        actor: &Actor,
+    ) -> Result<Response, Rejection> {
+        let Some(p) = self.tokens.get(&pred) else {
+            return Err(not_found("token", pred));
+        };
+        if p.successor.is_some() {
+            return Err(Rejection::FailedPrecondition(format!("token {pred} was already refreshed")));
+        }
+        if at >= p.token.exp {
+            return Err(Rejection::FailedPrecondition(format!("token {pred} has expired")));
+        }
+        if let Some(r) = self.revocation_of(p) {
+            if r.effective_at <= at {
+                return Err(Rejection::FailedPrecondition(format!("token {pred} is revoked")));
+            }
+        }
+        if succ.fam != p.token.fam {
+            return Err(Rejection::FailedPrecondition("successor must be in the same family".into()));
+        }
+        self.check_can_record(succ)?;
+        let exp = p.token.exp;
+        self.record(revision, succ, actor);
+        if let Some(p) = self.tokens.get_mut(&pred) {
+            p.successor = Some(succ.jti);
+        }
+        self.revoked_tokens.insert(
+            pred,
+            Revocation {
+                exp,
+                effective_at: revoke_at,
+                revision,
+                reason: format!("refreshed by {}", succ.jti),
+                actor: actor.clone(),
+            },
+        );
+        Ok(Response::Issued { revision })
+    }
+
+    fn revoke_token(
+        &mut self,
+        revision: u64,
+        jti: Jti,
+        reason: &str,
+        at: i64,
+        actor: &Actor,
+    ) -> Result<Response, Rejection> {
+        let Some(rec) = self.tokens.get(&jti) else {
+            return Err(not_found("token", jti));
+        };
+        let exp = rec.token.exp;
+        if let Some(existing) = self.revoked_tokens.get_mut(&jti) {
+            if existing.effective_at <= at {
+                return Ok(Response::Revoked { revision: existing.revision, already: true });
+            }
+            // A pending (grace-period) revocation becomes immediate.
+            *existing = Revocation {
+                exp,
+                effective_at: at,
+                revision,
+                reason: reason.to_owned(),
+                actor: actor.clone(),
+            };
+            return Ok(Response::Revoked { revision, already: false });
+        }
+        self.revoked_tokens.insert(
+            jti,
+            Revocation { exp, effective_at: at, revision, reason: reason.to_owned(), actor: actor.clone() },
+        );
+        Ok(Response::Revoked { revision, already: false })
+    }
+
+    fn revoke_subject(
+        &mut self,
+        revision: u64,
+        sub: &str,
+        before: i64,
+        drop_after: i64,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<Response, Rejection> {
+        if let Some(c) = self.revoked_subjects.get_mut(sub) {
+            if c.before >= before {
+                return Ok(Response::Revoked { revision: c.revision, already: true });
+            }
+            *c = Cutoff {
+                before,
+                drop_after: drop_after.max(c.drop_after),
+                revision,
+                reason: reason.to_owned(),
+                actor: actor.clone(),
+            };
+            return Ok(Response::Revoked { revision, already: false });
+        }
+        self.revoked_subjects.insert(
+            sub.to_owned(),
+            Cutoff { before, drop_after, revision, reason: reason.to_owned(), actor: actor.clone() },
+        );
+        Ok(Response::Revoked { revision, already: false })
+    }
+
+    fn revoke_family(
+        &mut self,
+        revision: u64,
+        family: Jti,
+        drop_after: i64,
+        reason: &str,
+        at: i64,
+        actor: &Actor,
+    ) -> Result<Response, Rejection> {
+        if let Some(c) = self.revoked_families.get(&family) {
+            return Ok(Response::Revoked { revision: c.revision, already: true });
+        }
+        if self.by_family.range((family, Jti([0; 16]))..=(family, Jti([0xff; 16]))).next().is_none() {
+            return Err(not_found("family", family));
+        }
+        self.revoked_families.insert(
+            family,
+            Cutoff { before: at, drop_after, revision, reason: reason.to_owned(), actor: actor.clone() },
+        );
+        Ok(Response::Revoked { revision, already: false })
+    }
+
+    fn publish_key(
+        &mut self,
+        revision: u64,
+        kid: Kid,
+        public: [u8; 32],
+        sealed: &[u8],
+        actor: &Actor,
+    ) -> Result<Response, Rejection> {
+        if self.keys.contains_key(&kid) {
+            return Err(Rejection::AlreadyExists { what: "key".into(), id: kid.to_string() });
+        }
+        self.keys.insert(
+            kid,
+            KeyRecord {
+                kid,
+                public,
+                sealed: sealed.to_vec(),
+                state: KeyState::Published,
+                published_revision: revision,
+                changed_revision: revision,
+                max_token_exp: 0,
+                actor: actor.clone(),
+            },
+        );
+        Ok(Response::KeyChanged { revision })
+    }
+
+    fn activate_key(&mut self, revision: u64, kid: Kid, actor: &Actor) -> Result<Response, Rejection> {
+        let Some(k) = self.keys.get(&kid) else { return Err(not_found("key", kid)) };
+        match k.state {
+            KeyState::Published => {}
+            KeyState::Active => return Ok(Response::KeyChanged { revision: k.changed_revision }),
+            s => {
+                return Err(Rejection::FailedPrecondition(format!(
+                    "key {kid} is {s:?}; only a published key can be activated"
+                )))
+            }
+        }
+        if let Some(old) = self.active.and_then(|a| self.keys.get_mut(&a)) {
+            old.state = KeyState::Retiring;
+            old.changed_revision = revision;
+            old.actor = actor.clone();
+        }
+        if let Some(k) = self.keys.get_mut(&kid) {
+            k.state = KeyState::Active;
+            k.changed_revision = revision;
+            k.actor = actor.clone();
+        }
+        self.active = Some(kid);
+        Ok(Response::KeyChanged { revision })
+    }
+
+    fn retire_key(
+        &mut self,
+        revision: u64,
+        kid: Kid,
+        force: bool,
+        at: i64,
+        actor: &Actor,
+    ) -> Result<Response, Rejection> {
+        let Some(k) = self.keys.get_mut(&kid) else { return Err(not_found("key", kid)) };
+        match k.state {
+            KeyState::Active => {
+                return Err(Rejection::FailedPrecondition(format!(
+                    "key {kid} is active; activate another key first"
+                )))
+            }
+            KeyState::Retired | KeyState::Revoked => {
+                return Err(Rejection::FailedPrecondition(format!("key {kid} is already {:?}", k.state)))
+            }
+            KeyState::Published | KeyState::Retiring => {}
+        }
+        if !force && k.max_token_exp > at {
+            return Err(Rejection::FailedPrecondition(format!(
+                "key {kid} signed tokens valid until {}; retire after that or force",
+                k.max_token_exp
+            )));
+        }
+        k.state = KeyState::Retired;
+        k.sealed.clear();
+        k.changed_revision = revision;
+        k.actor = actor.clone();
+        Ok(Response::KeyChanged { revision })
+    }
+
+    fn revoke_key(&mut self, revision: u64, kid: Kid, actor: &Actor) -> Result<Response, Rejection> {
+        let Some(k) = self.keys.get_mut(&kid) else { return Err(not_found("key", kid)) };
+        if k.state == KeyState::Revoked {
+            return Ok(Response::Revoked { revision: k.changed_revision, already: true });
+        }
+        k.state = KeyState::Revoked;
+        k.sealed.clear();
+        k.changed_revision = revision;
+        k.actor = actor.clone();
+        if self.active == Some(kid) {
+            self.active = None;
+        }
+        Ok(Response::Revoked { revision, already: false })
+    }
+
+    fn sweep(&mut self, revision: u64, cutoff: i64) -> Response {
+        let before = self.revoked_tokens.len()
+            + self.revoked_subjects.len()
+            + self.revoked_families.len()
+            + self.tokens.len();
+        self.revoked_tokens.retain(|_, r| r.exp > cutoff);
+        self.revoked_subjects.retain(|_, c| c.drop_after > cutoff);
+        self.revoked_families.retain(|_, c| c.drop_after > cutoff);
+        let expired: Vec<Jti> =
+            self.tokens.values().filter(|r| r.token.exp <= cutoff).map(|r| r.token.jti).collect();
+        for jti in expired {
+            if let Some(r) = self.tokens.remove(&jti) {
+                self.by_subject.remove(&(r.token.sub, jti));
+                self.by_family.remove(&(r.token.fam, jti));
+            }
+        }
+        let after = self.revoked_tokens.len()
+            + self.revoked_subjects.len()
+            + self.revoked_families.len()
+            + self.tokens.len();
+        Response::Swept { revision, dropped: (before - after) as u64 }
+    }
+
+    // ---- queries ----
+
+    /// The key that signs new tokens.
+    pub fn active_key(&self) -> Option<&KeyRecord> {
+        self.active.and_then(|k| self.keys.get(&k))
+    }
+
+    /// A key by id.
+    pub fn key(&self, kid: &Kid) -> Option<&KeyRecord> {
+        self.keys.get(kid)
+    }
+
+    /// All keys, by id.
+    pub fn keys(&self) -> impl Iterator<Item = &KeyRecord> {
+        self.keys.values()
+    }
+
+    /// A token record.
+    pub fn token(&self, jti: &Jti) -> Option<&TokenRecord> {
+        self.tokens.get(jti)
+    }
+
+    /// Number of token records.
+    pub fn token_count(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Number of revocation entries of every kind.
+    pub fn revocation_count(&self) -> usize {
+        self.revoked_tokens.len() + self.revoked_subjects.len() + self.revoked_families.len()
+    }
+
+    /// The revocation that applies to a token, if any (possibly pending).
+    pub fn revocation_of(&self, rec: &TokenRecord) -> Option<RevocationInfo> {
+        let t = &rec.token;
+        if let Some(k) = self.keys.get(&t.kid) {
+            if k.state == KeyState::Revoked {
+                return Some(RevocationInfo {
+                    kind: RevocationKind::Key,
+                    revision: k.changed_revision,
+                    effective_at: 0,
+                    reason: format!("signing key {} revoked", k.kid),
+                });
+            }
+        }
+        if let Some(c) = self.revoked_families.get(&t.fam) {
+            return Some(cutoff_info(RevocationKind::Family, c));
+        }
+        if let Some(c) = self.revoked_subjects.get(&t.sub) {
+            if t.iat <= c.before {
+                return Some(cutoff_info(RevocationKind::Subject, c));
+            }
+        }
+        self.revoked_tokens.get(&t.jti).map(|r| RevocationInfo {
+            kind: RevocationKind::Token,
+            revision: r.revision,
+            effective_at: r.effective_at,
+            reason: r.reason.clone(),
+        })
+    }
+
+    /// A token's status at `now` (unix seconds).
+    pub fn status(&self, rec: &TokenRecord, now: i64) -> (TokenStatus, Option<RevocationInfo>) {
+        let rev = self.revocation_of(rec);
+        let status = match &rev {
+            Some(r) if r.effective_at <= now => TokenStatus::Revoked,
+            _ if now >= rec.token.exp => TokenStatus::Expired,
+            Some(_) => TokenStatus::RevokePending,
+            None => TokenStatus::Active,
+        };
+        (status, rev)
+    }
+
+    /// Up to `limit` records after `after` (exclusive), ordered by jti,
+    /// optionally only of one subject or family.
+    pub fn list(
+        &self,
+        sub: Option<&str>,
+        family: Option<Jti>,
+        after: Option<Jti>,
+        limit: usize,
+    ) -> Vec<&TokenRecord> {
+        let start = after.map(|a| {
+            let mut b = a.0;
+            // the next id after `a`; saturates at the last id
+            for i in (0..16).rev() {
+                let (v, carry) = b[i].overflowing_add(1);
+                b[i] = v;
+                if !carry {
+                    break;
+                }
+            }
+            if b == [0; 16] { Jti([0xff; 16]) } else { Jti(b) }
+        });
+        let lo = start.unwrap_or(Jti([0; 16]));
+        if after == Some(Jti([0xff; 16])) {
+            return Vec::new();
+        }
+        let hi = Jti([0xff; 16]);
+        let ids: Box<dyn Iterator<Item = Jti> + '_> = match (sub, family) {
+            (Some(s), _) => Box::new(
+                self.by_subject
+                    .range((s.to_owned(), lo)..=(s.to_owned(), hi))
+                    .map(|(_, j)| *j)
+                    .filter(move |j| family.is_none_or(|f| self.tokens.get(j).is_some_and(|r| r.token.fam == f))),
+            ),
+            (None, Some(f)) => Box::new(self.by_family.range((f, lo)..=(f, hi)).map(|(_, j)| *j)),
+            (None, None) => Box::new(self.tokens.range(lo..=hi).map(|(j, _)| *j)),
+        };
+        ids.filter_map(|j| self.tokens.get(&j)).take(limit).collect()
+    }
+}
+
+fn cutoff_info(kind: RevocationKind, c: &Cutoff) -> RevocationInfo {
+    RevocationInfo { kind, revision: c.revision, effective_at: c.before, reason: c.reason.clone() }
+}
+
+fn not_found(what: &str, id: impl std::fmt::Display) -> Rejection {
+    Rejection::NotFound { what: what.into(), id: id.to_string() }
+}
+
+#[cfg(test)]
+mod tests;

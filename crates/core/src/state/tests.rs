@@ -1,0 +1,225 @@
+use super::*;
+use crate::command::{Actor, Command, NewToken, Rejection, Response};
+
+const T0: i64 = 1_700_000_000;
+
+fn op() -> Actor {
+    Actor("test".into())
+}
+
+struct Fx {
+    st: State,
+    rev: u64,
+    kid: Kid,
+}
+
+impl Fx {
+    fn new() -> Self {
+        let mut fx = Fx { st: State::default(), rev: 0, kid: Kid([1; 16]) };
+        fx.apply(Command::PublishKey { kid: fx.kid, public: [0; 32], sealed: vec![1, 2], at: T0, actor: op() });
+        fx.apply(Command::ActivateKey { kid: fx.kid, at: T0, actor: op() });
+        fx
+    }
+
+    fn apply(&mut self, c: Command) -> Response {
+        self.rev += 1;
+        self.st.apply(self.rev, &c)
+    }
+
+    fn token(&self, n: u8, sub: &str, iat: i64, ttl: i64) -> NewToken {
+        let jti = Jti([n; 16]);
+        NewToken {
+            jti,
+            sub: sub.into(),
+            scopes: vec!["read".into()],
+            aud: None,
+            iat,
+            nbf: iat,
+            exp: iat + ttl,
+            fam: jti,
+            kid: self.kid,
+        }
+    }
+
+    fn issue(&mut self, n: u8, sub: &str, iat: i64) -> Jti {
+        let t = self.token(n, sub, iat, 3600);
+        let r = self.apply(Command::Issue { token: t, actor: op() });
+        assert!(matches!(r, Response::Issued { .. }), "{r:?}");
+        Jti([n; 16])
+    }
+
+    fn status(&self, jti: Jti, now: i64) -> TokenStatus {
+        self.st.status(self.st.token(&jti).unwrap(), now).0
+    }
+}
+
+#[test]
+fn revoke_token_is_idempotent_and_unknown_is_not_found() {
+    let mut fx = Fx::new();
+    let a = fx.issue(1, "alice", T0);
+    let r1 = fx.apply(Command::RevokeToken { jti: a, reason: "leak".into(), at: T0 + 1, actor: op() });
+    let Response::Revoked { revision: first, already: false } = r1 else { panic!("{r1:?}") };
+    let r2 = fx.apply(Command::RevokeToken { jti: a, reason: "again".into(), at: T0 + 2, actor: op() });
+    assert_eq!(r2, Response::Revoked { revision: first, already: true });
+    assert_eq!(fx.status(a, T0 + 2), TokenStatus::Revoked);
+    let before = fx.st.clone();
+    let r3 = fx.apply(Command::RevokeToken { jti: Jti([9; 16]), reason: String::new(), at: T0, actor: op() });
+    assert!(matches!(r3, Response::Rejected { rejection: Rejection::NotFound { .. }, .. }));
+    // only the revision moved
+    let mut b = before;
+    b.revision = fx.st.revision;
+    assert_eq!(b, fx.st);
+}
+
+#[test]
+fn revoke_subject_cuts_off_tokens_issued_up_to_the_time() {
+    let mut fx = Fx::new();
+    let old = fx.issue(1, "bob", T0);
+    let same_second = fx.issue(2, "bob", T0 + 10);
+    let other = fx.issue(3, "carol", T0);
+    fx.apply(Command::RevokeSubject {
+        sub: "bob".into(),
+        before: T0 + 10,
+        drop_after: T0 + 10 + 86_400,
+        reason: "fired".into(),
+        at: T0 + 10,
+        actor: op(),
+    });
+    let newer = fx.issue(4, "bob", T0 + 11);
+    assert_eq!(fx.status(old, T0 + 20), TokenStatus::Revoked);
+    assert_eq!(fx.status(same_second, T0 + 20), TokenStatus::Revoked);
+    assert_eq!(fx.status(other, T0 + 20), TokenStatus::Active);
+    assert_eq!(fx.status(newer, T0 + 20), TokenStatus::Active);
+    // an earlier cutoff is a no-op returning the first revision
+    let r = fx.apply(Command::RevokeSubject {
+        sub: "bob".into(),
+        before: T0,
+        drop_after: T0 + 86_400,
+        reason: String::new(),
+        at: T0 + 12,
+        actor: op(),
+    });
+    assert!(matches!(r, Response::Revoked { already: true, .. }));
+}
+
+#[test]
+fn refresh_then_family_revoke() {
+    let mut fx = Fx::new();
+    let a = fx.issue(1, "dave", T0);
+    let mut succ = fx.token(2, "dave", T0 + 5, 3600);
+    succ.fam = a;
+    let r = fx.apply(Command::Refresh { predecessor: a, successor: succ.clone(), revoke_at: T0 + 65, at: T0 + 5, actor: op() });
+    assert!(matches!(r, Response::Issued { .. }), "{r:?}");
+    assert_eq!(fx.status(a, T0 + 30), TokenStatus::RevokePending);
+    assert_eq!(fx.status(a, T0 + 65), TokenStatus::Revoked);
+    assert_eq!(fx.status(succ.jti, T0 + 65), TokenStatus::Active);
+    // refreshing the predecessor again is refused (reuse)
+    let mut again = fx.token(3, "dave", T0 + 6, 3600);
+    again.fam = a;
+    let r = fx.apply(Command::Refresh { predecessor: a, successor: again, revoke_at: T0 + 6, at: T0 + 6, actor: op() });
+    assert!(matches!(r, Response::Rejected { rejection: Rejection::FailedPrecondition(_), .. }));
+    // revoking the family kills every member
+    let r = fx.apply(Command::RevokeFamily { family: a, drop_after: T0 + 90_000, reason: "reuse".into(), at: T0 + 7, actor: op() });
+    assert!(matches!(r, Response::Revoked { already: false, .. }));
+    assert_eq!(fx.status(succ.jti, T0 + 8), TokenStatus::Revoked);
+    let r = fx.apply(Command::RevokeFamily { family: Jti([0xee; 16]), drop_after: 0, reason: String::new(), at: T0, actor: op() });
+    assert!(matches!(r, Response::Rejected { rejection: Rejection::NotFound { .. }, .. }));
+}
+
+#[test]
+fn revoke_key_revokes_its_tokens_and_stops_issuance() {
+    let mut fx = Fx::new();
+    let a = fx.issue(1, "erin", T0);
+    let kid = fx.kid;
+    let r = fx.apply(Command::RevokeKey { kid, reason: "compromised".into(), at: T0 + 1, actor: op() });
+    assert!(matches!(r, Response::Revoked { already: false, .. }));
+    assert_eq!(fx.status(a, T0 + 2), TokenStatus::Revoked);
+    assert!(fx.st.active_key().is_none());
+    let t = fx.token(2, "erin", T0 + 2, 60);
+    let r = fx.apply(Command::Issue { token: t, actor: op() });
+    assert!(matches!(r, Response::Rejected { .. }));
+    assert!(fx.st.key(&kid).unwrap().sealed.is_empty());
+}
+
+#[test]
+fn staged_rotation() {
+    let mut fx = Fx::new();
+    let old = fx.kid;
+    fx.issue(1, "f", T0);
+    let new = Kid([2; 16]);
+    fx.apply(Command::PublishKey { kid: new, public: [1; 32], sealed: vec![3], at: T0, actor: op() });
+    assert_eq!(fx.st.key(&new).unwrap().state, KeyState::Published);
+    assert_eq!(fx.st.active_key().unwrap().kid, old);
+    fx.apply(Command::ActivateKey { kid: new, at: T0 + 1, actor: op() });
+    assert_eq!(fx.st.key(&old).unwrap().state, KeyState::Retiring);
+    assert_eq!(fx.st.active_key().unwrap().kid, new);
+    // tokens signed by the old key are unexpired: retire refused unless forced
+    let r = fx.apply(Command::RetireKey { kid: old, force: false, at: T0 + 2, actor: op() });
+    assert!(matches!(r, Response::Rejected { .. }));
+    let r = fx.apply(Command::RetireKey { kid: old, force: false, at: T0 + 3600, actor: op() });
+    assert!(matches!(r, Response::KeyChanged { .. }), "{r:?}");
+    assert_eq!(fx.st.key(&old).unwrap().state, KeyState::Retired);
+    // the active key can't be retired
+    let r = fx.apply(Command::RetireKey { kid: new, force: true, at: T0 + 3600, actor: op() });
+    assert!(matches!(r, Response::Rejected { .. }));
+    // an issue signed with the old key after activation is refused
+    let mut t = fx.token(5, "f", T0 + 5, 60);
+    t.kid = old;
+    assert!(matches!(fx.apply(Command::Issue { token: t, actor: op() }), Response::Rejected { .. }));
+}
+
+#[test]
+fn sweep_drops_only_what_can_no_longer_matter() {
+    let mut fx = Fx::new();
+    let a = fx.issue(1, "g", T0); // exp T0+3600
+    let b = fx.issue(2, "g", T0 + 1000); // exp T0+4600
+    fx.apply(Command::RevokeToken { jti: a, reason: String::new(), at: T0 + 1, actor: op() });
+    fx.apply(Command::RevokeToken { jti: b, reason: String::new(), at: T0 + 1001, actor: op() });
+    fx.apply(Command::RevokeSubject { sub: "h".into(), before: T0, drop_after: T0 + 4000, reason: String::new(), at: T0, actor: op() });
+    assert_eq!(fx.st.revocation_count(), 3);
+    let r = fx.apply(Command::Sweep { cutoff: T0 + 3599 });
+    assert!(matches!(r, Response::Swept { dropped: 0, .. }));
+    let r = fx.apply(Command::Sweep { cutoff: T0 + 3600 });
+    // a's revocation and a's record
+    assert!(matches!(r, Response::Swept { dropped: 2, .. }), "{r:?}");
+    assert!(fx.st.token(&a).is_none());
+    assert_eq!(fx.status(b, T0 + 3600), TokenStatus::Revoked);
+    fx.apply(Command::Sweep { cutoff: T0 + 5000 });
+    assert_eq!(fx.st.revocation_count(), 0);
+    assert_eq!(fx.st.token_count(), 0);
+}
+
+#[test]
+fn snapshot_round_trip_rebuilds_indexes_and_is_deterministic() {
+    let mut fx = Fx::new();
+    for n in 1..20 {
+        fx.issue(n, if n % 2 == 0 { "even" } else { "odd" }, T0);
+    }
+    let bytes = fx.st.to_snapshot_bytes();
+    let back = State::from_snapshot_bytes(&bytes).unwrap();
+    assert_eq!(back, fx.st);
+    assert_eq!(back.to_snapshot_bytes(), bytes);
+    assert_eq!(back.list(Some("even"), None, None, 100).len(), 9);
+    assert!(State::from_snapshot_bytes(b"{garbage").is_err());
+}
+
+#[test]
+fn list_pages() {
+    let mut fx = Fx::new();
+    for n in 1..=25 {
+        fx.issue(n, "p", T0);
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = fx.st.list(Some("p"), None, after, 10);
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|r| r.token.jti);
+        seen.extend(page.into_iter().map(|r| r.token.jti));
+    }
+    assert_eq!(seen.len(), 25);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(fx.st.list(None, None, Some(Jti([0xff; 16])), 10).len(), 0);
+}

@@ -1,0 +1,18 @@
+//! Compiles `proto/veto/v1/*.proto` with a vendored protoc, so no system
+//! protoc is needed.
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    std::env::set_var("PROTOC", protoc);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = ["token", "admin", "feed", "verifier", "raft"]
+        .map(|f| root.join("veto/v1").join(format!("{f}.proto")));
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    tonic_prost_build::configure()
+        .bytes(".veto.v1")
+        .compile_protos(&files, &[root])?;
+    Ok(())
+}

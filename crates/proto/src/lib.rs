@@ -1,0 +1,13 @@
+//! veto's gRPC contract, generated from `proto/veto/v1/*.proto`.
+//!
+//! Everything the public services and the internal Raft transport exchange is
+//! defined there; this crate only compiles it. Conversions between these wire
+//! types and `veto-core`'s domain types live with the code that owns each
+//! mapping (`veto-server`), so domain types never derive `prost::Message`.
+
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("veto.v1");
+}
+
+pub use v1::*;

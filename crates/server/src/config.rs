@@ -1,0 +1,257 @@
+//! Server configuration, layered: defaults -> TOML file -> environment
+//! (`VETO_*`) -> command-line flags. [`Options::validate`] names the bad field.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use veto_core::Limits;
+
+/// Everything a control-plane node needs to start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// Non-zero node id, unique in the cluster and stable across restarts.
+    pub node_id: u64,
+    /// Address the gRPC server listens on (Raft, TokenService, AdminService, FeedService).
+    pub listen_addr: SocketAddr,
+    /// Address other nodes and clients use to reach this node's gRPC server;
+    /// defaults to `listen_addr`.
+    pub advertise_addr: Option<String>,
+    /// Address of the HTTP server (`/healthz`, `/readyz`, `/metrics`, JWKS).
+    pub http_addr: SocketAddr,
+    /// Data directory (RocksDB).
+    pub data_dir: PathBuf,
+    /// File holding the key-encryption key (64 hex characters or base64 of 32 bytes).
+    pub kek_file: Option<PathBuf>,
+    /// The key-encryption key itself (prefer `kek_file` or the `VETO_KEK` env).
+    #[serde(skip_serializing)]
+    pub kek: Option<String>,
+    /// Input limits and token lifetimes.
+    pub limits: Limits,
+    /// Raft timings and log compaction.
+    pub raft: RaftOptions,
+    /// Seconds between expiry sweeps proposed by the leader.
+    pub sweep_interval_seconds: u64,
+    /// Clock-skew allowance: a revocation is kept this long past its token's exp.
+    pub sweep_grace_seconds: u64,
+    /// Largest gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+/// Raft timing and compaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftOptions {
+    /// Leader heartbeat interval.
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomised election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomised election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind the latest snapshot.
+    pub max_in_snapshot_log_to_keep: u64,
+}
+
+impl Default for RaftOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_logs_since_last: 20_000,
+            max_in_snapshot_log_to_keep: 1_000,
+        }
+    }
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            node_id: 0,
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            advertise_addr: None,
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 7480)),
+            data_dir: PathBuf::from("./veto-data"),
+            kek_file: None,
+            kek: None,
+            limits: Limits::default(),
+            raft: RaftOptions::default(),
+            sweep_interval_seconds: 60,
+            sweep_grace_seconds: 300,
+            max_message_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// A bad configuration value; the message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// Path given.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these options.
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// Path given.
+        path: PathBuf,
+        /// Cause.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// `veto-server` command line. Every flag also reads a `VETO_*` variable.
+#[derive(Debug, Parser, Default)]
+#[command(name = "veto-server", version, about = "veto control-plane node")]
+pub struct Flags {
+    /// TOML config file; flags and environment override it.
+    #[arg(long, env = "VETO_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Node id (non-zero, stable).
+    #[arg(long, env = "VETO_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// gRPC listen address, e.g. 127.0.0.1:7400 (port 0 picks a free port).
+    #[arg(long, env = "VETO_LISTEN_ADDR")]
+    pub listen_addr: Option<SocketAddr>,
+    /// gRPC address advertised to peers and clients.
+    #[arg(long, env = "VETO_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// HTTP listen address.
+    #[arg(long, env = "VETO_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Data directory.
+    #[arg(long, env = "VETO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// File with the key-encryption key.
+    #[arg(long, env = "VETO_KEK_FILE")]
+    pub kek_file: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub dump_config: bool,
+    /// Write the bound gRPC and HTTP addresses as JSON to this file once listening
+    /// (for tools that start servers on port 0).
+    #[arg(long, env = "VETO_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+}
+
+impl Options {
+    /// Layers defaults, the TOML file, the environment and the flags.
+    pub fn load(flags: &Flags) -> Result<Self, ConfigError> {
+        let mut o = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str(&text)
+                    .map_err(|e| ConfigError::Parse { path: path.clone(), source: Box::new(e) })?
+            }
+            None => Options::default(),
+        };
+        if let Some(v) = flags.node_id {
+            o.node_id = v;
+        }
+        if let Some(v) = flags.listen_addr {
+            o.listen_addr = v;
+        }
+        if let Some(v) = &flags.advertise_addr {
+            o.advertise_addr = Some(v.clone());
+        }
+        if let Some(v) = flags.http_addr {
+            o.http_addr = v;
+        }
+        if let Some(v) = &flags.data_dir {
+            o.data_dir = v.clone();
+        }
+        if let Some(v) = &flags.kek_file {
+            o.kek_file = Some(v.clone());
+        }
+        if let Ok(v) = std::env::var("VETO_KEK") {
+            o.kek = Some(v);
+        }
+        o.validate()?;
+        Ok(o)
+    }
+
+    /// Checks every value; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.node_id == 0 {
+            return bad("node_id must be set to a non-zero id (--node-id or VETO_NODE_ID)".into());
+        }
+        if self.kek.is_none() && self.kek_file.is_none() {
+            return bad("a key-encryption key is required: set kek_file (--kek-file) or VETO_KEK".into());
+        }
+        self.limits.validate().map_err(ConfigError::Invalid)?;
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 {
+            return bad("raft.heartbeat_interval_ms must be greater than 0".into());
+        }
+        if r.election_timeout_min_ms <= r.heartbeat_interval_ms {
+            return bad("raft.election_timeout_min_ms must exceed raft.heartbeat_interval_ms".into());
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return bad("raft.election_timeout_max_ms must exceed raft.election_timeout_min_ms".into());
+        }
+        if r.snapshot_logs_since_last == 0 {
+            return bad("raft.snapshot_logs_since_last must be greater than 0".into());
+        }
+        if self.sweep_interval_seconds == 0 {
+            return bad("sweep_interval_seconds must be greater than 0".into());
+        }
+        if !(64 * 1024..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
+            return bad("max_message_bytes must be between 65536 and 67108864".into());
+        }
+        Ok(())
+    }
+
+    /// The address peers and clients use for this node.
+    pub fn advertised(&self, bound: SocketAddr) -> String {
+        self.advertise_addr.clone().unwrap_or_else(|| bound.to_string())
+    }
+
+    /// Reads the key-encryption key from the env value or the file.
+    pub fn load_kek(&self) -> Result<veto_core::Kek, ConfigError> {
+        let text = match (&self.kek, &self.kek_file) {
+            (Some(k), _) => k.clone(),
+            (None, Some(p)) => std::fs::read_to_string(p)
+                .map_err(|source| ConfigError::Read { path: p.clone(), source })?,
+            (None, None) => return Err(ConfigError::Invalid("no key-encryption key configured".into())),
+        };
+        veto_core::Kek::parse(&text).map_err(|e| ConfigError::Invalid(format!("kek: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_names_the_field() {
+        let mut o = Options { node_id: 1, kek: Some("00".repeat(32)), ..Options::default() };
+        assert!(o.validate().is_ok());
+        o.raft.election_timeout_max_ms = 100;
+        let e = o.validate().unwrap_err().to_string();
+        assert!(e.contains("raft.election_timeout_max_ms"), "{e}");
+        let o = Options { node_id: 0, ..Options::default() };
+        assert!(o.validate().unwrap_err().to_string().contains("node_id"));
+    }
+
+    #[test]
+    fn toml_round_trip_and_unknown_fields_rejected() {
+        let o = Options { node_id: 3, kek_file: Some("/k".into()), ..Options::default() };
+        let text = toml::to_string(&o).unwrap();
+        let back: Options = toml::from_str(&text).unwrap();
+        assert_eq!(back, o);
+        assert!(toml::from_str::<Options>("node_idd = 3").is_err());
+    }
+}

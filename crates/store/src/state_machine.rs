@@ -1,0 +1,231 @@
+//! The replicated state machine: `veto_core::State` in memory, persisted as
+//! snapshots in the `sm` column family.
+
+use std::io;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use futures::{Stream, TryStreamExt};
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, RaftSnapshotBuilder};
+use rocksdb::{WriteBatch, WriteOptions, DB};
+use tokio::sync::watch;
+use veto_core::{Response, State};
+
+use crate::{io_err, TypeConfig, CF_SM};
+
+type C = TypeConfig;
+
+const SNAPSHOT_META: &[u8] = b"snapshot_meta";
+const SNAPSHOT_DATA: &[u8] = b"snapshot_data";
+
+struct Applied {
+    last_applied: Option<LogIdOf<C>>,
+    membership: StoredMembershipOf<C>,
+    state: State,
+}
+
+struct Shared {
+    db: Arc<DB>,
+    applied: RwLock<Applied>,
+    applied_tx: watch::Sender<u64>,
+    snapshot_index: std::sync::atomic::AtomicU64,
+}
+
+/// The state machine store handed to openraft; cheap to clone.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    shared: Arc<Shared>,
+}
+
+/// Read access to the applied state for the services.
+#[derive(Clone)]
+pub struct StateHandle {
+    shared: Arc<Shared>,
+}
+
+impl StateHandle {
+    /// Runs `f` with the applied state under a read lock. Keep `f` short.
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        let g = read_lock(&self.shared.applied);
+        f(&g.state)
+    }
+
+    /// Revision (log index) of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        *self.shared.applied_tx.borrow()
+    }
+
+    /// A receiver that sees every new applied index.
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.shared.applied_tx.subscribe()
+    }
+
+    /// Index covered by the latest snapshot.
+    pub fn snapshot_index(&self) -> u64 {
+        self.shared.snapshot_index.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // A panic while holding the lock would already have aborted the apply;
+    // the data itself is still consistent, so recover the guard.
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn synced() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    wo
+}
+
+impl StateMachineStore {
+    pub(crate) fn open(db: Arc<DB>) -> Result<Self, String> {
+        let cf = db.cf_handle(CF_SM).ok_or("column family sm missing")?;
+        let meta = db.get_cf(&cf, SNAPSHOT_META).map_err(|e| e.to_string())?;
+        let data = db.get_cf(&cf, SNAPSHOT_DATA).map_err(|e| e.to_string())?;
+        let applied = match (meta, data) {
+            (Some(m), Some(d)) => {
+                let meta: SnapshotMetaOf<C> =
+                    serde_json::from_slice(&m).map_err(|e| format!("snapshot meta: {e}"))?;
+                let state = State::from_snapshot_bytes(&d).map_err(|e| e.to_string())?;
+                Applied { last_applied: meta.last_log_id, membership: meta.last_membership, state }
+            }
+            (None, None) => Applied {
+                last_applied: None,
+                membership: StoredMembershipOf::<C>::default(),
+                state: State::default(),
+            },
+            _ => return Err("snapshot meta and data are inconsistent".into()),
+        };
+        let idx = applied.last_applied.as_ref().map(|l| l.index).unwrap_or(0);
+        let (applied_tx, _) = watch::channel(idx);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                db,
+                applied: RwLock::new(applied),
+                applied_tx,
+                snapshot_index: std::sync::atomic::AtomicU64::new(idx),
+            }),
+        })
+    }
+
+    /// A read handle on the applied state.
+    pub fn handle(&self) -> StateHandle {
+        StateHandle { shared: self.shared.clone() }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+        self.shared.applied.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save_snapshot(&self, meta: &SnapshotMetaOf<C>, data: &[u8]) -> io::Result<()> {
+        let cf = self.shared.db.cf_handle(CF_SM).ok_or_else(|| io_err("cf sm missing"))?;
+        let mut b = WriteBatch::default();
+        b.put_cf(&cf, SNAPSHOT_META, serde_json::to_vec(meta).map_err(io_err)?);
+        b.put_cf(&cf, SNAPSHOT_DATA, data);
+        self.shared.db.write_opt(b, &synced()).map_err(io_err)?;
+        let idx = meta.last_log_id.as_ref().map(|l| l.index).unwrap_or(0);
+        self.shared.snapshot_index.store(idx, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<C> for StateMachineStore {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Vec<u8>>, io::Error> {
+        let (meta, state) = {
+            let g = read_lock(&self.shared.applied);
+            let meta = SnapshotMetaOf::<C> {
+                last_log_id: g.last_applied.clone(),
+                last_membership: g.membership.clone(),
+            };
+            (meta, g.state.clone())
+        };
+        let this = self.clone();
+        let meta2 = meta.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            let data = state.to_snapshot_bytes();
+            this.save_snapshot(&meta2, &data).map(|_| data)
+        })
+        .await
+        .map_err(io_err)??;
+        Ok(SnapshotOf::<C, Vec<u8>> { meta, snapshot: data })
+    }
+}
+
+impl RaftStateMachine<C> for StateMachineStore {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), io::Error> {
+        let g = read_lock(&self.shared.applied);
+        Ok((g.last_applied.clone(), g.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + Send,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let index = entry.log_id.index;
+            let resp: Response = {
+                let mut g = self.write();
+                let r = match &entry.payload {
+                    EntryPayload::Blank => g.state.apply_noop(index),
+                    EntryPayload::Normal(cmd) => g.state.apply(index, cmd),
+                    EntryPayload::Membership(m) => {
+                        g.membership = StoredMembershipOf::<C>::new(Some(entry.log_id.clone()), m.clone());
+                        g.state.apply_noop(index)
+                    }
+                };
+                g.last_applied = Some(entry.log_id.clone());
+                r
+            };
+            self.shared.applied_tx.send_replace(index);
+            if let Some(r) = responder {
+                r.send(resp);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<C>,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        let state = State::from_snapshot_bytes(&snapshot)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        self.save_snapshot(meta, &snapshot)?;
+        let idx = meta.last_log_id.as_ref().map(|l| l.index).unwrap_or(0);
+        {
+            let mut g = self.write();
+            g.state = state;
+            g.last_applied = meta.last_log_id.clone();
+            g.membership = meta.last_membership.clone();
+        }
+        self.shared.applied_tx.send_replace(idx);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, Vec<u8>>>, io::Error> {
+        let cf = self.shared.db.cf_handle(CF_SM).ok_or_else(|| io_err("cf sm missing"))?;
+        let meta = self.shared.db.get_cf(&cf, SNAPSHOT_META).map_err(io_err)?;
+        let data = self.shared.db.get_cf(&cf, SNAPSHOT_DATA).map_err(io_err)?;
+        match (meta, data) {
+            (Some(m), Some(d)) => {
+                let meta: SnapshotMetaOf<C> = serde_json::from_slice(&m).map_err(io_err)?;
+                Ok(Some(SnapshotOf::<C, Vec<u8>> { meta, snapshot: d }))
+            }
+            _ => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! Runs real `veto-server` processes on ephemeral 127.0.0.1 ports, for
+//! integration tests, `veto demo` and benchmarks.
+//!
+//! Each node gets its own data directory under one temporary directory and
+//! binds port 0; it reports the bound addresses through a ready file, so
+//! there are no port races. Every wait is bounded in time. Dropping a
+//! [`Cluster`] kills its processes and removes its files.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::process::{Child, Command};
+use tonic::transport::{Channel, Endpoint};
+use veto_proto::admin_service_client::AdminServiceClient;
+use veto_proto::token_service_client::TokenServiceClient;
+use veto_proto::{InitRequest, Member, Role, StatusRequest, StatusResponse};
+
+/// Polls `f` every `every` until it returns `Some`, for at most `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, every: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Where the `veto-server` binary is: `$VETO_SERVER_BIN`, else next to the
+/// running executable (or one directory up, for test binaries in `deps/`).
+pub fn server_bin() -> Result<PathBuf> {
+    bin_named("veto-server", "VETO_SERVER_BIN")
+}
+
+/// Finds a workspace binary by name, honouring an env override.
+pub fn bin_named(name: &str, env: &str) -> Result<PathBuf> {
+    if let Ok(p) = std::env::var(env) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("current_exe")?;
+    let mut dir = exe.parent().map(Path::to_path_buf);
+    for _ in 0..2 {
+        if let Some(d) = &dir {
+            let cand = d.join(name);
+            if cand.is_file() {
+                return Ok(cand);
+            }
+            dir = d.parent().map(Path::to_path_buf);
+        }
+    }
+    bail!("cannot find the {name} binary next to {}; build it (cargo build --bins) or set {env}", exe.display())
+}
+
+/// A lazily connecting channel to `addr` (host:port).
+pub fn channel(addr: &str) -> Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .connect_lazy())
+}
+
+/// One `veto-server` process.
+pub struct Node {
+    /// Raft node id.
+    pub id: u64,
+    /// gRPC address (host:port).
+    pub grpc_addr: String,
+    /// HTTP address (host:port).
+    pub http_addr: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Log file of the process (stdout and stderr).
+    pub log_file: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// TokenService client.
+    pub fn tokens(&self) -> Result<TokenServiceClient<Channel>> {
+        Ok(TokenServiceClient::new(channel(&self.grpc_addr)?))
+    }
+
+    /// AdminService client.
+    pub fn admin(&self) -> Result<AdminServiceClient<Channel>> {
+        Ok(AdminServiceClient::new(channel(&self.grpc_addr)?))
+    }
+
+    /// This node's status, if it answers.
+    pub async fn status(&self) -> Option<StatusResponse> {
+        let mut c = self.admin().ok()?;
+        c.status(StatusRequest {}).await.ok().map(|r| r.into_inner())
+    }
+}
+
+/// Options for a test cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Number of voters.
+    pub nodes: usize,
+    /// Extra TOML appended to every node's config file.
+    pub extra_config: String,
+    /// Where to put data; a fresh temporary directory if None.
+    pub base_dir: Option<PathBuf>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self { nodes: 3, extra_config: String::new(), base_dir: None }
+    }
+}
+
+/// A set of `veto-server` processes.
+pub struct Cluster {
+    /// The nodes, by position (node id = position + 1 for the initial ones).
+    pub nodes: Vec<Node>,
+    base: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    kek: String,
+    extra_config: String,
+    bin: PathBuf,
+}
+
+impl Cluster {
+    /// Starts `opts.nodes` servers, initialises them as one cluster and waits
+    /// for a leader.
+    pub async fn start(opts: ClusterOptions) -> Result<Self> {
+        let (tmp, base) = match &opts.base_dir {
+            Some(b) => {
+                std::fs::create_dir_all(b)?;
+                (None, b.clone())
+            }
+            None => {
+                let t = tempfile::Builder::new().prefix("veto-cluster-").tempdir()?;
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        let kek = hex_key();
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            base,
+            _tmp: tmp,
+            kek,
+            extra_config: opts.extra_config,
+            bin: server_bin()?,
+        };
+        for id in 1..=opts.nodes as u64 {
+            c.spawn_new(id).await?;
+        }
+        let members = c
+            .nodes
+            .iter()
+            .map(|n| Member { node_id: n.id, addr: n.grpc_addr.clone() })
+            .collect();
+        let mut admin = c.nodes[0].admin()?;
+        admin.init(InitRequest { members }).await.context("init")?;
+        c.wait_leader(Duration::from_secs(20)).await?;
+        Ok(c)
+    }
+
+    /// Base directory of the cluster's files.
+    pub fn base_dir(&self) -> &Path {
+        &self.base
+    }
+
+    /// Starts a new node process with id `id` (not yet a member).
+    pub async fn spawn_new(&mut self, id: u64) -> Result<&Node> {
+        let data_dir = self.base.join(format!("n{id}"));
+        std::fs::create_dir_all(&data_dir)?;
+        let node = self.launch(id, &data_dir, "127.0.0.1:0", "127.0.0.1:0").await?;
+        self.nodes.push(node);
+        self.nodes.last().ok_or_else(|| anyhow!("no node"))
+    }
+
+    async fn launch(&self, id: u64, data_dir: &Path, grpc: &str, http: &str) -> Result<Node> {
+        let cfg = data_dir.with_extension("toml");
+        let text = format!(
+            "node_id = {id}\nlisten_addr = \"{grpc}\"\nhttp_addr = \"{http}\"\ndata_dir = \"{}\"\n{}\n",
+            data_dir.join("db").display(),
+            self.extra_config
+        );
+        std::fs::write(&cfg, text)?;
+        let ready = data_dir.with_extension("ready");
+        let _ = std::fs::remove_file(&ready);
+        let log_file = data_dir.with_extension("log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_file)?;
+        let child = Command::new(&self.bin)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("VETO_KEK", &self.kek)
+            .env("RUST_LOG", std::env::var("VETO_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawn {}", self.bin.display()))?;
+        let mut child = Some(child);
+        let addrs: serde_json::Value = eventually(
+            "node ready file",
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || {
+                let ready = ready.clone();
+                let exited = child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                async move {
+                    if exited.is_some() {
+                        return Some(serde_json::Value::Null);
+                    }
+                    let t = std::fs::read_to_string(&ready).ok()?;
+                    serde_json::from_str(&t).ok()
+                }
+            },
+        )
+        .await?;
+        if addrs.is_null() {
+            let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+            bail!("veto-server {id} exited during start:\n{log}");
+        }
+        let get = |k: &str| addrs[k].as_str().map(str::to_owned).ok_or_else(|| anyhow!("ready file lacks {k}"));
+        Ok(Node {
+            id,
+            grpc_addr: get("grpc")?,
+            http_addr: get("http")?,
+            data_dir: data_dir.to_path_buf(),
+            log_file,
+            child,
+        })
+    }
+
+    /// The node with this id.
+    pub fn node(&self, id: u64) -> Result<&Node> {
+        self.nodes.iter().find(|n| n.id == id).ok_or_else(|| anyhow!("no node {id}"))
+    }
+
+    /// Kills a node with SIGKILL and waits for it to exit.
+    pub async fn kill(&mut self, id: u64) -> Result<()> {
+        let n = self.nodes.iter_mut().find(|n| n.id == id).ok_or_else(|| anyhow!("no node {id}"))?;
+        if let Some(mut c) = n.child.take() {
+            c.start_kill()?;
+            tokio::time::timeout(Duration::from_secs(10), c.wait()).await??;
+        }
+        Ok(())
+    }
+
+    /// Restarts a killed node on its data directory and former ports.
+    pub async fn restart(&mut self, id: u64) -> Result<()> {
+        let i = self.nodes.iter().position(|n| n.id == id).ok_or_else(|| anyhow!("no node {id}"))?;
+        if self.nodes[i].child.is_some() {
+            bail!("node {id} is running");
+        }
+        let (dir, grpc, http) = {
+            let n = &self.nodes[i];
+            (n.data_dir.clone(), n.grpc_addr.clone(), n.http_addr.clone())
+        };
+        let node = self.launch(id, &dir, &grpc, &http).await?;
+        self.nodes[i] = node;
+        Ok(())
+    }
+
+    /// Waits until the running nodes agree on one leader; returns its id.
+    pub async fn wait_leader(&self, limit: Duration) -> Result<u64> {
+        eventually("a leader", limit, Duration::from_millis(50), || async {
+            let mut leader = None;
+            for n in self.nodes.iter().filter(|n| n.is_running()) {
+                let s = n.status().await?;
+                if s.leader_id == 0 {
+                    return None;
+                }
+                if *leader.get_or_insert(s.leader_id) != s.leader_id {
+                    return None;
+                }
+            }
+            let l = leader?;
+            let s = self.node(l).ok()?.status().await?;
+            (s.role == Role::Leader as i32).then_some(l)
+        })
+        .await
+    }
+
+    /// Waits until every running node has applied at least `revision`.
+    pub async fn wait_applied(&self, revision: u64, limit: Duration) -> Result<()> {
+        eventually("all nodes applied", limit, Duration::from_millis(20), || async {
+            for n in self.nodes.iter().filter(|n| n.is_running()) {
+                if n.status().await?.applied_index < revision {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await
+    }
+
+    /// A running node that is not the leader.
+    pub async fn follower(&self) -> Result<&Node> {
+        let leader = self.wait_leader(Duration::from_secs(20)).await?;
+        self.nodes
+            .iter()
+            .find(|n| n.is_running() && n.id != leader)
+            .ok_or_else(|| anyhow!("no running follower"))
+    }
+}
+
+fn hex_key() -> String {
+    let k: [u8; 32] = rand::random();
+    k.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -13,6 +13,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_prost_build::configure()
         .bytes(".veto.v1")
-        .compile_protos(&files, &[root])?;
+        .compile_protos(&files, &[root.clone()])?;
+    // etcd's KV/Maintenance subset, used only by `veto bench` to drive etcd.
+    let etcd = root.join("bench/etcd.proto");
+    println!("cargo:rerun-if-changed={}", etcd.display());
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&[etcd], &[root])?;
     Ok(())
 }

@@ -1,0 +1,679 @@
+//! The `veto` operator CLI: cluster, token and key commands, `demo` and
+//! `bench`. Human output by default, `--json` for scripts.
+
+pub mod bench;
+pub mod demo;
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use tonic::transport::Channel;
+use veto_proto as pb;
+use veto_proto::admin_service_client::AdminServiceClient;
+use veto_proto::token_service_client::TokenServiceClient;
+
+/// veto: API tokens that die everywhere, fast, observably.
+#[derive(Debug, Parser)]
+#[command(name = "veto", version)]
+pub struct Cli {
+    /// Control-plane gRPC address(es), comma-separated; the first that answers is used.
+    #[arg(
+        long,
+        global = true,
+        env = "VETO_ADDR",
+        default_value = "127.0.0.1:7400"
+    )]
+    pub addr: String,
+    /// Print JSON instead of human-readable text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Per-call timeout in seconds.
+    #[arg(long, global = true, default_value_t = 15)]
+    pub timeout: u64,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Cluster membership and status.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Issue, refresh, revoke and inspect tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Signing keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Start a local 3-node cluster, issue a token, revoke it and show the numbers.
+    Demo(demo::DemoArgs),
+    /// Benchmarks against a local cluster (and etcd for comparison).
+    Bench(bench::BenchArgs),
+}
+
+/// `veto cluster ...`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Initialise a new cluster. Members as ID=HOST:PORT; none means the addressed node alone.
+    Init {
+        /// Initial voters, e.g. 1=10.0.0.1:7400.
+        #[arg(long = "member", value_parser = parse_member)]
+        members: Vec<pb::Member>,
+    },
+    /// Show the addressed node's view of the cluster.
+    Status,
+    /// Add a learner.
+    AddLearner {
+        /// Node id.
+        id: u64,
+        /// Its gRPC address (host:port).
+        #[arg(value_name = "ADDR")]
+        member_addr: String,
+        /// Return at once instead of waiting for it to catch up.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Promote a learner to voter.
+    Promote {
+        /// Node id.
+        id: u64,
+    },
+    /// Remove a voter or learner.
+    Remove {
+        /// Node id.
+        id: u64,
+    },
+    /// Move leadership to a voter.
+    TransferLeader {
+        /// Node id.
+        id: u64,
+    },
+}
+
+/// `veto token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Issue a token; prints the token string once.
+    Issue(IssueArgs),
+    /// Issue a successor in the same family; the predecessor dies after the grace period.
+    Refresh {
+        /// jti of the token to replace.
+        jti: String,
+        /// Lifetime of the successor (seconds, 0 = default).
+        #[arg(long, default_value_t = 0)]
+        ttl: u64,
+        /// Seconds the predecessor keeps working.
+        #[arg(long, default_value_t = 0)]
+        grace: u64,
+    },
+    /// Revoke one token.
+    Revoke {
+        /// jti of the token.
+        jti: String,
+        /// Reason for the audit trail.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Revoke every token of a subject issued up to now (or --before).
+    RevokeSubject {
+        /// The subject.
+        sub: String,
+        /// Unix seconds; default now.
+        #[arg(long, default_value_t = 0)]
+        before: i64,
+        /// Reason for the audit trail.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Revoke a whole rotation family.
+    RevokeFamily {
+        /// Family id.
+        family: String,
+        /// Reason for the audit trail.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Show one token's record and status.
+    Get {
+        /// jti of the token.
+        jti: String,
+    },
+    /// List tokens.
+    List {
+        /// Only this subject.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Only this family.
+        #[arg(long)]
+        family: Option<String>,
+        /// Page size (1..=1000).
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+        /// Continue from this page token.
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+}
+
+/// Arguments of `veto token issue`.
+#[derive(Debug, Args)]
+pub struct IssueArgs {
+    /// Subject.
+    #[arg(long)]
+    pub sub: String,
+    /// Scope (repeatable).
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// Audience.
+    #[arg(long)]
+    pub aud: Option<String>,
+    /// Lifetime in seconds (0 = the cluster default).
+    #[arg(long, default_value_t = 0)]
+    pub ttl: u64,
+}
+
+/// `veto keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// List signing keys and their stages.
+    List,
+    /// Move a key through publish -> activate -> retire (or revoke it).
+    Rotate {
+        /// publish | activate | retire | revoke
+        stage: String,
+        /// Key id (not for publish).
+        kid: Option<String>,
+        /// Activate without waiting for edges / retire despite unexpired tokens.
+        #[arg(long)]
+        force: bool,
+        /// Reason for the audit trail.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+fn parse_member(s: &str) -> Result<pb::Member, String> {
+    let (id, addr) = s.split_once('=').ok_or("expected ID=HOST:PORT")?;
+    let node_id = id.parse().map_err(|_| format!("bad node id {id:?}"))?;
+    Ok(pb::Member {
+        node_id,
+        addr: addr.to_owned(),
+    })
+}
+
+/// Connects to the first address that accepts a connection.
+pub async fn connect(addrs: &str, timeout: Duration) -> Result<Channel> {
+    let mut last = None;
+    for a in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{a}"))
+            .with_context(|| format!("bad address {a:?}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(timeout);
+        match ep.connect().await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(anyhow::anyhow!("{a}: {e}")),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no address given")))
+}
+
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+fn role(r: i32) -> &'static str {
+    match pb::Role::try_from(r) {
+        Ok(pb::Role::Leader) => "leader",
+        Ok(pb::Role::Follower) => "follower",
+        Ok(pb::Role::Candidate) => "candidate",
+        Ok(pb::Role::Learner) => "learner",
+        Ok(pb::Role::Shutdown) => "shutdown",
+        _ => "unknown",
+    }
+}
+
+fn token_status(s: i32) -> &'static str {
+    match pb::TokenStatus::try_from(s) {
+        Ok(pb::TokenStatus::Active) => "active",
+        Ok(pb::TokenStatus::Revoked) => "revoked",
+        Ok(pb::TokenStatus::RevokePending) => "revoke-pending",
+        Ok(pb::TokenStatus::Expired) => "expired",
+        _ => "unknown",
+    }
+}
+
+fn key_state(s: i32) -> &'static str {
+    match pb::KeyState::try_from(s) {
+        Ok(pb::KeyState::Published) => "published",
+        Ok(pb::KeyState::Active) => "active",
+        Ok(pb::KeyState::Retiring) => "retiring",
+        Ok(pb::KeyState::Retired) => "retired",
+        Ok(pb::KeyState::Revoked) => "revoked",
+        _ => "unknown",
+    }
+}
+
+fn record_json(r: &pb::TokenRecord) -> serde_json::Value {
+    json!({
+        "jti": r.jti, "sub": r.sub, "scopes": r.scopes, "aud": r.aud, "iat": r.iat, "nbf": r.nbf,
+        "exp": r.exp, "family": r.family, "kid": r.kid, "issued_revision": r.issued_revision,
+        "successor": r.successor,
+    })
+}
+
+fn info_json(t: &pb::TokenInfo) -> serde_json::Value {
+    json!({
+        "record": t.record.as_ref().map(record_json),
+        "status": token_status(t.status),
+        "revocation": t.revocation.as_ref().map(|r| json!({
+            "kind": r.kind, "revision": r.revision, "effective_at_unix": r.effective_at_unix, "reason": r.reason,
+        })),
+        "revision": t.revision,
+    })
+}
+
+fn membership_json(m: &Option<pb::MembershipInfo>) -> serde_json::Value {
+    let m = m.clone().unwrap_or_default();
+    let list = |v: &[pb::Member]| {
+        v.iter()
+            .map(|m| json!({"node_id": m.node_id, "addr": m.addr}))
+            .collect::<Vec<_>>()
+    };
+    json!({ "voters": list(&m.voters), "learners": list(&m.learners) })
+}
+
+fn print_membership(json_out: bool, r: &pb::MembershipResponse) {
+    if json_out {
+        println!(
+            "{}",
+            json!({"revision": r.revision, "membership": membership_json(&r.membership)})
+        );
+        return;
+    }
+    let m = r.membership.clone().unwrap_or_default();
+    println!("membership at revision {}", r.revision);
+    for v in &m.voters {
+        println!("  voter   {:>4}  {}", v.node_id, v.addr);
+    }
+    for l in &m.learners {
+        println!("  learner {:>4}  {}", l.node_id, l.addr);
+    }
+}
+
+fn print_revoke(json_out: bool, r: &pb::RevokeResponse) {
+    if json_out {
+        println!(
+            "{}",
+            json!({"revision": r.revision, "already_revoked": r.already_revoked, "commit_ms": r.commit_ms,
+                   "propagation_ms": r.propagation_ms, "edges_behind": r.edges_behind})
+        );
+    } else if r.already_revoked {
+        println!("already revoked at revision {}", r.revision);
+    } else {
+        println!(
+            "revoked at revision {} (committed in {:.2} ms)",
+            r.revision, r.commit_ms
+        );
+    }
+}
+
+/// Runs one CLI invocation.
+pub async fn run(cli: Cli) -> Result<()> {
+    let timeout = Duration::from_secs(cli.timeout.max(1));
+    let j = cli.json;
+    match cli.cmd {
+        Cmd::Demo(args) => return demo::run(args, j).await,
+        Cmd::Bench(args) => return bench::run(args, j).await,
+        _ => {}
+    }
+    let ch = connect(&cli.addr, timeout).await?;
+    let mut admin = AdminServiceClient::new(ch.clone());
+    let mut tokens = TokenServiceClient::new(ch);
+    match cli.cmd {
+        Cmd::Cluster(c) => match c {
+            ClusterCmd::Init { members } => {
+                let r = admin
+                    .init(pb::InitRequest { members })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                if j {
+                    println!("{}", json!({"leader_id": r.leader_id}));
+                } else {
+                    println!("cluster initialised; leader is node {}", r.leader_id);
+                }
+            }
+            ClusterCmd::Status => {
+                let s = admin
+                    .status(pb::StatusRequest {})
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                if j {
+                    println!(
+                        "{}",
+                        json!({
+                            "node_id": s.node_id, "role": role(s.role), "term": s.term, "leader_id": s.leader_id,
+                            "leader_addr": s.leader_addr, "commit_index": s.commit_index,
+                            "applied_index": s.applied_index, "last_log_index": s.last_log_index,
+                            "snapshot_index": s.snapshot_index, "purged_index": s.purged_index,
+                            "membership": membership_json(&s.membership), "tokens": s.tokens,
+                            "revocations": s.revocations, "active_kid": s.active_kid,
+                        })
+                    );
+                } else {
+                    println!("node {} ({}), term {}", s.node_id, role(s.role), s.term);
+                    println!("leader      {} {}", s.leader_id, s.leader_addr);
+                    println!("commit      {}", s.commit_index);
+                    println!("applied     {}", s.applied_index);
+                    println!(
+                        "last log    {}  (snapshot {}, purged {})",
+                        s.last_log_index, s.snapshot_index, s.purged_index
+                    );
+                    println!("tokens      {}  revocations {}", s.tokens, s.revocations);
+                    println!(
+                        "active key  {}",
+                        if s.active_kid.is_empty() {
+                            "-"
+                        } else {
+                            &s.active_kid
+                        }
+                    );
+                    let m = s.membership.unwrap_or_default();
+                    for v in &m.voters {
+                        println!("  voter   {:>4}  {}", v.node_id, v.addr);
+                    }
+                    for l in &m.learners {
+                        println!("  learner {:>4}  {}", l.node_id, l.addr);
+                    }
+                }
+            }
+            ClusterCmd::AddLearner {
+                id,
+                member_addr: addr,
+                no_wait,
+            } => {
+                let r = admin
+                    .add_learner(pb::AddLearnerRequest {
+                        member: Some(pb::Member { node_id: id, addr }),
+                        blocking: !no_wait,
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                print_membership(j, &r);
+            }
+            ClusterCmd::Promote { id } => {
+                let r = admin
+                    .promote(pb::PromoteRequest { node_id: id })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                print_membership(j, &r);
+            }
+            ClusterCmd::Remove { id } => {
+                let r = admin
+                    .remove(pb::RemoveRequest { node_id: id })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                print_membership(j, &r);
+            }
+            ClusterCmd::TransferLeader { id } => {
+                let r = admin
+                    .transfer_leader(pb::TransferLeaderRequest { to_node_id: id })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                if j {
+                    println!("{}", json!({"leader_id": r.leader_id}));
+                } else {
+                    println!("leader is now node {}", r.leader_id);
+                }
+            }
+        },
+        Cmd::Token(t) => match t {
+            TokenCmd::Issue(a) => {
+                let r = tokens
+                    .issue(pb::IssueRequest {
+                        sub: a.sub,
+                        scopes: a.scopes,
+                        aud: a.aud,
+                        ttl_seconds: a.ttl,
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                let rec = r.record.clone().unwrap_or_default();
+                if j {
+                    println!(
+                        "{}",
+                        json!({"token": r.token, "record": record_json(&rec), "revision": r.revision})
+                    );
+                } else {
+                    println!("{}", r.token);
+                    eprintln!(
+                        "jti {}  sub {}  exp {}  kid {}  revision {}",
+                        rec.jti, rec.sub, rec.exp, rec.kid, r.revision
+                    );
+                }
+            }
+            TokenCmd::Refresh { jti, ttl, grace } => {
+                let r = tokens
+                    .refresh(pb::RefreshRequest {
+                        jti,
+                        ttl_seconds: ttl,
+                        grace_seconds: grace,
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                let s = r.successor.unwrap_or_default();
+                let rec = s.record.clone().unwrap_or_default();
+                if j {
+                    println!(
+                        "{}",
+                        json!({"token": s.token, "record": record_json(&rec), "revision": s.revision,
+                               "predecessor_revoked_at_unix": r.predecessor_revoked_at_unix})
+                    );
+                } else {
+                    println!("{}", s.token);
+                    eprintln!(
+                        "jti {}  family {}  revision {}  predecessor refused from {}",
+                        rec.jti, rec.family, s.revision, r.predecessor_revoked_at_unix
+                    );
+                }
+            }
+            TokenCmd::Revoke { jti, reason } => {
+                let r = tokens
+                    .revoke(pb::RevokeRequest {
+                        jti,
+                        reason,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                print_revoke(j, &r);
+            }
+            TokenCmd::RevokeSubject {
+                sub,
+                before,
+                reason,
+            } => {
+                let r = tokens
+                    .revoke_subject(pb::RevokeSubjectRequest {
+                        sub,
+                        before_unix: before,
+                        reason,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                print_revoke(j, &r);
+            }
+            TokenCmd::RevokeFamily { family, reason } => {
+                let r = tokens
+                    .revoke_family(pb::RevokeFamilyRequest {
+                        family,
+                        reason,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                print_revoke(j, &r);
+            }
+            TokenCmd::Get { jti } => {
+                let r = tokens
+                    .get(pb::GetTokenRequest { jti })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                if j {
+                    println!("{}", info_json(&r));
+                } else {
+                    print_info(&r);
+                }
+            }
+            TokenCmd::List {
+                sub,
+                family,
+                page_size,
+                page_token,
+            } => {
+                let r = tokens
+                    .list(pb::ListTokensRequest {
+                        sub,
+                        family,
+                        page_size,
+                        page_token,
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                if j {
+                    println!(
+                        "{}",
+                        json!({"tokens": r.tokens.iter().map(info_json).collect::<Vec<_>>(),
+                               "next_page_token": r.next_page_token, "revision": r.revision})
+                    );
+                } else {
+                    println!(
+                        "{:<32}  {:<14}  {:<20}  {:>10}",
+                        "jti", "status", "sub", "exp"
+                    );
+                    for t in &r.tokens {
+                        let rec = t.record.clone().unwrap_or_default();
+                        println!(
+                            "{:<32}  {:<14}  {:<20}  {:>10}",
+                            rec.jti,
+                            token_status(t.status),
+                            rec.sub,
+                            rec.exp
+                        );
+                    }
+                    if !r.next_page_token.is_empty() {
+                        println!("more: --page-token {}", r.next_page_token);
+                    }
+                }
+            }
+        },
+        Cmd::Keys(k) => match k {
+            KeysCmd::List => {
+                let r = admin
+                    .list_keys(pb::ListKeysRequest {})
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                print_keys(j, &r.keys, r.revision);
+            }
+            KeysCmd::Rotate {
+                stage,
+                kid,
+                force,
+                reason,
+            } => {
+                let stage = match stage.as_str() {
+                    "publish" => pb::KeyStage::Publish,
+                    "activate" => pb::KeyStage::Activate,
+                    "retire" => pb::KeyStage::Retire,
+                    "revoke" => pb::KeyStage::Revoke,
+                    other => {
+                        bail!("unknown stage {other:?}: use publish, activate, retire or revoke")
+                    }
+                };
+                let r = admin
+                    .rotate_signing_key(pb::RotateSigningKeyRequest {
+                        stage: stage as i32,
+                        kid: kid.unwrap_or_default(),
+                        force,
+                        wait_timeout_ms: 0,
+                        reason,
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                if !j {
+                    println!("key {} at revision {}", r.kid, r.revision);
+                }
+                print_keys(j, &r.keys, r.revision);
+            }
+        },
+        Cmd::Demo(_) | Cmd::Bench(_) => {}
+    }
+    Ok(())
+}
+
+fn print_info(t: &pb::TokenInfo) {
+    let rec = t.record.clone().unwrap_or_default();
+    println!("jti        {}", rec.jti);
+    println!("status     {}", token_status(t.status));
+    println!("sub        {}", rec.sub);
+    println!("scopes     {}", rec.scopes.join(" "));
+    if let Some(a) = &rec.aud {
+        println!("aud        {a}");
+    }
+    println!("iat/exp    {} / {}", rec.iat, rec.exp);
+    println!("family     {}", rec.family);
+    println!("kid        {}", rec.kid);
+    println!("issued at  revision {}", rec.issued_revision);
+    if let Some(s) = &rec.successor {
+        println!("successor  {s}");
+    }
+    if let Some(r) = &t.revocation {
+        println!(
+            "revoked    by {} at revision {}, from {} ({})",
+            r.kind, r.revision, r.effective_at_unix, r.reason
+        );
+    }
+}
+
+fn print_keys(j: bool, keys: &[pb::KeyInfo], revision: u64) {
+    if j {
+        let ks: Vec<_> = keys
+            .iter()
+            .map(|k| json!({"kid": k.kid, "state": key_state(k.state), "public_key": k.public_key,
+                            "published_revision": k.published_revision, "max_token_exp": k.max_token_exp}))
+            .collect();
+        println!("{}", json!({"keys": ks, "revision": revision}));
+        return;
+    }
+    println!(
+        "{:<32}  {:<10}  {:>9}  {:>12}",
+        "kid", "state", "published", "max exp"
+    );
+    for k in keys {
+        println!(
+            "{:<32}  {:<10}  {:>9}  {:>12}",
+            k.kid,
+            key_state(k.state),
+            k.published_revision,
+            k.max_token_exp
+        );
+    }
+}

@@ -254,7 +254,11 @@ impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Issue { token, .. } => write!(f, "issue jti={} sub={}", token.jti, token.sub),
-            Command::Refresh { predecessor, successor, .. } => {
+            Command::Refresh {
+                predecessor,
+                successor,
+                ..
+            } => {
                 write!(f, "refresh {} -> {}", predecessor, successor.jti)
             }
             Command::RevokeToken { jti, .. } => write!(f, "revoke_token jti={jti}"),

@@ -12,7 +12,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct ParseIdError;
 
 fn parse_hex128(s: &str) -> Result<[u8; 16], ParseIdError> {
-    if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if s.len() != 32
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(ParseIdError);
     }
     let mut out = [0u8; 16];

@@ -78,7 +78,13 @@ impl Kek {
         // Encryption with a valid key and in-memory buffers cannot fail.
         let ct = self
             .cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: secret, aad: &aad })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: secret,
+                    aad: &aad,
+                },
+            )
             .unwrap_or_default();
         [nonce.as_slice(), &ct].concat()
     }
@@ -91,7 +97,13 @@ impl Kek {
         let (nonce, ct) = sealed.split_at(24);
         let pt = self
             .cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &kid.0 })
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: &kid.0,
+                },
+            )
             .map_err(|_| Error::Unseal(kid))?;
         <[u8; 32]>::try_from(pt.as_slice()).map_err(|_| Error::Unseal(kid))
     }
@@ -116,7 +128,10 @@ mod tests {
     #[test]
     fn parses_hex_and_base64() {
         let hex = "11".repeat(32);
-        assert_eq!(Kek::parse(&hex).unwrap().fingerprint(), Kek::from_bytes(&[0x11; 32]).fingerprint());
+        assert_eq!(
+            Kek::parse(&hex).unwrap().fingerprint(),
+            Kek::from_bytes(&[0x11; 32]).fingerprint()
+        );
         assert!(Kek::parse("ESIzRFVmd4iZqrvM3e7/ABEiM0RVZneImaq7zN3u/wA=").is_ok());
         assert!(Kek::parse("short").is_err());
     }

@@ -31,7 +31,10 @@ pub enum KeyState {
 impl KeyState {
     /// Whether tokens signed with a key in this state verify.
     pub fn accepts_tokens(self) -> bool {
-        matches!(self, KeyState::Published | KeyState::Active | KeyState::Retiring)
+        matches!(
+            self,
+            KeyState::Published | KeyState::Active | KeyState::Retiring
+        )
     }
 }
 
@@ -173,8 +176,16 @@ impl State {
     /// Restores a state from snapshot bytes and rebuilds its indexes.
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Self, CorruptSnapshot> {
         let mut s: State = serde_json::from_slice(bytes)?;
-        s.by_subject = s.tokens.values().map(|r| (r.token.sub.clone(), r.token.jti)).collect();
-        s.by_family = s.tokens.values().map(|r| (r.token.fam, r.token.jti)).collect();
+        s.by_subject = s
+            .tokens
+            .values()
+            .map(|r| (r.token.sub.clone(), r.token.jti))
+            .collect();
+        s.by_family = s
+            .tokens
+            .values()
+            .map(|r| (r.token.fam, r.token.jti))
+            .collect();
         Ok(s)
     }
 
@@ -189,29 +200,55 @@ impl State {
         self.revision = revision;
         let result = match cmd {
             Command::Issue { token, actor } => self.issue(revision, token, actor),
-            Command::Refresh { predecessor, successor, revoke_at, at, actor } => {
-                self.refresh(revision, *predecessor, successor, *revoke_at, *at, actor)
-            }
-            Command::RevokeToken { jti, reason, at, actor } => {
-                self.revoke_token(revision, *jti, reason, *at, actor)
-            }
-            Command::RevokeSubject { sub, before, drop_after, reason, actor, .. } => {
-                self.revoke_subject(revision, sub, *before, *drop_after, reason, actor)
-            }
-            Command::RevokeFamily { family, drop_after, reason, at, actor } => {
-                self.revoke_family(revision, *family, *drop_after, reason, *at, actor)
-            }
-            Command::PublishKey { kid, public, sealed, actor, .. } => {
-                self.publish_key(revision, *kid, *public, sealed, actor)
-            }
+            Command::Refresh {
+                predecessor,
+                successor,
+                revoke_at,
+                at,
+                actor,
+            } => self.refresh(revision, *predecessor, successor, *revoke_at, *at, actor),
+            Command::RevokeToken {
+                jti,
+                reason,
+                at,
+                actor,
+            } => self.revoke_token(revision, *jti, reason, *at, actor),
+            Command::RevokeSubject {
+                sub,
+                before,
+                drop_after,
+                reason,
+                actor,
+                ..
+            } => self.revoke_subject(revision, sub, *before, *drop_after, reason, actor),
+            Command::RevokeFamily {
+                family,
+                drop_after,
+                reason,
+                at,
+                actor,
+            } => self.revoke_family(revision, *family, *drop_after, reason, *at, actor),
+            Command::PublishKey {
+                kid,
+                public,
+                sealed,
+                actor,
+                ..
+            } => self.publish_key(revision, *kid, *public, sealed, actor),
             Command::ActivateKey { kid, actor, .. } => self.activate_key(revision, *kid, actor),
-            Command::RetireKey { kid, force, at, actor } => {
-                self.retire_key(revision, *kid, *force, *at, actor)
-            }
+            Command::RetireKey {
+                kid,
+                force,
+                at,
+                actor,
+            } => self.retire_key(revision, *kid, *force, *at, actor),
             Command::RevokeKey { kid, actor, .. } => self.revoke_key(revision, *kid, actor),
             Command::Sweep { cutoff } => Ok(self.sweep(revision, *cutoff)),
         };
-        result.unwrap_or_else(|rejection| Response::Rejected { revision, rejection })
+        result.unwrap_or_else(|rejection| Response::Rejected {
+            revision,
+            rejection,
+        })
     }
 
     fn issue(&mut self, revision: u64, t: &NewToken, actor: &Actor) -> Result<Response, Rejection> {
@@ -222,7 +259,10 @@ impl State {
 
     fn check_can_record(&self, t: &NewToken) -> Result<(), Rejection> {
         if self.tokens.contains_key(&t.jti) {
-            return Err(Rejection::AlreadyExists { what: "token".into(), id: t.jti.to_string() });
+            return Err(Rejection::AlreadyExists {
+                what: "token".into(),
+                id: t.jti.to_string(),
+            });
         }
         if self.active != Some(t.kid) {
             return Err(Rejection::FailedPrecondition(format!(
@@ -231,7 +271,10 @@ impl State {
             )));
         }
         if self.revoked_families.contains_key(&t.fam) {
-            return Err(Rejection::FailedPrecondition(format!("family {} is revoked", t.fam)));
+            return Err(Rejection::FailedPrecondition(format!(
+                "family {} is revoked",
+                t.fam
+            )));
         }
         Ok(())
     }
@@ -266,18 +309,26 @@ impl State {
             return Err(not_found("token", pred));
         };
         if p.successor.is_some() {
-            return Err(Rejection::FailedPrecondition(format!("token {pred} was already refreshed")));
+            return Err(Rejection::FailedPrecondition(format!(
+                "token {pred} was already refreshed"
+            )));
         }
         if at >= p.token.exp {
-            return Err(Rejection::FailedPrecondition(format!("token {pred} has expired")));
+            return Err(Rejection::FailedPrecondition(format!(
+                "token {pred} has expired"
+            )));
         }
         if let Some(r) = self.revocation_of(p) {
             if r.effective_at <= at {
-                return Err(Rejection::FailedPrecondition(format!("token {pred} is revoked")));
+                return Err(Rejection::FailedPrecondition(format!(
+                    "token {pred} is revoked"
+                )));
             }
         }
         if succ.fam != p.token.fam {
-            return Err(Rejection::FailedPrecondition("successor must be in the same family".into()));
+            return Err(Rejection::FailedPrecondition(
+                "successor must be in the same family".into(),
+            ));
         }
         self.check_can_record(succ)?;
         let exp = p.token.exp;
@@ -312,7 +363,10 @@ impl State {
         let exp = rec.token.exp;
         if let Some(existing) = self.revoked_tokens.get_mut(&jti) {
             if existing.effective_at <= at {
-                return Ok(Response::Revoked { revision: existing.revision, already: true });
+                return Ok(Response::Revoked {
+                    revision: existing.revision,
+                    already: true,
+                });
             }
             // A pending (grace-period) revocation becomes immediate.
             *existing = Revocation {
@@ -322,13 +376,25 @@ impl State {
                 reason: reason.to_owned(),
                 actor: actor.clone(),
             };
-            return Ok(Response::Revoked { revision, already: false });
+            return Ok(Response::Revoked {
+                revision,
+                already: false,
+            });
         }
         self.revoked_tokens.insert(
             jti,
-            Revocation { exp, effective_at: at, revision, reason: reason.to_owned(), actor: actor.clone() },
+            Revocation {
+                exp,
+                effective_at: at,
+                revision,
+                reason: reason.to_owned(),
+                actor: actor.clone(),
+            },
         );
-        Ok(Response::Revoked { revision, already: false })
+        Ok(Response::Revoked {
+            revision,
+            already: false,
+        })
     }
 
     fn revoke_subject(
@@ -342,7 +408,10 @@ impl State {
     ) -> Result<Response, Rejection> {
         if let Some(c) = self.revoked_subjects.get_mut(sub) {
             if c.before >= before {
-                return Ok(Response::Revoked { revision: c.revision, already: true });
+                return Ok(Response::Revoked {
+                    revision: c.revision,
+                    already: true,
+                });
             }
             *c = Cutoff {
                 before,
@@ -351,13 +420,25 @@ impl State {
                 reason: reason.to_owned(),
                 actor: actor.clone(),
             };
-            return Ok(Response::Revoked { revision, already: false });
+            return Ok(Response::Revoked {
+                revision,
+                already: false,
+            });
         }
         self.revoked_subjects.insert(
             sub.to_owned(),
-            Cutoff { before, drop_after, revision, reason: reason.to_owned(), actor: actor.clone() },
+            Cutoff {
+                before,
+                drop_after,
+                revision,
+                reason: reason.to_owned(),
+                actor: actor.clone(),
+            },
         );
-        Ok(Response::Revoked { revision, already: false })
+        Ok(Response::Revoked {
+            revision,
+            already: false,
+        })
     }
 
     fn revoke_family(
@@ -370,16 +451,33 @@ impl State {
         actor: &Actor,
     ) -> Result<Response, Rejection> {
         if let Some(c) = self.revoked_families.get(&family) {
-            return Ok(Response::Revoked { revision: c.revision, already: true });
+            return Ok(Response::Revoked {
+                revision: c.revision,
+                already: true,
+            });
         }
-        if self.by_family.range((family, Jti([0; 16]))..=(family, Jti([0xff; 16]))).next().is_none() {
+        if self
+            .by_family
+            .range((family, Jti([0; 16]))..=(family, Jti([0xff; 16])))
+            .next()
+            .is_none()
+        {
             return Err(not_found("family", family));
         }
         self.revoked_families.insert(
             family,
-            Cutoff { before: at, drop_after, revision, reason: reason.to_owned(), actor: actor.clone() },
+            Cutoff {
+                before: at,
+                drop_after,
+                revision,
+                reason: reason.to_owned(),
+                actor: actor.clone(),
+            },
         );
-        Ok(Response::Revoked { revision, already: false })
+        Ok(Response::Revoked {
+            revision,
+            already: false,
+        })
     }
 
     fn publish_key(
@@ -391,7 +489,10 @@ impl State {
         actor: &Actor,
     ) -> Result<Response, Rejection> {
         if self.keys.contains_key(&kid) {
-            return Err(Rejection::AlreadyExists { what: "key".into(), id: kid.to_string() });
+            return Err(Rejection::AlreadyExists {
+                what: "key".into(),
+                id: kid.to_string(),
+            });
         }
         self.keys.insert(
             kid,
@@ -409,11 +510,22 @@ impl State {
         Ok(Response::KeyChanged { revision })
     }
 
-    fn activate_key(&mut self, revision: u64, kid: Kid, actor: &Actor) -> Result<Response, Rejection> {
-        let Some(k) = self.keys.get(&kid) else { return Err(not_found("key", kid)) };
+    fn activate_key(
+        &mut self,
+        revision: u64,
+        kid: Kid,
+        actor: &Actor,
+    ) -> Result<Response, Rejection> {
+        let Some(k) = self.keys.get(&kid) else {
+            return Err(not_found("key", kid));
+        };
         match k.state {
             KeyState::Published => {}
-            KeyState::Active => return Ok(Response::KeyChanged { revision: k.changed_revision }),
+            KeyState::Active => {
+                return Ok(Response::KeyChanged {
+                    revision: k.changed_revision,
+                })
+            }
             s => {
                 return Err(Rejection::FailedPrecondition(format!(
                     "key {kid} is {s:?}; only a published key can be activated"
@@ -442,7 +554,9 @@ impl State {
         at: i64,
         actor: &Actor,
     ) -> Result<Response, Rejection> {
-        let Some(k) = self.keys.get_mut(&kid) else { return Err(not_found("key", kid)) };
+        let Some(k) = self.keys.get_mut(&kid) else {
+            return Err(not_found("key", kid));
+        };
         match k.state {
             KeyState::Active => {
                 return Err(Rejection::FailedPrecondition(format!(
@@ -450,7 +564,10 @@ impl State {
                 )))
             }
             KeyState::Retired | KeyState::Revoked => {
-                return Err(Rejection::FailedPrecondition(format!("key {kid} is already {:?}", k.state)))
+                return Err(Rejection::FailedPrecondition(format!(
+                    "key {kid} is already {:?}",
+                    k.state
+                )))
             }
             KeyState::Published | KeyState::Retiring => {}
         }
@@ -467,10 +584,20 @@ impl State {
         Ok(Response::KeyChanged { revision })
     }
 
-    fn revoke_key(&mut self, revision: u64, kid: Kid, actor: &Actor) -> Result<Response, Rejection> {
-        let Some(k) = self.keys.get_mut(&kid) else { return Err(not_found("key", kid)) };
+    fn revoke_key(
+        &mut self,
+        revision: u64,
+        kid: Kid,
+        actor: &Actor,
+    ) -> Result<Response, Rejection> {
+        let Some(k) = self.keys.get_mut(&kid) else {
+            return Err(not_found("key", kid));
+        };
         if k.state == KeyState::Revoked {
-            return Ok(Response::Revoked { revision: k.changed_revision, already: true });
+            return Ok(Response::Revoked {
+                revision: k.changed_revision,
+                already: true,
+            });
         }
         k.state = KeyState::Revoked;
         k.sealed.clear();
@@ -479,7 +606,10 @@ impl State {
         if self.active == Some(kid) {
             self.active = None;
         }
-        Ok(Response::Revoked { revision, already: false })
+        Ok(Response::Revoked {
+            revision,
+            already: false,
+        })
     }
 
     fn sweep(&mut self, revision: u64, cutoff: i64) -> Response {
@@ -490,8 +620,12 @@ impl State {
         self.revoked_tokens.retain(|_, r| r.exp > cutoff);
         self.revoked_subjects.retain(|_, c| c.drop_after > cutoff);
         self.revoked_families.retain(|_, c| c.drop_after > cutoff);
-        let expired: Vec<Jti> =
-            self.tokens.values().filter(|r| r.token.exp <= cutoff).map(|r| r.token.jti).collect();
+        let expired: Vec<Jti> = self
+            .tokens
+            .values()
+            .filter(|r| r.token.exp <= cutoff)
+            .map(|r| r.token.jti)
+            .collect();
         for jti in expired {
             if let Some(r) = self.tokens.remove(&jti) {
                 self.by_subject.remove(&(r.token.sub, jti));
@@ -502,10 +636,51 @@ impl State {
             + self.revoked_subjects.len()
             + self.revoked_families.len()
             + self.tokens.len();
-        Response::Swept { revision, dropped: (before - after) as u64 }
+        Response::Swept {
+            revision,
+            dropped: (before - after) as u64,
+        }
     }
 
     // ---- queries ----
+
+    /// Whether a sweep at `cutoff` would drop anything (so the leader only
+    /// proposes sweeps that do work).
+    pub fn sweep_due(&self, cutoff: i64) -> bool {
+        self.revoked_tokens.values().any(|r| r.exp <= cutoff)
+            || self
+                .revoked_subjects
+                .values()
+                .any(|c| c.drop_after <= cutoff)
+            || self
+                .revoked_families
+                .values()
+                .any(|c| c.drop_after <= cutoff)
+            || self.tokens.values().any(|r| r.token.exp <= cutoff)
+    }
+
+    /// The revocation recorded for `jti` itself (not subject/family/key).
+    pub fn token_revocation(&self, jti: &Jti) -> Option<&Revocation> {
+        self.revoked_tokens.get(jti)
+    }
+
+    /// The cutoff recorded for a subject.
+    pub fn subject_cutoff(&self, sub: &str) -> Option<&Cutoff> {
+        self.revoked_subjects.get(sub)
+    }
+
+    /// The revocation recorded for a family.
+    pub fn family_revocation(&self, fam: &Jti) -> Option<&Cutoff> {
+        self.revoked_families.get(fam)
+    }
+
+    /// Whether any token belongs to `fam`.
+    pub fn family_exists(&self, fam: &Jti) -> bool {
+        self.by_family
+            .range((*fam, Jti([0; 16]))..=(*fam, Jti([0xff; 16])))
+            .next()
+            .is_some()
+    }
 
     /// The key that signs new tokens.
     pub fn active_key(&self) -> Option<&KeyRecord> {
@@ -597,7 +772,11 @@ impl State {
                     break;
                 }
             }
-            if b == [0; 16] { Jti([0xff; 16]) } else { Jti(b) }
+            if b == [0; 16] {
+                Jti([0xff; 16])
+            } else {
+                Jti(b)
+            }
         });
         let lo = start.unwrap_or(Jti([0; 16]));
         if after == Some(Jti([0xff; 16])) {
@@ -609,21 +788,33 @@ impl State {
                 self.by_subject
                     .range((s.to_owned(), lo)..=(s.to_owned(), hi))
                     .map(|(_, j)| *j)
-                    .filter(move |j| family.is_none_or(|f| self.tokens.get(j).is_some_and(|r| r.token.fam == f))),
+                    .filter(move |j| {
+                        family.is_none_or(|f| self.tokens.get(j).is_some_and(|r| r.token.fam == f))
+                    }),
             ),
             (None, Some(f)) => Box::new(self.by_family.range((f, lo)..=(f, hi)).map(|(_, j)| *j)),
             (None, None) => Box::new(self.tokens.range(lo..=hi).map(|(j, _)| *j)),
         };
-        ids.filter_map(|j| self.tokens.get(&j)).take(limit).collect()
+        ids.filter_map(|j| self.tokens.get(&j))
+            .take(limit)
+            .collect()
     }
 }
 
 fn cutoff_info(kind: RevocationKind, c: &Cutoff) -> RevocationInfo {
-    RevocationInfo { kind, revision: c.revision, effective_at: c.before, reason: c.reason.clone() }
+    RevocationInfo {
+        kind,
+        revision: c.revision,
+        effective_at: c.before,
+        reason: c.reason.clone(),
+    }
 }
 
 fn not_found(what: &str, id: impl std::fmt::Display) -> Rejection {
-    Rejection::NotFound { what: what.into(), id: id.to_string() }
+    Rejection::NotFound {
+        what: what.into(),
+        id: id.to_string(),
+    }
 }
 
 #[cfg(test)]

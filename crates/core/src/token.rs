@@ -70,13 +70,18 @@ impl Parsed<'_> {
     /// Checks the signature under `key`.
     pub fn verify_signature(&self, key: &VerifyingKey) -> Result<(), Error> {
         let sig = Signature::from_bytes(&self.signature);
-        key.verify(self.signing_input, &sig).map_err(|_| Error::BadSignature)
+        key.verify(self.signing_input, &sig)
+            .map_err(|_| Error::BadSignature)
     }
 }
 
 /// Signs `claims` with `key` under `kid`.
 pub fn encode(claims: &Claims, kid: Kid, key: &SigningKey) -> String {
-    let header = Header { alg: "EdDSA".into(), typ: "JWT".into(), kid };
+    let header = Header {
+        alg: "EdDSA".into(),
+        typ: "JWT".into(),
+        kid,
+    };
     // Serialising these plain structs cannot fail.
     let h = serde_json::to_vec(&header).unwrap_or_default();
     let p = serde_json::to_vec(claims).unwrap_or_default();
@@ -102,16 +107,20 @@ pub fn parse(token: &str, max_token_bytes: usize) -> Result<Parsed<'_>, Error> {
     if s64.contains('.') {
         return Err(Error::Malformed("expected three dot-separated parts"));
     }
-    let h = URL_SAFE_NO_PAD.decode(h64).map_err(|_| Error::Malformed("header is not base64url"))?;
-    let header: Header =
-        serde_json::from_slice(&h).map_err(|_| Error::Malformed("header is not a veto JWS header"))?;
+    let h = URL_SAFE_NO_PAD
+        .decode(h64)
+        .map_err(|_| Error::Malformed("header is not base64url"))?;
+    let header: Header = serde_json::from_slice(&h)
+        .map_err(|_| Error::Malformed("header is not a veto JWS header"))?;
     if header.alg != "EdDSA" {
         return Err(Error::UnsupportedHeader("alg must be EdDSA"));
     }
     if header.typ != "JWT" {
         return Err(Error::UnsupportedHeader("typ must be JWT"));
     }
-    let p = URL_SAFE_NO_PAD.decode(p64).map_err(|_| Error::Malformed("payload is not base64url"))?;
+    let p = URL_SAFE_NO_PAD
+        .decode(p64)
+        .map_err(|_| Error::Malformed("payload is not base64url"))?;
     let claims: Claims =
         serde_json::from_slice(&p).map_err(|_| Error::Malformed("payload is not veto claims"))?;
     let mut signature = [0u8; 64];
@@ -120,7 +129,12 @@ pub fn parse(token: &str, max_token_bytes: usize) -> Result<Parsed<'_>, Error> {
         _ => return Err(Error::Malformed("signature is not 64 bytes of base64url")),
     }
     let signing_input = &token.as_bytes()[..h64.len() + 1 + p64.len()];
-    Ok(Parsed { kid: header.kid, claims, signing_input, signature })
+    Ok(Parsed {
+        kid: header.kid,
+        claims,
+        signing_input,
+        signature,
+    })
 }
 
 /// What a verifier requires beyond a good signature.
@@ -175,7 +189,12 @@ mod tests {
         }
     }
 
-    fn verify(token: &str, k: &VerifyingKey, now: i64, req: &Requirements<'_>) -> Result<Claims, Error> {
+    fn verify(
+        token: &str,
+        k: &VerifyingKey,
+        now: i64,
+        req: &Requirements<'_>,
+    ) -> Result<Claims, Error> {
         let p = parse(token, 4096)?;
         p.verify_signature(k)?;
         check_claims(&p.claims, now, req)?;
@@ -189,8 +208,14 @@ mod tests {
         let p = parse(&t, 4096).unwrap();
         assert_eq!(p.kid, Kid([1; 16]));
         let scopes = vec!["read".to_string()];
-        let req = Requirements { audience: Some("api"), scopes: &scopes };
-        assert_eq!(verify(&t, &k.verifying_key(), 1_500, &req).unwrap(), claims());
+        let req = Requirements {
+            audience: Some("api"),
+            scopes: &scopes,
+        };
+        assert_eq!(
+            verify(&t, &k.verifying_key(), 1_500, &req).unwrap(),
+            claims()
+        );
     }
 
     #[test]
@@ -203,7 +228,10 @@ mod tests {
         let last = bad.len() - 2;
         bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
         let bad = String::from_utf8(bad).unwrap();
-        assert_eq!(verify(&bad, &k.verifying_key(), 1_500, &req), Err(Error::BadSignature));
+        assert_eq!(
+            verify(&bad, &k.verifying_key(), 1_500, &req),
+            Err(Error::BadSignature)
+        );
         // swap in a payload with another subject, keep the signature
         let mut c = claims();
         c.sub = "admin".into();
@@ -214,7 +242,10 @@ mod tests {
             other.split('.').nth(1).unwrap(),
             t.split('.').nth(2).unwrap()
         );
-        assert_eq!(verify(&forged, &k.verifying_key(), 1_500, &req), Err(Error::BadSignature));
+        assert_eq!(
+            verify(&forged, &k.verifying_key(), 1_500, &req),
+            Err(Error::BadSignature)
+        );
     }
 
     #[test]
@@ -229,8 +260,14 @@ mod tests {
         let k = key(1);
         let t = encode(&claims(), Kid([1; 16]), &k);
         let req = Requirements::default();
-        assert_eq!(verify(&t, &k.verifying_key(), 2_000, &req), Err(Error::Expired(2_000)));
-        assert_eq!(verify(&t, &k.verifying_key(), 999, &req), Err(Error::NotYetValid(1_000)));
+        assert_eq!(
+            verify(&t, &k.verifying_key(), 2_000, &req),
+            Err(Error::Expired(2_000))
+        );
+        assert_eq!(
+            verify(&t, &k.verifying_key(), 999, &req),
+            Err(Error::NotYetValid(1_000))
+        );
         assert!(verify(&t, &k.verifying_key(), 1_999, &req).is_ok());
     }
 
@@ -239,16 +276,34 @@ mod tests {
         let k = key(1);
         let t = encode(&claims(), Kid([1; 16]), &k);
         let none: Vec<String> = vec![];
-        let wrong = Requirements { audience: Some("other"), scopes: &none };
-        assert_eq!(verify(&t, &k.verifying_key(), 1_500, &wrong), Err(Error::WrongAudience));
+        let wrong = Requirements {
+            audience: Some("other"),
+            scopes: &none,
+        };
+        assert_eq!(
+            verify(&t, &k.verifying_key(), 1_500, &wrong),
+            Err(Error::WrongAudience)
+        );
         let admin = vec!["admin".to_string()];
-        let req = Requirements { audience: None, scopes: &admin };
-        assert_eq!(verify(&t, &k.verifying_key(), 1_500, &req), Err(Error::InsufficientScope));
+        let req = Requirements {
+            audience: None,
+            scopes: &admin,
+        };
+        assert_eq!(
+            verify(&t, &k.verifying_key(), 1_500, &req),
+            Err(Error::InsufficientScope)
+        );
         let mut c = claims();
         c.aud = None;
         let t2 = encode(&c, Kid([1; 16]), &k);
-        let req = Requirements { audience: Some("api"), scopes: &none };
-        assert_eq!(verify(&t2, &k.verifying_key(), 1_500, &req), Err(Error::WrongAudience));
+        let req = Requirements {
+            audience: Some("api"),
+            scopes: &none,
+        };
+        assert_eq!(
+            verify(&t2, &k.verifying_key(), 1_500, &req),
+            Err(Error::WrongAudience)
+        );
     }
 
     #[test]
@@ -256,13 +311,21 @@ mod tests {
         let big = "a".repeat(5000);
         assert_eq!(parse(&big, 4096).unwrap_err(), Error::Oversize(5000));
         for g in [
-            "", ".", "..", "...", "a.b.c", "a.b", "é.é.é", "eyJ9.eyJ9.AA",
+            "",
+            ".",
+            "..",
+            "...",
+            "a.b.c",
+            "a.b",
+            "é.é.é",
+            "eyJ9.eyJ9.AA",
             "eyJhbGciOiJIUzI1NiJ9.e30.AAAA",
         ] {
             assert!(parse(g, 4096).is_err(), "{g:?}");
         }
         // alg none
-        let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT","kid":"00000000000000000000000000000000"}"#);
+        let h = URL_SAFE_NO_PAD
+            .encode(br#"{"alg":"none","typ":"JWT","kid":"00000000000000000000000000000000"}"#);
         let p = URL_SAFE_NO_PAD.encode(b"{}");
         assert!(matches!(
             parse(&format!("{h}.{p}.{}", "A".repeat(86)), 4096),

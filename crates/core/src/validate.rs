@@ -17,7 +17,10 @@ pub struct Invalid {
 impl Invalid {
     /// A new error for `field`.
     pub fn new(field: &'static str, problem: impl Into<String>) -> Self {
-        Self { field, problem: problem.into() }
+        Self {
+            field,
+            problem: problem.into(),
+        }
     }
 }
 
@@ -29,11 +32,18 @@ pub fn subject(field: &'static str, sub: &str, limits: &Limits) -> Result<(), In
     if sub.len() > limits.max_subject_bytes {
         return Err(Invalid::new(
             field,
-            format!("is {} bytes, limit is {}", sub.len(), limits.max_subject_bytes),
+            format!(
+                "is {} bytes, limit is {}",
+                sub.len(),
+                limits.max_subject_bytes
+            ),
         ));
     }
     if sub.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Invalid::new(field, "must not contain whitespace or control characters"));
+        return Err(Invalid::new(
+            field,
+            "must not contain whitespace or control characters",
+        ));
     }
     Ok(())
 }
@@ -43,7 +53,11 @@ pub fn scopes(field: &'static str, scopes: &[String], limits: &Limits) -> Result
     if scopes.len() > limits.max_scopes {
         return Err(Invalid::new(
             field,
-            format!("has {} scopes, limit is {}", scopes.len(), limits.max_scopes),
+            format!(
+                "has {} scopes, limit is {}",
+                scopes.len(),
+                limits.max_scopes
+            ),
         ));
     }
     let mut seen = BTreeSet::new();
@@ -54,7 +68,10 @@ pub fn scopes(field: &'static str, scopes: &[String], limits: &Limits) -> Result
                 format!("each scope must be 1..={} bytes", limits.max_scope_bytes),
             ));
         }
-        if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b":._/-".contains(&b)) {
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":._/-".contains(&b))
+        {
             return Err(Invalid::new(
                 field,
                 "scopes may contain only letters, digits and : . _ / -",
@@ -76,7 +93,10 @@ pub fn audience(field: &'static str, aud: &str, limits: &Limits) -> Result<(), I
         ));
     }
     if aud.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Invalid::new(field, "must not contain whitespace or control characters"));
+        return Err(Invalid::new(
+            field,
+            "must not contain whitespace or control characters",
+        ));
     }
     Ok(())
 }
@@ -86,7 +106,11 @@ pub fn reason(field: &'static str, reason: &str, limits: &Limits) -> Result<(), 
     if reason.len() > limits.max_reason_bytes {
         return Err(Invalid::new(
             field,
-            format!("is {} bytes, limit is {}", reason.len(), limits.max_reason_bytes),
+            format!(
+                "is {} bytes, limit is {}",
+                reason.len(),
+                limits.max_reason_bytes
+            ),
         ));
     }
     if reason.chars().any(|c| c.is_control()) {
@@ -101,7 +125,10 @@ pub fn ttl(field: &'static str, ttl_seconds: u64, limits: &Limits) -> Result<u64
         0 => Ok(limits.default_ttl_seconds),
         t if t > limits.max_ttl_seconds => Err(Invalid::new(
             field,
-            format!("{t} exceeds the configured maximum TTL of {} s", limits.max_ttl_seconds),
+            format!(
+                "{t} exceeds the configured maximum TTL of {} s",
+                limits.max_ttl_seconds
+            ),
         )),
         t => Ok(t),
     }
@@ -109,7 +136,8 @@ pub fn ttl(field: &'static str, ttl_seconds: u64, limits: &Limits) -> Result<u64
 
 /// A 128-bit id in 32 lowercase hex characters.
 pub fn id<T: std::str::FromStr>(field: &'static str, s: &str) -> Result<T, Invalid> {
-    s.parse().map_err(|_| Invalid::new(field, "must be 32 lowercase hex characters"))
+    s.parse()
+        .map_err(|_| Invalid::new(field, "must be 32 lowercase hex characters"))
 }
 
 #[cfg(test)]

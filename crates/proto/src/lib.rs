@@ -11,3 +11,9 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+/// The subset of etcd's v3 API used by `veto bench` to drive etcd.
+#[allow(clippy::all, missing_docs)]
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}

@@ -150,10 +150,14 @@ impl Options {
     pub fn load(flags: &Flags) -> Result<Self, ConfigError> {
         let mut o = match &flags.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                toml::from_str(&text)
-                    .map_err(|e| ConfigError::Parse { path: path.clone(), source: Box::new(e) })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    source: Box::new(e),
+                })?
             }
             None => Options::default(),
         };
@@ -189,7 +193,9 @@ impl Options {
             return bad("node_id must be set to a non-zero id (--node-id or VETO_NODE_ID)".into());
         }
         if self.kek.is_none() && self.kek_file.is_none() {
-            return bad("a key-encryption key is required: set kek_file (--kek-file) or VETO_KEK".into());
+            return bad(
+                "a key-encryption key is required: set kek_file (--kek-file) or VETO_KEK".into(),
+            );
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
         let r = &self.raft;
@@ -197,10 +203,14 @@ impl Options {
             return bad("raft.heartbeat_interval_ms must be greater than 0".into());
         }
         if r.election_timeout_min_ms <= r.heartbeat_interval_ms {
-            return bad("raft.election_timeout_min_ms must exceed raft.heartbeat_interval_ms".into());
+            return bad(
+                "raft.election_timeout_min_ms must exceed raft.heartbeat_interval_ms".into(),
+            );
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
-            return bad("raft.election_timeout_max_ms must exceed raft.election_timeout_min_ms".into());
+            return bad(
+                "raft.election_timeout_max_ms must exceed raft.election_timeout_min_ms".into(),
+            );
         }
         if r.snapshot_logs_since_last == 0 {
             return bad("raft.snapshot_logs_since_last must be greater than 0".into());
@@ -216,16 +226,24 @@ impl Options {
 
     /// The address peers and clients use for this node.
     pub fn advertised(&self, bound: SocketAddr) -> String {
-        self.advertise_addr.clone().unwrap_or_else(|| bound.to_string())
+        self.advertise_addr
+            .clone()
+            .unwrap_or_else(|| bound.to_string())
     }
 
     /// Reads the key-encryption key from the env value or the file.
     pub fn load_kek(&self) -> Result<veto_core::Kek, ConfigError> {
         let text = match (&self.kek, &self.kek_file) {
             (Some(k), _) => k.clone(),
-            (None, Some(p)) => std::fs::read_to_string(p)
-                .map_err(|source| ConfigError::Read { path: p.clone(), source })?,
-            (None, None) => return Err(ConfigError::Invalid("no key-encryption key configured".into())),
+            (None, Some(p)) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })?,
+            (None, None) => {
+                return Err(ConfigError::Invalid(
+                    "no key-encryption key configured".into(),
+                ))
+            }
         };
         veto_core::Kek::parse(&text).map_err(|e| ConfigError::Invalid(format!("kek: {e}")))
     }
@@ -237,18 +255,29 @@ mod tests {
 
     #[test]
     fn validate_names_the_field() {
-        let mut o = Options { node_id: 1, kek: Some("00".repeat(32)), ..Options::default() };
+        let mut o = Options {
+            node_id: 1,
+            kek: Some("00".repeat(32)),
+            ..Options::default()
+        };
         assert!(o.validate().is_ok());
         o.raft.election_timeout_max_ms = 100;
         let e = o.validate().unwrap_err().to_string();
         assert!(e.contains("raft.election_timeout_max_ms"), "{e}");
-        let o = Options { node_id: 0, ..Options::default() };
+        let o = Options {
+            node_id: 0,
+            ..Options::default()
+        };
         assert!(o.validate().unwrap_err().to_string().contains("node_id"));
     }
 
     #[test]
     fn toml_round_trip_and_unknown_fields_rejected() {
-        let o = Options { node_id: 3, kek_file: Some("/k".into()), ..Options::default() };
+        let o = Options {
+            node_id: 3,
+            kek_file: Some("/k".into()),
+            ..Options::default()
+        };
         let text = toml::to_string(&o).unwrap();
         let back: Options = toml::from_str(&text).unwrap();
         assert_eq!(back, o);

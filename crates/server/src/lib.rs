@@ -1,0 +1,154 @@
+//! `veto-server`: a control-plane node.
+//!
+//! It runs openraft over gRPC ([`raft`]) on a RocksDB store (`veto-store`),
+//! serves `TokenService` and `AdminService` on the same gRPC port, forwards
+//! writes that reach a follower to the leader ([`routing`]), and serves
+//! `/healthz`, `/readyz` and the JWKS over HTTP ([`http`]). The binary in
+//! `main.rs` only wires configuration and signals to [`Server`].
+
+pub mod admin_service;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod http;
+pub mod node;
+pub mod raft;
+pub mod routing;
+pub mod token_service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+use veto_proto::admin_service_server::AdminServiceServer;
+use veto_proto::raft_service_server::RaftServiceServer;
+use veto_proto::token_service_server::TokenServiceServer;
+
+pub use config::Options;
+pub use node::Node;
+
+/// A started node: its bound addresses and a handle to stop it.
+pub struct Server {
+    /// The gRPC address actually bound.
+    pub grpc_addr: SocketAddr,
+    /// The HTTP address actually bound.
+    pub http_addr: SocketAddr,
+    /// The node.
+    pub node: Node,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens the data directory, starts Raft and binds both listeners.
+    pub async fn start(opts: Options) -> anyhow::Result<Server> {
+        let kek = opts.load_kek()?;
+        std::fs::create_dir_all(&opts.data_dir)
+            .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
+        let (log, sm) = veto_store::open(&opts.data_dir, opts.node_id)?;
+        let state = sm.handle();
+        let r = &opts.raft;
+        let config = openraft::Config {
+            cluster_name: "veto".into(),
+            heartbeat_interval: r.heartbeat_interval_ms,
+            election_timeout_min: r.election_timeout_min_ms,
+            election_timeout_max: r.election_timeout_max_ms,
+            install_snapshot_timeout: 60_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: r.max_in_snapshot_log_to_keep,
+            purge_batch_size: 256,
+            max_payload_entries: 512,
+            ..Default::default()
+        }
+        .validate()
+        .context("raft configuration")?;
+        let factory = raft::network::Factory {
+            max_message_bytes: opts.max_message_bytes.max(64 << 20),
+        };
+        let raft = veto_store::Raft::new(opts.node_id, Arc::new(config), factory, log.clone(), sm)
+            .await
+            .context("starting raft")?;
+
+        let grpc_listener = TcpListener::bind(opts.listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", opts.listen_addr))?;
+        let http_listener = TcpListener::bind(opts.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", opts.http_addr))?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+        let advertised = opts.advertised(grpc_addr);
+        let max_msg = opts.max_message_bytes;
+        let node = Node::new(raft.clone(), state, log, kek, opts);
+
+        let (shutdown, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let raft_svc = RaftServiceServer::new(raft::service::Service::new(raft.clone(), 1 << 30))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let token_svc = TokenServiceServer::new(token_service::Service::new(node.clone()))
+            .max_decoding_message_size(max_msg);
+        let admin_svc = AdminServiceServer::new(admin_service::Service::new(
+            node.clone(),
+            advertised.clone(),
+        ))
+        .max_decoding_message_size(max_msg);
+        let mut grpc_rx = rx.clone();
+        let grpc = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .add_service(raft_svc)
+            .add_service(token_svc)
+            .add_service(admin_svc)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                async move {
+                    let _ = grpc_rx.wait_for(|s| *s).await;
+                },
+            );
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = grpc.await {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        }));
+
+        let mut http_rx = rx.clone();
+        let app = http::router(node.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_rx.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }));
+
+        tasks.push(tokio::spawn(node.clone().leader_duties(rx)));
+        info!(node_id = node.id(), %grpc_addr, %http_addr, %advertised, "veto-server started");
+        Ok(Server {
+            grpc_addr,
+            http_addr,
+            node,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops serving, shuts Raft down and waits for the tasks.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.node.raft().shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}

@@ -1,1 +1,77 @@
-fn main() {}
+//! `veto-server`: wires tracing, configuration and signals to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use veto_server::config::{Flags, Options};
+use veto_server::Server;
+
+/// sysexits EX_CONFIG-ish: bad configuration.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let flags = Flags::parse();
+    let opts = match Options::load(&flags) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("veto-server: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if flags.dump_config {
+        match toml::to_string_pretty(&opts) {
+            Ok(t) => {
+                print!("{t}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("veto-server: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("veto-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(opts, flags.ready_file)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("veto-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(opts: Options, ready_file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let server = Server::start(opts).await?;
+    if let Some(p) = ready_file {
+        let body = serde_json::json!({
+            "grpc": server.grpc_addr.to_string(),
+            "http": server.http_addr.to_string(),
+            "pid": std::process::id(),
+        });
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, body.to_string())?;
+        std::fs::rename(&tmp, &p)?;
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    server.stop().await;
+    Ok(())
+}

@@ -55,7 +55,9 @@ pub enum Error {
         why: String,
     },
     /// It belongs to another node id.
-    #[error("data directory {path} belongs to node {found}, not node {expected}; refusing to start")]
+    #[error(
+        "data directory {path} belongs to node {found}, not node {expected}; refusing to start"
+    )]
     WrongNode {
         /// The directory.
         path: String,
@@ -88,7 +90,10 @@ pub fn open(path: &Path, node_id: u64) -> Result<(LogStore, StateMachineStore), 
     let exists = path.join("CURRENT").exists();
     if !exists && path.exists() {
         let non_empty = std::fs::read_dir(path)
-            .map_err(|e| Error::Foreign { path: shown.clone(), why: e.to_string() })?
+            .map_err(|e| Error::Foreign {
+                path: shown.clone(),
+                why: e.to_string(),
+            })?
             .next()
             .is_some();
         if non_empty {
@@ -105,9 +110,15 @@ pub fn open(path: &Path, node_id: u64) -> Result<(LogStore, StateMachineStore), 
     let cfs = [CF_META, CF_LOG, CF_SM].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
     let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| {
         if exists && source.to_string().contains("olumn famil") {
-            Error::Foreign { path: shown.clone(), why: format!("unexpected column families: {source}") }
+            Error::Foreign {
+                path: shown.clone(),
+                why: format!("unexpected column families: {source}"),
+            }
         } else {
-            Error::Open { path: shown.clone(), source }
+            Error::Open {
+                path: shown.clone(),
+                source,
+            }
         }
     })?;
     let db = Arc::new(db);
@@ -118,9 +129,15 @@ pub fn open(path: &Path, node_id: u64) -> Result<(LogStore, StateMachineStore), 
 }
 
 fn check_identity(db: &DB, shown: &str, node_id: u64, existed: bool) -> Result<(), Error> {
-    let open_err = |source| Error::Open { path: shown.to_owned(), source };
+    let open_err = |source| Error::Open {
+        path: shown.to_owned(),
+        source,
+    };
     let Some(meta) = db.cf_handle(CF_META) else {
-        return Err(Error::Foreign { path: shown.to_owned(), why: "no meta column family".into() });
+        return Err(Error::Foreign {
+            path: shown.to_owned(),
+            why: "no meta column family".into(),
+        });
     };
     match db.get_cf(&meta, FORMAT_KEY).map_err(open_err)? {
         Some(v) if v == FORMAT.as_bytes() => {}
@@ -131,7 +148,10 @@ fn check_identity(db: &DB, shown: &str, node_id: u64, existed: bool) -> Result<(
             })
         }
         None if existed => {
-            return Err(Error::Foreign { path: shown.to_owned(), why: "no veto format marker".into() })
+            return Err(Error::Foreign {
+                path: shown.to_owned(),
+                why: "no veto format marker".into(),
+            })
         }
         None => {
             let mut wo = rocksdb::WriteOptions::default();
@@ -147,9 +167,16 @@ fn check_identity(db: &DB, shown: &str, node_id: u64, existed: bool) -> Result<(
         .map_err(open_err)?
         .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
         .map(u64::from_be_bytes)
-        .ok_or_else(|| Error::Corrupt { path: shown.to_owned(), why: "node id missing".into() })?;
+        .ok_or_else(|| Error::Corrupt {
+            path: shown.to_owned(),
+            why: "node id missing".into(),
+        })?;
     if found != node_id {
-        return Err(Error::WrongNode { path: shown.to_owned(), found, expected: node_id });
+        return Err(Error::WrongNode {
+            path: shown.to_owned(),
+            found,
+            expected: node_id,
+        });
     }
     Ok(())
 }

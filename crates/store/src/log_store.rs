@@ -31,7 +31,9 @@ fn key(index: u64) -> [u8; 8] {
 }
 
 fn index_of(k: &[u8]) -> io::Result<u64> {
-    <[u8; 8]>::try_from(k).map(u64::from_be_bytes).map_err(|_| io_err("log key is not 8 bytes"))
+    <[u8; 8]>::try_from(k)
+        .map(u64::from_be_bytes)
+        .map_err(|_| io_err("log key is not 8 bytes"))
 }
 
 fn synced() -> WriteOptions {
@@ -46,7 +48,9 @@ impl LogStore {
     }
 
     fn cf(&self, name: &str) -> io::Result<&rocksdb::ColumnFamily> {
-        self.db.cf_handle(name).ok_or_else(|| io_err(format!("column family {name} missing")))
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| io_err(format!("column family {name} missing")))
     }
 
     fn get_meta<T: DeserializeOwned>(&self, k: &[u8]) -> io::Result<Option<T>> {
@@ -58,12 +62,17 @@ impl LogStore {
 
     fn put_meta<T: Serialize>(&self, k: &[u8], v: &T) -> io::Result<()> {
         let bytes = serde_json::to_vec(v).map_err(io_err)?;
-        self.db.put_cf_opt(self.cf(CF_META)?, k, bytes, &synced()).map_err(io_err)
+        self.db
+            .put_cf_opt(self.cf(CF_META)?, k, bytes, &synced())
+            .map_err(io_err)
     }
 
     /// Index of the last purged entry, if any (for status reports).
     pub fn last_purged_index(&self) -> Option<u64> {
-        self.get_meta::<LogIdOf<C>>(LAST_PURGED).ok().flatten().map(|l| l.index)
+        self.get_meta::<LogIdOf<C>>(LAST_PURGED)
+            .ok()
+            .flatten()
+            .map(|l| l.index)
     }
 
     /// The newest entry's log id.
@@ -92,7 +101,10 @@ impl RaftLogReader<C> for LogStore {
         };
         let cf = self.cf(CF_LOG)?;
         let mut out = Vec::new();
-        for r in self.db.iterator_cf(cf, IteratorMode::From(&key(start), Direction::Forward)) {
+        for r in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&key(start), Direction::Forward))
+        {
             let (k, v) = r.map_err(io_err)?;
             let idx = index_of(&k)?;
             if !range.contains(&idx) {
@@ -114,7 +126,10 @@ impl RaftLogStorage<C> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
         let last_purged_log_id: Option<LogIdOf<C>> = self.get_meta(LAST_PURGED)?;
         let last_log_id = self.last_log_id()?.or_else(|| last_purged_log_id.clone());
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -128,7 +143,9 @@ impl RaftLogStorage<C> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         // Not synced: losing it only means replaying a little more log.
         let bytes = serde_json::to_vec(&committed).map_err(io_err)?;
-        self.db.put_cf(self.cf(CF_META)?, COMMITTED, bytes).map_err(io_err)
+        self.db
+            .put_cf(self.cf(CF_META)?, COMMITTED, bytes)
+            .map_err(io_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
@@ -150,10 +167,11 @@ impl RaftLogStorage<C> for LogStore {
         }
         let db = self.db.clone();
         // The synced write blocks on fsync: keep it off the async workers.
-        let res = tokio::task::spawn_blocking(move || db.write_opt(batch, &synced()).map_err(io_err))
-            .await
-            .map_err(io_err)
-            .and_then(|r| r);
+        let res =
+            tokio::task::spawn_blocking(move || db.write_opt(batch, &synced()).map_err(io_err))
+                .await
+                .map_err(io_err)
+                .and_then(|r| r);
         match res {
             Ok(()) => {
                 callback.io_completed(Ok(()));

@@ -63,7 +63,9 @@ impl StateHandle {
 
     /// Index covered by the latest snapshot.
     pub fn snapshot_index(&self) -> u64 {
-        self.shared.snapshot_index.load(std::sync::atomic::Ordering::Relaxed)
+        self.shared
+            .snapshot_index
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -89,7 +91,11 @@ impl StateMachineStore {
                 let meta: SnapshotMetaOf<C> =
                     serde_json::from_slice(&m).map_err(|e| format!("snapshot meta: {e}"))?;
                 let state = State::from_snapshot_bytes(&d).map_err(|e| e.to_string())?;
-                Applied { last_applied: meta.last_log_id, membership: meta.last_membership, state }
+                Applied {
+                    last_applied: meta.last_log_id,
+                    membership: meta.last_membership,
+                    state,
+                }
             }
             (None, None) => Applied {
                 last_applied: None,
@@ -112,21 +118,36 @@ impl StateMachineStore {
 
     /// A read handle on the applied state.
     pub fn handle(&self) -> StateHandle {
-        StateHandle { shared: self.shared.clone() }
+        StateHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
-        self.shared.applied.write().unwrap_or_else(|p| p.into_inner())
+        self.shared
+            .applied
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn save_snapshot(&self, meta: &SnapshotMetaOf<C>, data: &[u8]) -> io::Result<()> {
-        let cf = self.shared.db.cf_handle(CF_SM).ok_or_else(|| io_err("cf sm missing"))?;
+        let cf = self
+            .shared
+            .db
+            .cf_handle(CF_SM)
+            .ok_or_else(|| io_err("cf sm missing"))?;
         let mut b = WriteBatch::default();
-        b.put_cf(&cf, SNAPSHOT_META, serde_json::to_vec(meta).map_err(io_err)?);
+        b.put_cf(
+            &cf,
+            SNAPSHOT_META,
+            serde_json::to_vec(meta).map_err(io_err)?,
+        );
         b.put_cf(&cf, SNAPSHOT_DATA, data);
         self.shared.db.write_opt(b, &synced()).map_err(io_err)?;
         let idx = meta.last_log_id.as_ref().map(|l| l.index).unwrap_or(0);
-        self.shared.snapshot_index.store(idx, std::sync::atomic::Ordering::Relaxed);
+        self.shared
+            .snapshot_index
+            .store(idx, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }
@@ -151,7 +172,10 @@ impl RaftSnapshotBuilder<C> for StateMachineStore {
         })
         .await
         .map_err(io_err)??;
-        Ok(SnapshotOf::<C, Vec<u8>> { meta, snapshot: data })
+        Ok(SnapshotOf::<C, Vec<u8>> {
+            meta,
+            snapshot: data,
+        })
     }
 }
 
@@ -178,7 +202,8 @@ impl RaftStateMachine<C> for StateMachineStore {
                     EntryPayload::Blank => g.state.apply_noop(index),
                     EntryPayload::Normal(cmd) => g.state.apply(index, cmd),
                     EntryPayload::Membership(m) => {
-                        g.membership = StoredMembershipOf::<C>::new(Some(entry.log_id.clone()), m.clone());
+                        g.membership =
+                            StoredMembershipOf::<C>::new(Some(entry.log_id.clone()), m.clone());
                         g.state.apply_noop(index)
                     }
                 };
@@ -217,7 +242,11 @@ impl RaftStateMachine<C> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, Vec<u8>>>, io::Error> {
-        let cf = self.shared.db.cf_handle(CF_SM).ok_or_else(|| io_err("cf sm missing"))?;
+        let cf = self
+            .shared
+            .db
+            .cf_handle(CF_SM)
+            .ok_or_else(|| io_err("cf sm missing"))?;
         let meta = self.shared.db.get_cf(&cf, SNAPSHOT_META).map_err(io_err)?;
         let data = self.shared.db.get_cf(&cf, SNAPSHOT_DATA).map_err(io_err)?;
         match (meta, data) {

@@ -10,15 +10,19 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
     async fn build(
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
-        let dir = tempfile::tempdir().map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
-        let (log, sm) = open(dir.path(), 1).map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+        let dir =
+            tempfile::tempdir().map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+        let (log, sm) =
+            open(dir.path(), 1).map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
         Ok((dir, log, sm))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite() {
-    Suite::test_all(Builder).await.expect("openraft storage suite");
+    Suite::test_all(Builder)
+        .await
+        .expect("openraft storage suite");
 }
 
 #[test]
@@ -31,7 +35,17 @@ fn refuses_foreign_and_wrong_node_directories() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path(), 1).unwrap());
     let e = open(dir.path(), 2).err().unwrap();
-    assert!(matches!(e, Error::WrongNode { found: 1, expected: 2, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::WrongNode {
+                found: 1,
+                expected: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(open(dir.path(), 1).is_ok());
 
     // a RocksDB that is not veto's
@@ -43,7 +57,10 @@ fn refuses_foreign_and_wrong_node_directories() {
         db.put(b"k", b"v").unwrap();
     }
     let e = open(dir.path(), 1).err().unwrap();
-    assert!(matches!(e, Error::Foreign { .. } | Error::Open { .. }), "{e}");
+    assert!(
+        matches!(e, Error::Foreign { .. } | Error::Open { .. }),
+        "{e}"
+    );
 
     // corrupted files
     let dir = tempfile::tempdir().unwrap();

@@ -18,7 +18,12 @@ use veto_proto::token_service_client::TokenServiceClient;
 use veto_proto::{InitRequest, Member, Role, StatusRequest, StatusResponse};
 
 /// Polls `f` every `every` until it returns `Some`, for at most `limit`.
-pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, every: Duration, mut f: F) -> Result<T>
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut f: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -57,7 +62,10 @@ pub fn bin_named(name: &str, env: &str) -> Result<PathBuf> {
             dir = d.parent().map(Path::to_path_buf);
         }
     }
-    bail!("cannot find the {name} binary next to {}; build it (cargo build --bins) or set {env}", exe.display())
+    bail!(
+        "cannot find the {name} binary next to {}; build it (cargo build --bins) or set {env}",
+        exe.display()
+    )
 }
 
 /// A lazily connecting channel to `addr` (host:port).
@@ -65,6 +73,7 @@ pub fn channel(addr: &str) -> Result<Channel> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
         .connect_lazy())
 }
 
@@ -102,7 +111,10 @@ impl Node {
     /// This node's status, if it answers.
     pub async fn status(&self) -> Option<StatusResponse> {
         let mut c = self.admin().ok()?;
-        c.status(StatusRequest {}).await.ok().map(|r| r.into_inner())
+        c.status(StatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
     }
 }
 
@@ -119,7 +131,11 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { nodes: 3, extra_config: String::new(), base_dir: None }
+        Self {
+            nodes: 3,
+            extra_config: String::new(),
+            base_dir: None,
+        }
     }
 }
 
@@ -164,7 +180,10 @@ impl Cluster {
         let members = c
             .nodes
             .iter()
-            .map(|n| Member { node_id: n.id, addr: n.grpc_addr.clone() })
+            .map(|n| Member {
+                node_id: n.id,
+                addr: n.grpc_addr.clone(),
+            })
             .collect();
         let mut admin = c.nodes[0].admin()?;
         admin.init(InitRequest { members }).await.context("init")?;
@@ -181,7 +200,9 @@ impl Cluster {
     pub async fn spawn_new(&mut self, id: u64) -> Result<&Node> {
         let data_dir = self.base.join(format!("n{id}"));
         std::fs::create_dir_all(&data_dir)?;
-        let node = self.launch(id, &data_dir, "127.0.0.1:0", "127.0.0.1:0").await?;
+        let node = self
+            .launch(id, &data_dir, "127.0.0.1:0", "127.0.0.1:0")
+            .await?;
         self.nodes.push(node);
         self.nodes.last().ok_or_else(|| anyhow!("no node"))
     }
@@ -197,14 +218,20 @@ impl Cluster {
         let ready = data_dir.with_extension("ready");
         let _ = std::fs::remove_file(&ready);
         let log_file = data_dir.with_extension("log");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_file)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_file)?;
         let child = Command::new(&self.bin)
             .arg("--config")
             .arg(&cfg)
             .arg("--ready-file")
             .arg(&ready)
             .env("VETO_KEK", &self.kek)
-            .env("RUST_LOG", std::env::var("VETO_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("VETO_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
@@ -233,7 +260,12 @@ impl Cluster {
             let log = std::fs::read_to_string(&log_file).unwrap_or_default();
             bail!("veto-server {id} exited during start:\n{log}");
         }
-        let get = |k: &str| addrs[k].as_str().map(str::to_owned).ok_or_else(|| anyhow!("ready file lacks {k}"));
+        let get = |k: &str| {
+            addrs[k]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("ready file lacks {k}"))
+        };
         Ok(Node {
             id,
             grpc_addr: get("grpc")?,
@@ -246,12 +278,19 @@ impl Cluster {
 
     /// The node with this id.
     pub fn node(&self, id: u64) -> Result<&Node> {
-        self.nodes.iter().find(|n| n.id == id).ok_or_else(|| anyhow!("no node {id}"))
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| anyhow!("no node {id}"))
     }
 
     /// Kills a node with SIGKILL and waits for it to exit.
     pub async fn kill(&mut self, id: u64) -> Result<()> {
-        let n = self.nodes.iter_mut().find(|n| n.id == id).ok_or_else(|| anyhow!("no node {id}"))?;
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .ok_or_else(|| anyhow!("no node {id}"))?;
         if let Some(mut c) = n.child.take() {
             c.start_kill()?;
             tokio::time::timeout(Duration::from_secs(10), c.wait()).await??;
@@ -261,7 +300,11 @@ impl Cluster {
 
     /// Restarts a killed node on its data directory and former ports.
     pub async fn restart(&mut self, id: u64) -> Result<()> {
-        let i = self.nodes.iter().position(|n| n.id == id).ok_or_else(|| anyhow!("no node {id}"))?;
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.id == id)
+            .ok_or_else(|| anyhow!("no node {id}"))?;
         if self.nodes[i].child.is_some() {
             bail!("node {id} is running");
         }
@@ -296,14 +339,19 @@ impl Cluster {
 
     /// Waits until every running node has applied at least `revision`.
     pub async fn wait_applied(&self, revision: u64, limit: Duration) -> Result<()> {
-        eventually("all nodes applied", limit, Duration::from_millis(20), || async {
-            for n in self.nodes.iter().filter(|n| n.is_running()) {
-                if n.status().await?.applied_index < revision {
-                    return None;
+        eventually(
+            "all nodes applied",
+            limit,
+            Duration::from_millis(20),
+            || async {
+                for n in self.nodes.iter().filter(|n| n.is_running()) {
+                    if n.status().await?.applied_index < revision {
+                        return None;
+                    }
                 }
-            }
-            Some(())
-        })
+                Some(())
+            },
+        )
         .await
     }
 

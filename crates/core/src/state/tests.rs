@@ -15,9 +15,23 @@ struct Fx {
 
 impl Fx {
     fn new() -> Self {
-        let mut fx = Fx { st: State::default(), rev: 0, kid: Kid([1; 16]) };
-        fx.apply(Command::PublishKey { kid: fx.kid, public: [0; 32], sealed: vec![1, 2], at: T0, actor: op() });
-        fx.apply(Command::ActivateKey { kid: fx.kid, at: T0, actor: op() });
+        let mut fx = Fx {
+            st: State::default(),
+            rev: 0,
+            kid: Kid([1; 16]),
+        };
+        fx.apply(Command::PublishKey {
+            kid: fx.kid,
+            public: [0; 32],
+            sealed: vec![1, 2],
+            at: T0,
+            actor: op(),
+        });
+        fx.apply(Command::ActivateKey {
+            kid: fx.kid,
+            at: T0,
+            actor: op(),
+        });
         fx
     }
 
@@ -43,7 +57,10 @@ impl Fx {
 
     fn issue(&mut self, n: u8, sub: &str, iat: i64) -> Jti {
         let t = self.token(n, sub, iat, 3600);
-        let r = self.apply(Command::Issue { token: t, actor: op() });
+        let r = self.apply(Command::Issue {
+            token: t,
+            actor: op(),
+        });
         assert!(matches!(r, Response::Issued { .. }), "{r:?}");
         Jti([n; 16])
     }
@@ -57,14 +74,47 @@ impl Fx {
 fn revoke_token_is_idempotent_and_unknown_is_not_found() {
     let mut fx = Fx::new();
     let a = fx.issue(1, "alice", T0);
-    let r1 = fx.apply(Command::RevokeToken { jti: a, reason: "leak".into(), at: T0 + 1, actor: op() });
-    let Response::Revoked { revision: first, already: false } = r1 else { panic!("{r1:?}") };
-    let r2 = fx.apply(Command::RevokeToken { jti: a, reason: "again".into(), at: T0 + 2, actor: op() });
-    assert_eq!(r2, Response::Revoked { revision: first, already: true });
+    let r1 = fx.apply(Command::RevokeToken {
+        jti: a,
+        reason: "leak".into(),
+        at: T0 + 1,
+        actor: op(),
+    });
+    let Response::Revoked {
+        revision: first,
+        already: false,
+    } = r1
+    else {
+        panic!("{r1:?}")
+    };
+    let r2 = fx.apply(Command::RevokeToken {
+        jti: a,
+        reason: "again".into(),
+        at: T0 + 2,
+        actor: op(),
+    });
+    assert_eq!(
+        r2,
+        Response::Revoked {
+            revision: first,
+            already: true
+        }
+    );
     assert_eq!(fx.status(a, T0 + 2), TokenStatus::Revoked);
     let before = fx.st.clone();
-    let r3 = fx.apply(Command::RevokeToken { jti: Jti([9; 16]), reason: String::new(), at: T0, actor: op() });
-    assert!(matches!(r3, Response::Rejected { rejection: Rejection::NotFound { .. }, .. }));
+    let r3 = fx.apply(Command::RevokeToken {
+        jti: Jti([9; 16]),
+        reason: String::new(),
+        at: T0,
+        actor: op(),
+    });
+    assert!(matches!(
+        r3,
+        Response::Rejected {
+            rejection: Rejection::NotFound { .. },
+            ..
+        }
+    ));
     // only the revision moved
     let mut b = before;
     b.revision = fx.st.revision;
@@ -108,7 +158,13 @@ fn refresh_then_family_revoke() {
     let a = fx.issue(1, "dave", T0);
     let mut succ = fx.token(2, "dave", T0 + 5, 3600);
     succ.fam = a;
-    let r = fx.apply(Command::Refresh { predecessor: a, successor: succ.clone(), revoke_at: T0 + 65, at: T0 + 5, actor: op() });
+    let r = fx.apply(Command::Refresh {
+        predecessor: a,
+        successor: succ.clone(),
+        revoke_at: T0 + 65,
+        at: T0 + 5,
+        actor: op(),
+    });
     assert!(matches!(r, Response::Issued { .. }), "{r:?}");
     assert_eq!(fx.status(a, T0 + 30), TokenStatus::RevokePending);
     assert_eq!(fx.status(a, T0 + 65), TokenStatus::Revoked);
@@ -116,14 +172,44 @@ fn refresh_then_family_revoke() {
     // refreshing the predecessor again is refused (reuse)
     let mut again = fx.token(3, "dave", T0 + 6, 3600);
     again.fam = a;
-    let r = fx.apply(Command::Refresh { predecessor: a, successor: again, revoke_at: T0 + 6, at: T0 + 6, actor: op() });
-    assert!(matches!(r, Response::Rejected { rejection: Rejection::FailedPrecondition(_), .. }));
+    let r = fx.apply(Command::Refresh {
+        predecessor: a,
+        successor: again,
+        revoke_at: T0 + 6,
+        at: T0 + 6,
+        actor: op(),
+    });
+    assert!(matches!(
+        r,
+        Response::Rejected {
+            rejection: Rejection::FailedPrecondition(_),
+            ..
+        }
+    ));
     // revoking the family kills every member
-    let r = fx.apply(Command::RevokeFamily { family: a, drop_after: T0 + 90_000, reason: "reuse".into(), at: T0 + 7, actor: op() });
+    let r = fx.apply(Command::RevokeFamily {
+        family: a,
+        drop_after: T0 + 90_000,
+        reason: "reuse".into(),
+        at: T0 + 7,
+        actor: op(),
+    });
     assert!(matches!(r, Response::Revoked { already: false, .. }));
     assert_eq!(fx.status(succ.jti, T0 + 8), TokenStatus::Revoked);
-    let r = fx.apply(Command::RevokeFamily { family: Jti([0xee; 16]), drop_after: 0, reason: String::new(), at: T0, actor: op() });
-    assert!(matches!(r, Response::Rejected { rejection: Rejection::NotFound { .. }, .. }));
+    let r = fx.apply(Command::RevokeFamily {
+        family: Jti([0xee; 16]),
+        drop_after: 0,
+        reason: String::new(),
+        at: T0,
+        actor: op(),
+    });
+    assert!(matches!(
+        r,
+        Response::Rejected {
+            rejection: Rejection::NotFound { .. },
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -131,12 +217,20 @@ fn revoke_key_revokes_its_tokens_and_stops_issuance() {
     let mut fx = Fx::new();
     let a = fx.issue(1, "erin", T0);
     let kid = fx.kid;
-    let r = fx.apply(Command::RevokeKey { kid, reason: "compromised".into(), at: T0 + 1, actor: op() });
+    let r = fx.apply(Command::RevokeKey {
+        kid,
+        reason: "compromised".into(),
+        at: T0 + 1,
+        actor: op(),
+    });
     assert!(matches!(r, Response::Revoked { already: false, .. }));
     assert_eq!(fx.status(a, T0 + 2), TokenStatus::Revoked);
     assert!(fx.st.active_key().is_none());
     let t = fx.token(2, "erin", T0 + 2, 60);
-    let r = fx.apply(Command::Issue { token: t, actor: op() });
+    let r = fx.apply(Command::Issue {
+        token: t,
+        actor: op(),
+    });
     assert!(matches!(r, Response::Rejected { .. }));
     assert!(fx.st.key(&kid).unwrap().sealed.is_empty());
 }
@@ -147,25 +241,56 @@ fn staged_rotation() {
     let old = fx.kid;
     fx.issue(1, "f", T0);
     let new = Kid([2; 16]);
-    fx.apply(Command::PublishKey { kid: new, public: [1; 32], sealed: vec![3], at: T0, actor: op() });
+    fx.apply(Command::PublishKey {
+        kid: new,
+        public: [1; 32],
+        sealed: vec![3],
+        at: T0,
+        actor: op(),
+    });
     assert_eq!(fx.st.key(&new).unwrap().state, KeyState::Published);
     assert_eq!(fx.st.active_key().unwrap().kid, old);
-    fx.apply(Command::ActivateKey { kid: new, at: T0 + 1, actor: op() });
+    fx.apply(Command::ActivateKey {
+        kid: new,
+        at: T0 + 1,
+        actor: op(),
+    });
     assert_eq!(fx.st.key(&old).unwrap().state, KeyState::Retiring);
     assert_eq!(fx.st.active_key().unwrap().kid, new);
     // tokens signed by the old key are unexpired: retire refused unless forced
-    let r = fx.apply(Command::RetireKey { kid: old, force: false, at: T0 + 2, actor: op() });
+    let r = fx.apply(Command::RetireKey {
+        kid: old,
+        force: false,
+        at: T0 + 2,
+        actor: op(),
+    });
     assert!(matches!(r, Response::Rejected { .. }));
-    let r = fx.apply(Command::RetireKey { kid: old, force: false, at: T0 + 3600, actor: op() });
+    let r = fx.apply(Command::RetireKey {
+        kid: old,
+        force: false,
+        at: T0 + 3600,
+        actor: op(),
+    });
     assert!(matches!(r, Response::KeyChanged { .. }), "{r:?}");
     assert_eq!(fx.st.key(&old).unwrap().state, KeyState::Retired);
     // the active key can't be retired
-    let r = fx.apply(Command::RetireKey { kid: new, force: true, at: T0 + 3600, actor: op() });
+    let r = fx.apply(Command::RetireKey {
+        kid: new,
+        force: true,
+        at: T0 + 3600,
+        actor: op(),
+    });
     assert!(matches!(r, Response::Rejected { .. }));
     // an issue signed with the old key after activation is refused
     let mut t = fx.token(5, "f", T0 + 5, 60);
     t.kid = old;
-    assert!(matches!(fx.apply(Command::Issue { token: t, actor: op() }), Response::Rejected { .. }));
+    assert!(matches!(
+        fx.apply(Command::Issue {
+            token: t,
+            actor: op()
+        }),
+        Response::Rejected { .. }
+    ));
 }
 
 #[test]
@@ -173,9 +298,26 @@ fn sweep_drops_only_what_can_no_longer_matter() {
     let mut fx = Fx::new();
     let a = fx.issue(1, "g", T0); // exp T0+3600
     let b = fx.issue(2, "g", T0 + 1000); // exp T0+4600
-    fx.apply(Command::RevokeToken { jti: a, reason: String::new(), at: T0 + 1, actor: op() });
-    fx.apply(Command::RevokeToken { jti: b, reason: String::new(), at: T0 + 1001, actor: op() });
-    fx.apply(Command::RevokeSubject { sub: "h".into(), before: T0, drop_after: T0 + 4000, reason: String::new(), at: T0, actor: op() });
+    fx.apply(Command::RevokeToken {
+        jti: a,
+        reason: String::new(),
+        at: T0 + 1,
+        actor: op(),
+    });
+    fx.apply(Command::RevokeToken {
+        jti: b,
+        reason: String::new(),
+        at: T0 + 1001,
+        actor: op(),
+    });
+    fx.apply(Command::RevokeSubject {
+        sub: "h".into(),
+        before: T0,
+        drop_after: T0 + 4000,
+        reason: String::new(),
+        at: T0,
+        actor: op(),
+    });
     assert_eq!(fx.st.revocation_count(), 3);
     let r = fx.apply(Command::Sweep { cutoff: T0 + 3599 });
     assert!(matches!(r, Response::Swept { dropped: 0, .. }));

@@ -2,7 +2,9 @@
 
 use std::future::Future;
 
-use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::errors::{
+    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
@@ -36,23 +38,31 @@ impl RaftNetworkFactory<C> for Factory {
     type Network = Client;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Client {
-        let client = Endpoint::from_shared(format!("http://{}", node.addr)).ok().map(|ep| {
-            RaftServiceClient::new(
-                ep.connect_timeout(std::time::Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(std::time::Duration::from_secs(5))
-                    .connect_lazy(),
-            )
-            .max_decoding_message_size(self.max_message_bytes)
-            .max_encoding_message_size(self.max_message_bytes)
-        });
-        Client { target, client, addr: node.addr.clone() }
+        let client = Endpoint::from_shared(format!("http://{}", node.addr))
+            .ok()
+            .map(|ep| {
+                RaftServiceClient::new(
+                    ep.connect_timeout(std::time::Duration::from_secs(1))
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(std::time::Duration::from_secs(5))
+                        .connect_lazy(),
+                )
+                .max_decoding_message_size(self.max_message_bytes)
+                .max_encoding_message_size(self.max_message_bytes)
+            });
+        Client {
+            target,
+            client,
+            addr: node.addr.clone(),
+        }
     }
 }
 
 fn status_err(s: tonic::Status) -> RPCError<C> {
     match s.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown => RPCError::Unreachable(Unreachable::new(&s)),
+        tonic::Code::Unavailable | tonic::Code::Unknown => {
+            RPCError::Unreachable(Unreachable::new(&s))
+        }
         _ => RPCError::Network(NetworkError::new(&s)),
     }
 }
@@ -73,7 +83,9 @@ impl Client {
     fn client(&mut self) -> Result<&mut RaftServiceClient<Channel>, RPCError<C>> {
         let (target, addr) = (self.target, self.addr.clone());
         self.client.as_mut().ok_or_else(|| {
-            RPCError::Unreachable(Unreachable::from_string(format!("node {target}: bad address {addr:?}")))
+            RPCError::Unreachable(Unreachable::from_string(format!(
+                "node {target}: bad address {addr:?}"
+            )))
         })
     }
 }
@@ -88,13 +100,27 @@ impl RaftNetworkV2<C> for Client {
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
         let mut req = tonic::Request::new(enc(&rpc)?);
         req.set_timeout(option.soft_ttl());
-        dec(self.client()?.append_entries(req).await.map_err(status_err)?.into_inner())
+        dec(self
+            .client()?
+            .append_entries(req)
+            .await
+            .map_err(status_err)?
+            .into_inner())
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
         let mut req = tonic::Request::new(enc(&rpc)?);
         req.set_timeout(option.soft_ttl());
-        dec(self.client()?.vote(req).await.map_err(status_err)?.into_inner())
+        dec(self
+            .client()?
+            .vote(req)
+            .await
+            .map_err(status_err)?
+            .into_inner())
     }
 
     async fn transfer_leader(
@@ -104,7 +130,12 @@ impl RaftNetworkV2<C> for Client {
     ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
         let mut req = tonic::Request::new(enc(&rpc)?);
         req.set_timeout(option.soft_ttl());
-        dec(self.client()?.transfer_leader(req).await.map_err(status_err)?.into_inner())
+        dec(self
+            .client()?
+            .transfer_leader(req)
+            .await
+            .map_err(status_err)?
+            .into_inner())
     }
 
     async fn full_snapshot(
@@ -117,11 +148,17 @@ impl RaftNetworkV2<C> for Client {
         let header = serde_json::to_vec(&(&vote, &snapshot.meta))
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let data = bytes::Bytes::from(snapshot.snapshot);
-        let mut parts = vec![SnapshotPart { header: header.into(), data: bytes::Bytes::new() }];
+        let mut parts = vec![SnapshotPart {
+            header: header.into(),
+            data: bytes::Bytes::new(),
+        }];
         let mut off = 0;
         while off < data.len() {
             let end = (off + SNAPSHOT_CHUNK_BYTES).min(data.len());
-            parts.push(SnapshotPart { header: bytes::Bytes::new(), data: data.slice(off..end) });
+            parts.push(SnapshotPart {
+                header: bytes::Bytes::new(),
+                data: data.slice(off..end),
+            });
             off = end;
         }
         let mut req = tonic::Request::new(futures::stream::iter(parts));

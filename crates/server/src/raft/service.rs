@@ -17,7 +17,10 @@ pub struct Service {
 impl Service {
     /// Serves RPCs for `raft`; snapshots larger than `max_snapshot_bytes` are refused.
     pub fn new(raft: Raft, max_snapshot_bytes: usize) -> Self {
-        Self { raft, max_snapshot_bytes }
+        Self {
+            raft,
+            max_snapshot_bytes,
+        }
     }
 }
 
@@ -27,13 +30,17 @@ fn decode<T: serde::de::DeserializeOwned>(p: &RaftPayload) -> Result<T, Status> 
 }
 
 fn encode<T: serde::Serialize>(t: &T) -> Result<Response<RaftPayload>, Status> {
-    let data = serde_json::to_vec(t).map_err(|e| Status::internal(format!("encode raft reply: {e}")))?;
+    let data =
+        serde_json::to_vec(t).map_err(|e| Status::internal(format!("encode raft reply: {e}")))?;
     Ok(Response::new(RaftPayload { data: data.into() }))
 }
 
 #[tonic::async_trait]
 impl RaftService for Service {
-    async fn append_entries(&self, r: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn append_entries(
+        &self,
+        r: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(r.get_ref())?;
         encode(&self.raft.append_entries(rpc).await)
     }
@@ -43,9 +50,16 @@ impl RaftService for Service {
         encode(&self.raft.vote(rpc).await)
     }
 
-    async fn transfer_leader(&self, r: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn transfer_leader(
+        &self,
+        r: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(r.get_ref())?;
-        let res = self.raft.handle_transfer_leader(rpc).await.map_err(RaftError::<TypeConfig>::Fatal);
+        let res = self
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(RaftError::<TypeConfig>::Fatal);
         encode(&res)
     }
 
@@ -54,21 +68,33 @@ impl RaftService for Service {
         r: Request<Streaming<SnapshotPart>>,
     ) -> Result<Response<RaftPayload>, Status> {
         let mut s = r.into_inner();
-        let first = s.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let first = s
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let (vote, meta): (Vote, SnapshotMeta) = serde_json::from_slice(&first.header)
             .map_err(|e| Status::invalid_argument(format!("malformed snapshot header: {e}")))?;
         let mut buf = first.data.to_vec();
         while let Some(p) = s.message().await? {
             if buf.len() + p.data.len() > self.max_snapshot_bytes {
-                return Err(Status::resource_exhausted("snapshot exceeds the configured limit"));
+                return Err(Status::resource_exhausted(
+                    "snapshot exceeds the configured limit",
+                ));
             }
             buf.extend_from_slice(&p.data);
         }
         // Reject a snapshot that does not decode before handing it to openraft.
         veto_core::State::from_snapshot_bytes(&buf)
             .map_err(|e| Status::invalid_argument(format!("snapshot does not decode: {e}")))?;
-        let snap = Snapshot { meta, snapshot: buf };
-        let res = self.raft.install_full_snapshot(vote, snap).await.map_err(RaftError::<TypeConfig>::Fatal);
+        let snap = Snapshot {
+            meta,
+            snapshot: buf,
+        };
+        let res = self
+            .raft
+            .install_full_snapshot(vote, snap)
+            .await
+            .map_err(RaftError::<TypeConfig>::Fatal);
         encode(&res)
     }
 }

@@ -1,0 +1,458 @@
+//! `veto bench`: committed issue and revoke throughput and latency on a
+//! local 3-node cluster (fsync on), and, in the same run, puts of the same
+//! payload size at the same concurrency on a local 3-member etcd cluster
+//! (Debian's `etcd-server`, data on disk).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hdrhistogram::Histogram;
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+use veto_proto as pb;
+use veto_proto::etcd::kv_client::KvClient;
+use veto_proto::etcd::maintenance_client::MaintenanceClient;
+use veto_proto::token_service_client::TokenServiceClient;
+use veto_testkit::{channel, eventually, Cluster, ClusterOptions};
+
+/// Arguments of `veto bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure: issue, revoke or all.
+    #[arg(default_value = "all")]
+    pub what: String,
+    /// Concurrency levels (in-flight calls), comma-separated.
+    #[arg(long, default_value = "1,64", value_delimiter = ',')]
+    pub concurrency: Vec<usize>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Skip the etcd comparison.
+    #[arg(long)]
+    pub no_etcd: bool,
+    /// etcd binary.
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    pub etcd_bin: PathBuf,
+    /// Client connections to spread the calls over.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Sample {
+    /// System and operation.
+    pub name: String,
+    /// In-flight calls.
+    pub concurrency: usize,
+    /// Completed operations.
+    pub ops: u64,
+    /// Failed operations.
+    pub errors: u64,
+    /// Operations per second.
+    pub ops_per_sec: f64,
+    /// Latency percentiles, ms.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+}
+
+fn sample(name: &str, c: usize, h: &Histogram<u64>, errors: u64, elapsed: Duration) -> Sample {
+    let q = |p| h.value_at_quantile(p) as f64 / 1e3;
+    Sample {
+        name: name.into(),
+        concurrency: c,
+        ops: h.len(),
+        errors,
+        ops_per_sec: h.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: q(0.5),
+        p99_ms: q(0.99),
+        p999_ms: q(0.999),
+    }
+}
+
+/// Runs `c` workers for `dur`; each calls `op(worker, i)` until time is up
+/// or it returns `None` (out of work).
+async fn drive<F, Fut>(c: usize, dur: Duration, op: F) -> Result<(Histogram<u64>, u64, Duration)>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Option<bool>> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let deadline = start + dur;
+    let mut tasks = Vec::new();
+    for w in 0..c {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut errors = 0u64;
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let s = Instant::now();
+                match op(w, i).await {
+                    None => break,
+                    Some(true) => h.record(s.elapsed().as_micros().max(1) as u64)?,
+                    Some(false) => errors += 1,
+                }
+                i += 1;
+            }
+            Ok::<_, anyhow::Error>((h, errors))
+        }));
+    }
+    let mut h = Histogram::<u64>::new(3)?;
+    let mut errors = 0;
+    for t in tasks {
+        let (wh, we) = t.await??;
+        h.add(wh)?;
+        errors += we;
+    }
+    Ok((h, errors, start.elapsed()))
+}
+
+fn clients(addr: &str, n: usize) -> Result<Vec<TokenServiceClient<Channel>>> {
+    (0..n.max(1))
+        .map(|_| Ok(TokenServiceClient::new(fresh_channel(addr)?)))
+        .collect()
+}
+
+fn fresh_channel(addr: &str) -> Result<Channel> {
+    // A separate connection each (channel() would be one lazily shared HTTP/2 connection per call site).
+    channel(addr)
+}
+
+/// Runs the benchmark.
+pub async fn run(args: BenchArgs, json_out: bool) -> Result<()> {
+    let dur = Duration::from_secs(args.duration_secs.max(1));
+    let do_issue = matches!(args.what.as_str(), "all" | "issue");
+    let do_revoke = matches!(args.what.as_str(), "all" | "revoke");
+    if !do_issue && !do_revoke {
+        bail!(
+            "unknown benchmark {:?}: use issue, revoke or all",
+            args.what
+        );
+    }
+    eprintln!("starting a local 3-node veto cluster (fsync on)...");
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await?;
+    let addr = cluster.node(leader)?.grpc_addr.clone();
+    let mut probe = TokenServiceClient::new(channel(&addr)?);
+    eventually(
+        "the first signing key",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let mut p = probe.clone();
+            async move {
+                p.issue(pb::IssueRequest {
+                    sub: "warmup".into(),
+                    scopes: vec![],
+                    aud: None,
+                    ttl_seconds: 60,
+                })
+                .await
+                .ok()
+            }
+        },
+    )
+    .await?;
+    let _ = probe
+        .issue(pb::IssueRequest {
+            sub: "warmup".into(),
+            scopes: vec![],
+            aud: None,
+            ttl_seconds: 60,
+        })
+        .await;
+
+    let payload = revoke_entry_bytes();
+    let mut etcd = if args.no_etcd {
+        None
+    } else {
+        Some(Etcd::start(&args.etcd_bin, cluster.base_dir()).await?)
+    };
+    let mut results = Vec::new();
+    for &c in &args.concurrency {
+        let cl = Arc::new(clients(&addr, args.connections)?);
+        // Issue: also builds the pool of tokens the revoke phase revokes.
+        let pool: Arc<std::sync::Mutex<Vec<Vec<String>>>> =
+            Arc::new(std::sync::Mutex::new(vec![Vec::new(); c]));
+        let issue_dur = if do_issue { dur } else { dur / 2 };
+        eprintln!(
+            "veto issue, concurrency {c}, {} s...",
+            issue_dur.as_secs_f64()
+        );
+        let (h, e, el) = {
+            let cl = cl.clone();
+            let pool = pool.clone();
+            drive(c, issue_dur, move |w, i| {
+                let mut client = cl[w % cl.len()].clone();
+                let pool = pool.clone();
+                async move {
+                    let r = client
+                        .issue(pb::IssueRequest {
+                            sub: format!("bench:{w}:{i}"),
+                            scopes: vec!["read".into()],
+                            aud: None,
+                            ttl_seconds: 3600,
+                        })
+                        .await;
+                    Some(match r {
+                        Ok(r) => {
+                            let jti = r.into_inner().record.map(|r| r.jti).unwrap_or_default();
+                            if let Ok(mut p) = pool.lock() {
+                                p[w].push(jti);
+                            }
+                            true
+                        }
+                        Err(_) => false,
+                    })
+                }
+            })
+            .await?
+        };
+        if do_issue {
+            results.push(sample("veto issue", c, &h, e, el));
+        }
+        if do_revoke {
+            eprintln!("veto revoke, concurrency {c}, up to {} s...", dur.as_secs());
+            let pool: Arc<Vec<Vec<String>>> =
+                Arc::new(pool.lock().map(|p| p.clone()).unwrap_or_default());
+            let cl = cl.clone();
+            let (h, e, el) = drive(c, dur, move |w, i| {
+                let mut client = cl[w % cl.len()].clone();
+                let jti = pool[w].get(i as usize).cloned();
+                async move {
+                    let jti = jti?;
+                    let r = client
+                        .revoke(pb::RevokeRequest {
+                            jti,
+                            reason: "bench".into(),
+                            ..Default::default()
+                        })
+                        .await;
+                    Some(r.is_ok())
+                }
+            })
+            .await?;
+            results.push(sample("veto revoke", c, &h, e, el));
+        }
+        if let Some(etcd) = etcd.as_mut() {
+            eprintln!(
+                "etcd put ({payload} B values), concurrency {c}, {} s...",
+                dur.as_secs()
+            );
+            let kvs: Arc<Vec<KvClient<Channel>>> = Arc::new(
+                (0..args.connections.max(1))
+                    .map(|_| etcd.leader_kv())
+                    .collect::<Result<_>>()?,
+            );
+            let value = Arc::new(vec![b'x'; payload]);
+            let (h, e, el) = drive(c, dur, move |w, i| {
+                let mut kv = kvs[w % kvs.len()].clone();
+                let value = value.clone();
+                async move {
+                    let r = kv
+                        .put(veto_proto::etcd::PutRequest {
+                            key: format!("bench/{c}/{w}/{i}").into_bytes(),
+                            value: value.to_vec(),
+                            lease: 0,
+                            prev_kv: false,
+                        })
+                        .await;
+                    Some(r.is_ok())
+                }
+            })
+            .await?;
+            results.push(sample("etcd put", c, &h, e, el));
+        }
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        println!(
+            "\n{:<12} {:>5} {:>9} {:>7} {:>11} {:>9} {:>9} {:>9}",
+            "op", "conc", "ops", "errors", "ops/s", "p50 ms", "p99 ms", "p999 ms"
+        );
+        for s in &results {
+            println!(
+                "{:<12} {:>5} {:>9} {:>7} {:>11.0} {:>9.2} {:>9.2} {:>9.2}",
+                s.name,
+                s.concurrency,
+                s.ops,
+                s.errors,
+                s.ops_per_sec,
+                s.p50_ms,
+                s.p99_ms,
+                s.p999_ms
+            );
+        }
+        for &c in &args.concurrency {
+            let get = |n: &str| {
+                results
+                    .iter()
+                    .find(|s| s.name == n && s.concurrency == c)
+                    .map(|s| s.ops_per_sec)
+            };
+            if let Some(e) = get("etcd put") {
+                for op in ["veto issue", "veto revoke"] {
+                    if let Some(v) = get(op) {
+                        println!("ratio {op} / etcd put at concurrency {c}: {:.2}", v / e);
+                    }
+                }
+            }
+        }
+        println!("(etcd values are {payload} bytes, the size of a revoke entry in veto's log)");
+    }
+    if let Some(e) = etcd {
+        e.stop().await;
+    }
+    drop(cluster);
+    Ok(())
+}
+
+/// Size of a typical revoke command as veto stores it in the log.
+fn revoke_entry_bytes() -> usize {
+    let cmd = veto_core::Command::RevokeToken {
+        jti: veto_core::Jti([0xab; 16]),
+        reason: "bench".into(),
+        at: 1_800_000_000,
+        actor: veto_core::Actor("anonymous@127.0.0.1:50000".into()),
+    };
+    serde_json::to_vec(&cmd).map(|v| v.len()).unwrap_or(128)
+}
+
+/// A local 3-member etcd cluster.
+struct Etcd {
+    children: Vec<Child>,
+    leader: String,
+    _dir: PathBuf,
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl Etcd {
+    async fn start(bin: &Path, base: &Path) -> Result<Etcd> {
+        if !bin.is_file() {
+            bail!("{} not found: install Debian's etcd-server (scripts/bench.sh does), or pass --no-etcd", bin.display());
+        }
+        let dir = base.join("etcd");
+        let ports: Vec<(u16, u16)> = (0..3)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<Result<_>>()?;
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("e{i}=http://127.0.0.1:{p}"))
+            .collect();
+        let mut children = Vec::new();
+        let mut client_urls = Vec::new();
+        for (i, (cp, pp)) in ports.iter().enumerate() {
+            let data = dir.join(format!("e{i}"));
+            std::fs::create_dir_all(&data)?;
+            let log = std::fs::File::create(dir.join(format!("e{i}.log")))?;
+            let client = format!("http://127.0.0.1:{cp}");
+            let peer = format!("http://127.0.0.1:{pp}");
+            let child = Command::new(bin)
+                .args(["--name", &format!("e{i}")])
+                .arg("--data-dir")
+                .arg(&data)
+                .args([
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                ])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args([
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    "veto-bench",
+                ])
+                .args(["--log-level", "error"])
+                .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("spawn {}", bin.display()))?;
+            children.push(child);
+            client_urls.push(format!("127.0.0.1:{cp}"));
+        }
+        let url = client_urls[0].clone();
+        eventually(
+            "etcd to accept puts",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                let url = url.clone();
+                async move {
+                    let mut kv = KvClient::new(channel(&url).ok()?);
+                    kv.put(veto_proto::etcd::PutRequest {
+                        key: b"warmup".to_vec(),
+                        value: b"1".to_vec(),
+                        lease: 0,
+                        prev_kv: false,
+                    })
+                    .await
+                    .ok()
+                }
+            },
+        )
+        .await?;
+        let leader = eventually(
+            "an etcd leader",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || find_etcd_leader(&client_urls),
+        )
+        .await?;
+        Ok(Etcd {
+            children,
+            leader,
+            _dir: dir,
+        })
+    }
+
+    /// A KV client on the leader (no proxying through a follower).
+    fn leader_kv(&self) -> Result<KvClient<Channel>> {
+        Ok(KvClient::new(channel(&self.leader)?))
+    }
+
+    async fn stop(mut self) {
+        for c in &mut self.children {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+        }
+    }
+}
+
+/// The client URL of the member that reports itself as leader.
+async fn find_etcd_leader(urls: &[String]) -> Option<String> {
+    for u in urls {
+        let mut m = MaintenanceClient::new(channel(u).ok()?);
+        if let Ok(s) = m.status(veto_proto::etcd::StatusRequest {}).await {
+            let s = s.into_inner();
+            if s.header.as_ref().map(|h| h.member_id) == Some(s.leader) {
+                return Some(u.clone());
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,501 @@
+//! `veto.v1.AdminService`: membership, status and signing-key stages.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use openraft::errors::{InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use tonic::{Request, Response, Status};
+use veto_core::command::{Actor, Command, Response as SmResponse};
+use veto_core::validate::{self, Invalid};
+use veto_core::Kid;
+use veto_proto as pb;
+use veto_proto::admin_service_client::AdminServiceClient;
+use veto_proto::admin_service_server::AdminService;
+
+use crate::convert;
+use crate::error::{Error, Result};
+use crate::node::{membership_err, unix_now, Node};
+use crate::routed;
+use crate::routing::actor;
+
+/// The AdminService implementation.
+#[derive(Clone)]
+pub struct Service {
+    node: Node,
+    advertised: String,
+}
+
+impl Service {
+    /// Serves administration for `node`, reachable at `advertised`.
+    pub fn new(node: Node, advertised: String) -> Self {
+        Self { node, advertised }
+    }
+
+    fn membership(&self) -> pb::MembershipInfo {
+        let m = self.node.metrics();
+        let mem = m.membership_config.membership();
+        let voters: BTreeSet<u64> = mem.voter_ids().collect();
+        let mut info = pb::MembershipInfo::default();
+        for (id, n) in mem.nodes() {
+            let member = pb::Member {
+                node_id: *id,
+                addr: n.addr.clone(),
+            };
+            if voters.contains(id) {
+                info.voters.push(member);
+            } else {
+                info.learners.push(member);
+            }
+        }
+        info
+    }
+
+    fn membership_response(&self, revision: u64) -> pb::MembershipResponse {
+        pb::MembershipResponse {
+            revision,
+            membership: Some(self.membership()),
+        }
+    }
+
+    async fn add_learner_local(&self, r: &pb::AddLearnerRequest) -> Result<pb::MembershipResponse> {
+        let m = r
+            .member
+            .as_ref()
+            .ok_or_else(|| Invalid::new("member", "is required"))?;
+        check_member(m)?;
+        if self
+            .node
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&m.node_id)
+            .is_some()
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "node {} is already a member",
+                m.node_id
+            )));
+        }
+        let res = self
+            .node
+            .raft()
+            .add_learner(m.node_id, BasicNode::new(m.addr.clone()), r.blocking)
+            .await
+            .map_err(membership_err)?;
+        Ok(self.membership_response(res.log_id.index))
+    }
+
+    async fn change_local(
+        &self,
+        change: ChangeMembers<u64, BasicNode>,
+        retain: bool,
+    ) -> Result<pb::MembershipResponse> {
+        let res = self
+            .node
+            .raft()
+            .change_membership(change, retain)
+            .await
+            .map_err(membership_err)?;
+        Ok(self.membership_response(res.log_id.index))
+    }
+
+    async fn promote_local(&self, r: &pb::PromoteRequest) -> Result<pb::MembershipResponse> {
+        let m = self.node.metrics();
+        let mem = m.membership_config.membership();
+        if mem.get_node(&r.node_id).is_none() {
+            return Err(Error::Rejected(veto_core::command::Rejection::NotFound {
+                what: "member".into(),
+                id: r.node_id.to_string(),
+            }));
+        }
+        if mem.voter_ids().any(|v| v == r.node_id) {
+            return Err(Error::FailedPrecondition(format!(
+                "node {} is already a voter",
+                r.node_id
+            )));
+        }
+        self.change_local(
+            ChangeMembers::AddVoterIds(BTreeSet::from([r.node_id])),
+            false,
+        )
+        .await
+    }
+
+    async fn change_membership_local(
+        &self,
+        r: &pb::ChangeMembershipRequest,
+    ) -> Result<pb::MembershipResponse> {
+        let voters: BTreeSet<u64> = r.voters.iter().copied().collect();
+        if voters.is_empty() {
+            return Err(Invalid::new("voters", "must not be empty").into());
+        }
+        if voters.len() != r.voters.len() {
+            return Err(Invalid::new("voters", "must not repeat an id").into());
+        }
+        let m = self.node.metrics();
+        for v in &voters {
+            if m.membership_config.membership().get_node(v).is_none() {
+                return Err(Invalid::new(
+                    "voters",
+                    format!("node {v} is not a member; add it as a learner first"),
+                )
+                .into());
+            }
+        }
+        self.change_local(ChangeMembers::ReplaceAllVoters(voters), r.retain)
+            .await
+    }
+
+    async fn remove_local(&self, r: &pb::RemoveRequest) -> Result<pb::MembershipResponse> {
+        let m = self.node.metrics();
+        let mem = m.membership_config.membership();
+        if mem.get_node(&r.node_id).is_none() {
+            return Err(Error::Rejected(veto_core::command::Rejection::NotFound {
+                what: "member".into(),
+                id: r.node_id.to_string(),
+            }));
+        }
+        let set = BTreeSet::from([r.node_id]);
+        if mem.voter_ids().any(|v| v == r.node_id) {
+            if mem.voter_ids().count() == 1 {
+                return Err(Error::FailedPrecondition(
+                    "cannot remove the last voter".into(),
+                ));
+            }
+            self.change_local(ChangeMembers::RemoveVoters(set.clone()), false)
+                .await?;
+        }
+        self.change_local(ChangeMembers::RemoveNodes(set), false)
+            .await
+    }
+
+    async fn transfer_local(
+        &self,
+        r: &pb::TransferLeaderRequest,
+    ) -> Result<pb::TransferLeaderResponse> {
+        let to = r.to_node_id;
+        let m = self.node.metrics();
+        if !m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == to)
+        {
+            return Err(Invalid::new("to_node_id", format!("node {to} is not a voter")).into());
+        }
+        if to == self.node.id() {
+            return Ok(pb::TransferLeaderResponse { leader_id: to });
+        }
+        self.node
+            .raft()
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| Error::Fatal(e.to_string()))?;
+        let waited = self
+            .node
+            .raft()
+            .wait(Some(Duration::from_secs(5)))
+            .metrics(
+                |m| m.current_leader.is_some() && m.current_leader != Some(self.node.id()),
+                "leadership moved",
+            )
+            .await;
+        match waited {
+            Ok(m) => Ok(pb::TransferLeaderResponse {
+                leader_id: m.current_leader.unwrap_or(0),
+            }),
+            Err(e) => Err(Error::Timeout(format!(
+                "leadership did not move to node {to}: {e}"
+            ))),
+        }
+    }
+
+    async fn rotate_local(
+        &self,
+        r: &pb::RotateSigningKeyRequest,
+        actor: Actor,
+    ) -> Result<pb::RotateSigningKeyResponse> {
+        validate::reason("reason", &r.reason, self.node.limits())?;
+        let stage = pb::KeyStage::try_from(r.stage)
+            .map_err(|_| Invalid::new("stage", format!("unknown value {}", r.stage)))?;
+        let kid = || validate::id::<Kid>("kid", &r.kid);
+        let now = unix_now();
+        let (kid, cmd) = match stage {
+            pb::KeyStage::Unspecified => return Err(Invalid::new("stage", "is required").into()),
+            pb::KeyStage::Publish => self.node.new_key_command(actor),
+            pb::KeyStage::Activate => {
+                let kid = kid()?;
+                // No edge feed yet: activation has no edges to wait for.
+                (
+                    kid,
+                    Command::ActivateKey {
+                        kid,
+                        at: now,
+                        actor,
+                    },
+                )
+            }
+            pb::KeyStage::Retire => {
+                let kid = kid()?;
+                (
+                    kid,
+                    Command::RetireKey {
+                        kid,
+                        force: r.force,
+                        at: now,
+                        actor,
+                    },
+                )
+            }
+            pb::KeyStage::Revoke => {
+                let kid = kid()?;
+                (
+                    kid,
+                    Command::RevokeKey {
+                        kid,
+                        reason: r.reason.clone(),
+                        at: now,
+                        actor,
+                    },
+                )
+            }
+        };
+        let revision = match self.node.propose(cmd).await? {
+            SmResponse::KeyChanged { revision } | SmResponse::Revoked { revision, .. } => revision,
+            SmResponse::Rejected { rejection, .. } => return Err(rejection.into()),
+            other => return Err(Error::Fatal(format!("unexpected response {other:?}"))),
+        };
+        let keys = self
+            .node
+            .state()
+            .read(|s| s.keys().map(convert::key).collect());
+        Ok(pb::RotateSigningKeyResponse {
+            kid: kid.to_string(),
+            revision,
+            keys,
+        })
+    }
+
+    async fn list_keys_local(&self) -> Result<pb::ListKeysResponse> {
+        self.node.linearize().await?;
+        Ok(self.node.state().read(|s| pb::ListKeysResponse {
+            keys: s.keys().map(convert::key).collect(),
+            revision: s.revision,
+        }))
+    }
+}
+
+fn check_member(m: &pb::Member) -> Result<()> {
+    if m.node_id == 0 {
+        return Err(Invalid::new("member.node_id", "must be non-zero").into());
+    }
+    let ok = m.addr.len() <= 255
+        && m.addr
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+    if !ok {
+        return Err(Invalid::new("member.addr", "must be host:port").into());
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl AdminService for Service {
+    async fn init(
+        &self,
+        req: Request<pb::InitRequest>,
+    ) -> Result<Response<pb::InitResponse>, Status> {
+        let r = req.into_inner();
+        let mut members = BTreeMap::new();
+        if r.members.is_empty() {
+            members.insert(self.node.id(), BasicNode::new(self.advertised.clone()));
+        }
+        for m in &r.members {
+            check_member(m).map_err(Status::from)?;
+            if members
+                .insert(m.node_id, BasicNode::new(m.addr.clone()))
+                .is_some()
+            {
+                return Err(Status::invalid_argument(format!(
+                    "members: node {} listed twice",
+                    m.node_id
+                )));
+            }
+        }
+        if !members.contains_key(&self.node.id()) {
+            return Err(Status::invalid_argument(format!(
+                "members: must include this node ({})",
+                self.node.id()
+            )));
+        }
+        match self.node.raft().initialize(members).await {
+            Ok(()) => {}
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                return Err(Status::failed_precondition(format!(
+                    "already initialised: {e}"
+                )))
+            }
+            Err(RaftError::APIError(e)) => return Err(Status::invalid_argument(e.to_string())),
+            Err(RaftError::Fatal(e)) => return Err(Status::internal(e.to_string())),
+        }
+        let m = self
+            .node
+            .raft()
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(|m| m.current_leader.is_some(), "leader elected")
+            .await
+            .map_err(|e| Status::deadline_exceeded(format!("no leader after init: {e}")))?;
+        Ok(Response::new(pb::InitResponse {
+            leader_id: m.current_leader.unwrap_or(0),
+        }))
+    }
+
+    async fn add_learner(
+        &self,
+        req: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        routed!(
+            self.node,
+            req,
+            AdminServiceClient,
+            add_learner,
+            self.add_learner_local(req.get_ref())
+        )
+    }
+
+    async fn promote(
+        &self,
+        req: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        routed!(
+            self.node,
+            req,
+            AdminServiceClient,
+            promote,
+            self.promote_local(req.get_ref())
+        )
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        routed!(
+            self.node,
+            req,
+            AdminServiceClient,
+            change_membership,
+            self.change_membership_local(req.get_ref())
+        )
+    }
+
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        routed!(
+            self.node,
+            req,
+            AdminServiceClient,
+            remove,
+            self.remove_local(req.get_ref())
+        )
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        routed!(
+            self.node,
+            req,
+            AdminServiceClient,
+            transfer_leader,
+            self.transfer_local(req.get_ref())
+        )
+    }
+
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let m = self.node.metrics();
+        let role = match m.state {
+            ServerState::Leader => pb::Role::Leader,
+            ServerState::Follower => pb::Role::Follower,
+            ServerState::Candidate => pb::Role::Candidate,
+            ServerState::Learner => pb::Role::Learner,
+            ServerState::Shutdown => pb::Role::Shutdown,
+        };
+        let leader_id = m.current_leader.unwrap_or(0);
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+            })
+            .unwrap_or_default();
+        let (tokens, revocations, active_kid) = self.node.state().read(|s| {
+            (
+                s.token_count() as u64,
+                s.revocation_count() as u64,
+                s.active_key()
+                    .map(|k| k.kid.to_string())
+                    .unwrap_or_default(),
+            )
+        });
+        Ok(Response::new(pb::StatusResponse {
+            node_id: self.node.id(),
+            role: role as i32,
+            term: m.current_term,
+            leader_id,
+            leader_addr,
+            commit_index: m.local_committed.as_ref().map(|l| l.index).unwrap_or(0),
+            applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.as_ref().map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.as_ref().map(|l| l.index).unwrap_or(0),
+            membership: Some(self.membership()),
+            tokens,
+            revocations,
+            active_kid,
+        }))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        req: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
+        routed!(
+            self.node,
+            req,
+            AdminServiceClient,
+            rotate_signing_key,
+            self.rotate_local(req.get_ref(), actor(&req))
+        )
+    }
+
+    async fn list_keys(
+        &self,
+        req: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        routed!(
+            self.node,
+            req,
+            AdminServiceClient,
+            list_keys,
+            self.list_keys_local()
+        )
+    }
+
+    async fn edges(
+        &self,
+        _req: Request<pb::EdgesRequest>,
+    ) -> Result<Response<pb::EdgesResponse>, Status> {
+        Err(Error::Unimplemented("this server does not serve the edge feed yet".into()).into())
+    }
+}

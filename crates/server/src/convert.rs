@@ -1,0 +1,87 @@
+//! Conversions between `veto-core` domain types and `veto.v1` wire types,
+//! in one place.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use veto_core::state::{
+    KeyRecord, KeyState, RevocationInfo, RevocationKind, TokenRecord, TokenStatus,
+};
+use veto_proto as pb;
+
+/// A token record on the wire.
+pub fn record(r: &TokenRecord) -> pb::TokenRecord {
+    let t = &r.token;
+    pb::TokenRecord {
+        jti: t.jti.to_string(),
+        sub: t.sub.clone(),
+        scopes: t.scopes.clone(),
+        aud: t.aud.clone(),
+        iat: t.iat,
+        nbf: t.nbf,
+        exp: t.exp,
+        family: t.fam.to_string(),
+        kid: t.kid.to_string(),
+        issued_revision: r.issued_revision,
+        successor: r.successor.map(|s| s.to_string()),
+    }
+}
+
+/// A token status on the wire.
+pub fn status(s: TokenStatus) -> pb::TokenStatus {
+    match s {
+        TokenStatus::Active => pb::TokenStatus::Active,
+        TokenStatus::Revoked => pb::TokenStatus::Revoked,
+        TokenStatus::RevokePending => pb::TokenStatus::RevokePending,
+        TokenStatus::Expired => pb::TokenStatus::Expired,
+    }
+}
+
+/// Revocation details on the wire.
+pub fn revocation(r: &RevocationInfo) -> pb::RevocationInfo {
+    pb::RevocationInfo {
+        kind: match r.kind {
+            RevocationKind::Token => "token",
+            RevocationKind::Subject => "subject",
+            RevocationKind::Family => "family",
+            RevocationKind::Key => "key",
+        }
+        .into(),
+        revision: r.revision,
+        effective_at_unix: r.effective_at,
+        reason: r.reason.clone(),
+    }
+}
+
+/// A key's stage on the wire.
+pub fn key_state(s: KeyState) -> pb::KeyState {
+    match s {
+        KeyState::Published => pb::KeyState::Published,
+        KeyState::Active => pb::KeyState::Active,
+        KeyState::Retiring => pb::KeyState::Retiring,
+        KeyState::Retired => pb::KeyState::Retired,
+        KeyState::Revoked => pb::KeyState::Revoked,
+    }
+}
+
+/// A key (public half only) on the wire.
+pub fn key(k: &KeyRecord) -> pb::KeyInfo {
+    pb::KeyInfo {
+        kid: k.kid.to_string(),
+        state: key_state(k.state) as i32,
+        public_key: URL_SAFE_NO_PAD.encode(k.public),
+        published_revision: k.published_revision,
+        max_token_exp: k.max_token_exp,
+    }
+}
+
+/// A JWK (RFC 8037 OKP) for a key that verifies tokens.
+pub fn jwk(k: &KeyRecord) -> serde_json::Value {
+    serde_json::json!({
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "alg": "EdDSA",
+        "use": "sig",
+        "kid": k.kid.to_string(),
+        "x": URL_SAFE_NO_PAD.encode(k.public),
+    })
+}

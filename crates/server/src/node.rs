@@ -1,0 +1,293 @@
+//! A control-plane node: the openraft instance, its store handles, the KEK,
+//! and the leader's duties (bootstrap key, expiry sweeps).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::{RaftMetrics, ServerState};
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+use veto_core::command::{Actor, Command, Response};
+use veto_core::{Kek, Kid, Limits};
+use veto_store::{LogStore, Raft, StateHandle, TypeConfig};
+
+use crate::config::Options;
+use crate::error::{Error, Result};
+
+/// Where a request should be handled.
+pub enum Route {
+    /// Here: this node is the leader.
+    Local,
+    /// At the leader, through this channel.
+    Forward(Channel),
+}
+
+/// Shared node state; cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: u64,
+    raft: Raft,
+    state: StateHandle,
+    log: LogStore,
+    kek: Kek,
+    opts: Options,
+    signer: Mutex<Option<(Kid, SigningKey)>>,
+    peers: Mutex<HashMap<String, Channel>>,
+}
+
+/// Unix time in seconds on this node's clock. Only the leader's value is
+/// ever replicated (stamped into commands).
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Node {
+    /// Wraps a started Raft instance.
+    pub fn new(raft: Raft, state: StateHandle, log: LogStore, kek: Kek, opts: Options) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                id: opts.node_id,
+                raft,
+                state,
+                log,
+                kek,
+                opts,
+                signer: Mutex::new(None),
+                peers: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The openraft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// The applied state.
+    pub fn state(&self) -> &StateHandle {
+        &self.inner.state
+    }
+
+    /// The log store (for purge/snapshot status).
+    pub fn log(&self) -> &LogStore {
+        &self.inner.log
+    }
+
+    /// Input limits.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.opts.limits
+    }
+
+    /// Configuration.
+    pub fn options(&self) -> &Options {
+        &self.inner.opts
+    }
+
+    /// A copy of the latest Raft metrics.
+    pub fn metrics(&self) -> RaftMetrics<TypeConfig> {
+        self.inner.raft.metrics().borrow_watched().clone()
+    }
+
+    /// The address of a member, from the current membership.
+    pub fn member_addr(&self, id: u64) -> Option<String> {
+        let m = self.metrics();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+    }
+
+    /// A cached channel to a peer's gRPC endpoint.
+    pub fn channel_to(&self, addr: &str) -> Result<Channel> {
+        let mut peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = peers.get(addr) {
+            return Ok(c.clone());
+        }
+        let ep = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Error::Fatal(format!("bad peer address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(30));
+        let c = ep.connect_lazy();
+        peers.insert(addr.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// Decides where a write (or linearizable read) runs. Waits up to 3 s
+    /// for a leader during an election. A request that was already
+    /// forwarded is never forwarded again.
+    pub async fn route(&self, forwarded: bool) -> Result<Route> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let m = self.metrics();
+            if m.membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_none()
+            {
+                return Err(Error::Uninitialised);
+            }
+            match m.current_leader {
+                Some(l) if l == self.inner.id && m.state == ServerState::Leader => {
+                    return Ok(Route::Local)
+                }
+                Some(l) if l != self.inner.id => {
+                    if forwarded {
+                        return Err(Error::NotLeader(Some(l)));
+                    }
+                    let addr = self.member_addr(l).ok_or(Error::NotLeader(Some(l)))?;
+                    return Ok(Route::Forward(self.channel_to(&addr)?));
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NoLeader);
+            }
+            let mut rx = self.inner.raft.metrics();
+            let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+        }
+    }
+
+    /// Replicates `cmd` and returns the state machine's response.
+    pub async fn propose(&self, cmd: Command) -> Result<Response> {
+        match self.inner.raft.client_write(cmd).await {
+            Ok(r) => Ok(r.data),
+            Err(e) => Err(map_write_err(e)),
+        }
+    }
+
+    /// Waits until this node is leader-confirmed and has applied everything
+    /// committed before the call (ReadIndex).
+    pub async fn linearize(&self) -> Result<()> {
+        match self
+            .inner
+            .raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(
+                f,
+            ))) => Err(Error::NotLeader(f.leader_id)),
+            Err(RaftError::APIError(_)) => Err(Error::NoLeader),
+            Err(RaftError::Fatal(f)) => Err(Error::Fatal(f.to_string())),
+        }
+    }
+
+    /// The active signing key, opened with the KEK (cached per kid).
+    pub fn signer(&self) -> Result<(Kid, SigningKey)> {
+        let (kid, sealed) = self
+            .inner
+            .state
+            .read(|s| s.active_key().map(|k| (k.kid, k.sealed.clone())))
+            .ok_or(Error::NoActiveKey)?;
+        let mut cache = self.inner.signer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, sk)) = cache.as_ref() {
+            if *k == kid {
+                return Ok((kid, sk.clone()));
+            }
+        }
+        let secret = self.inner.kek.open(kid, &sealed)?;
+        let sk = SigningKey::from_bytes(&secret);
+        *cache = Some((kid, sk.clone()));
+        Ok((kid, sk))
+    }
+
+    /// Generates a key pair and returns the publish command (on the leader,
+    /// before proposing: randomness stays out of apply).
+    pub fn new_key_command(&self, actor: Actor) -> (Kid, Command) {
+        let kid = Kid::random();
+        let sk = SigningKey::generate(&mut rand::rngs::OsRng);
+        let sealed = self.inner.kek.seal(kid, &sk.to_bytes());
+        let cmd = Command::PublishKey {
+            kid,
+            public: sk.verifying_key().to_bytes(),
+            sealed,
+            at: unix_now(),
+            actor,
+        };
+        (kid, cmd)
+    }
+
+    /// The leader's background duties: make sure a signing key exists on a
+    /// new cluster, and propose expiry sweeps. Runs until `shutdown` fires.
+    pub async fn leader_duties(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let sweep_every = Duration::from_secs(self.inner.opts.sweep_interval_seconds);
+        let mut last_sweep = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            if !self.inner.raft.is_leader() {
+                continue;
+            }
+            if self.inner.state.read(|s| s.keys().next().is_none()) {
+                if let Err(e) = self.bootstrap_key().await {
+                    warn!(error = %e, "could not create the first signing key");
+                }
+            }
+            if last_sweep.elapsed() >= sweep_every {
+                last_sweep = Instant::now();
+                let cutoff = unix_now() - self.inner.opts.sweep_grace_seconds as i64;
+                if self.inner.state.read(|s| s.sweep_due(cutoff)) {
+                    match self.propose(Command::Sweep { cutoff }).await {
+                        Ok(Response::Swept { dropped, revision }) => {
+                            info!(dropped, revision, cutoff, "expiry sweep")
+                        }
+                        Ok(other) => warn!(?other, "unexpected sweep response"),
+                        Err(e) => warn!(error = %e, "expiry sweep failed"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn bootstrap_key(&self) -> Result<()> {
+        let actor = Actor("veto-server:bootstrap".into());
+        let (kid, cmd) = self.new_key_command(actor.clone());
+        self.propose(cmd).await?;
+        self.propose(Command::ActivateKey {
+            kid,
+            at: unix_now(),
+            actor,
+        })
+        .await?;
+        info!(%kid, "created and activated the first signing key");
+        Ok(())
+    }
+}
+
+fn map_write_err(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader(f.leader_id),
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => Error::Discarded,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            Error::FailedPrecondition(c.to_string())
+        }
+        RaftError::APIError(other) => Error::FailedPrecondition(other.to_string()),
+        RaftError::Fatal(f) => Error::Fatal(f.to_string()),
+    }
+}
+
+/// Maps a membership-change error.
+pub fn membership_err(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Error {
+    map_write_err(e)
+}

@@ -1,0 +1,74 @@
+//! Transparent forwarding of writes to the leader.
+//!
+//! A write that reaches a follower is re-sent, with the caller's metadata,
+//! to the leader's gRPC endpoint; the caller never retries by hand. A
+//! forwarded request carries `x-veto-forwarded` and is never forwarded again.
+
+use tonic::metadata::MetadataValue;
+use tonic::Request;
+
+/// Header marking a request forwarded by a follower.
+pub const FORWARDED: &str = "x-veto-forwarded";
+/// Header naming the caller for the audit trail.
+pub const ACTOR: &str = "x-veto-actor";
+
+/// Whether the request was already forwarded once.
+pub fn is_forwarded<T>(r: &Request<T>) -> bool {
+    r.metadata().contains_key(FORWARDED)
+}
+
+/// The caller as recorded in the audit trail: the `x-veto-actor` header if
+/// present and sane, else `anonymous@<peer address>`.
+pub fn actor<T>(r: &Request<T>) -> veto_core::Actor {
+    if let Some(a) = r.metadata().get(ACTOR).and_then(|v| v.to_str().ok()) {
+        if !a.is_empty() && a.len() <= 128 && a.chars().all(|c| c.is_ascii_graphic()) {
+            return veto_core::Actor(a.to_owned());
+        }
+    }
+    let peer = r
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    veto_core::Actor(format!("anonymous@{peer}"))
+}
+
+/// A copy of `r` for the leader, keeping the actor and the deadline.
+pub fn forward<T: Clone>(r: &Request<T>) -> Request<T> {
+    let mut out = Request::new(r.get_ref().clone());
+    let a = actor(r);
+    if let Ok(v) = MetadataValue::try_from(a.0.as_str()) {
+        out.metadata_mut().insert(ACTOR, v);
+    }
+    out.metadata_mut()
+        .insert(FORWARDED, MetadataValue::from_static("1"));
+    if let Some(t) = r.metadata().get("grpc-timeout") {
+        out.metadata_mut().insert("grpc-timeout", t.clone());
+    }
+    out
+}
+
+/// Runs `$local` here if this node leads, else forwards `$req` with
+/// `$client::$method`. Retries once if leadership moved between the check
+/// and the write.
+#[macro_export]
+macro_rules! routed {
+    ($node:expr, $req:ident, $client:ident, $method:ident, $local:expr) => {{
+        let forwarded = $crate::routing::is_forwarded(&$req);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match $node.route(forwarded).await.map_err(tonic::Status::from)? {
+                $crate::node::Route::Local => match $local.await {
+                    Err($crate::error::Error::NotLeader(_)) if !forwarded && attempt < 3 => {
+                        continue
+                    }
+                    r => break r.map(tonic::Response::new).map_err(tonic::Status::from),
+                },
+                $crate::node::Route::Forward(ch) => {
+                    let mut c = $client::new(ch);
+                    break c.$method($crate::routing::forward(&$req)).await;
+                }
+            }
+        }
+    }};
+}

@@ -348,7 +348,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             ClusterCmd::Status => {
                 let s = admin
-                    .status(pb::StatusRequest {})
+                    .status(pb::StatusRequest::default())
                     .await
                     .map_err(status_err)?
                     .into_inner();

@@ -173,6 +173,12 @@ impl State {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// SHA-256 of the serialised state, hex. Equal states give equal digests.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(self.to_snapshot_bytes()))
+    }
+
     /// Restores a state from snapshot bytes and rebuilds its indexes.
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Self, CorruptSnapshot> {
         let mut s: State = serde_json::from_slice(bytes)?;

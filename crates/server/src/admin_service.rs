@@ -419,8 +419,9 @@ impl AdminService for Service {
 
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        let want_digest = req.get_ref().include_digest;
         let m = self.node.metrics();
         let role = match m.state {
             ServerState::Leader => pb::Role::Leader,
@@ -439,13 +440,13 @@ impl AdminService for Service {
                     .map(|n| n.addr.clone())
             })
             .unwrap_or_default();
-        let (tokens, revocations, active_kid) = self.node.state().read(|s| {
+        let (tokens, revocations, active_kid, state_digest, applied) = self.node.state().read(|s| {
             (
                 s.token_count() as u64,
                 s.revocation_count() as u64,
-                s.active_key()
-                    .map(|k| k.kid.to_string())
-                    .unwrap_or_default(),
+                s.active_key().map(|k| k.kid.to_string()).unwrap_or_default(),
+                if want_digest { s.digest() } else { String::new() },
+                s.revision,
             )
         });
         Ok(Response::new(pb::StatusResponse {
@@ -455,7 +456,7 @@ impl AdminService for Service {
             leader_id,
             leader_addr,
             commit_index: m.local_committed.as_ref().map(|l| l.index).unwrap_or(0),
-            applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
+            applied_index: applied,
             last_log_index: m.last_log_index.unwrap_or(0),
             snapshot_index: m.snapshot.as_ref().map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.as_ref().map(|l| l.index).unwrap_or(0),
@@ -463,6 +464,7 @@ impl AdminService for Service {
             tokens,
             revocations,
             active_kid,
+            state_digest,
         }))
     }
 

@@ -650,6 +650,39 @@ impl State {
 
     // ---- queries ----
 
+    /// Checks a key-stage command against the current state without
+    /// applying it, so the leader can refuse it before it reaches the log.
+    /// Apply performs the same checks deterministically.
+    pub fn precheck(&self, cmd: &Command) -> Result<(), Rejection> {
+        let key = |kid: &Kid| self.keys.get(kid).ok_or_else(|| not_found("key", kid));
+        match cmd {
+            Command::ActivateKey { kid, .. } => match key(kid)?.state {
+                KeyState::Published | KeyState::Active => Ok(()),
+                s => Err(Rejection::FailedPrecondition(format!(
+                    "key {kid} is {s:?}; only a published key can be activated"
+                ))),
+            },
+            Command::RetireKey { kid, force, at, .. } => {
+                let k = key(kid)?;
+                match k.state {
+                    KeyState::Active => Err(Rejection::FailedPrecondition(format!(
+                        "key {kid} is active; activate another key first"
+                    ))),
+                    KeyState::Retired | KeyState::Revoked => Err(Rejection::FailedPrecondition(
+                        format!("key {kid} is already {:?}", k.state),
+                    )),
+                    _ if !force && k.max_token_exp > *at => Err(Rejection::FailedPrecondition(format!(
+                        "key {kid} signed tokens valid until {}; retire after that or force",
+                        k.max_token_exp
+                    ))),
+                    _ => Ok(()),
+                }
+            }
+            Command::RevokeKey { kid, .. } => key(kid).map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether a sweep at `cutoff` would drop anything (so the leader only
     /// proposes sweeps that do work).
     pub fn sweep_due(&self, cutoff: i64) -> bool {

@@ -262,6 +262,7 @@ impl Service {
                 )
             }
         };
+        self.node.state().read(|s| s.precheck(&cmd))?;
         let revision = match self.node.propose(cmd).await? {
             SmResponse::KeyChanged { revision } | SmResponse::Revoked { revision, .. } => revision,
             SmResponse::Rejected { rejection, .. } => return Err(rejection.into()),

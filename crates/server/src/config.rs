@@ -54,6 +54,8 @@ pub struct RaftOptions {
     pub snapshot_logs_since_last: u64,
     /// Entries kept in the log behind the latest snapshot.
     pub max_in_snapshot_log_to_keep: u64,
+    /// Purge the log only once at least this many entries can go.
+    pub purge_batch_size: u64,
 }
 
 impl Default for RaftOptions {
@@ -64,6 +66,7 @@ impl Default for RaftOptions {
             election_timeout_max_ms: 800,
             snapshot_logs_since_last: 20_000,
             max_in_snapshot_log_to_keep: 1_000,
+            purge_batch_size: 256,
         }
     }
 }
@@ -214,6 +217,9 @@ impl Options {
         }
         if r.snapshot_logs_since_last == 0 {
             return bad("raft.snapshot_logs_since_last must be greater than 0".into());
+        }
+        if r.purge_batch_size == 0 {
+            return bad("raft.purge_batch_size must be greater than 0".into());
         }
         if self.sweep_interval_seconds == 0 {
             return bad("sweep_interval_seconds must be greater than 0".into());

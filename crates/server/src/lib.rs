@@ -60,7 +60,7 @@ impl Server {
             install_snapshot_timeout: 60_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: r.max_in_snapshot_log_to_keep,
-            purge_batch_size: 256,
+            purge_batch_size: r.purge_batch_size,
             max_payload_entries: 512,
             ..Default::default()
         }

@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_prost_build::configure()
         .bytes(".veto.v1")
-        .compile_protos(&files, &[root.clone()])?;
+        .compile_protos(&files, std::slice::from_ref(&root))?;
     // etcd's KV/Maintenance subset, used only by `veto bench` to drive etcd.
     let etcd = root.join("bench/etcd.proto");
     println!("cargo:rerun-if-changed={}", etcd.display());

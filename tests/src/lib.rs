@@ -17,24 +17,40 @@ use veto_testkit::{eventually, http_get, Cluster, Node};
 /// key on a fresh cluster.
 pub async fn issue(node: &Node, sub: &str, ttl_seconds: u64) -> Result<pb::IssueResponse> {
     let c = node.tokens()?;
-    let req = pb::IssueRequest { sub: sub.into(), scopes: vec!["read".into()], aud: None, ttl_seconds };
-    eventually("an issued token", Duration::from_secs(15), Duration::from_millis(50), || {
-        let mut c = c.clone();
-        let req = req.clone();
-        async move { c.issue(req).await.ok().map(|r| r.into_inner()) }
-    })
+    let req = pb::IssueRequest {
+        sub: sub.into(),
+        scopes: vec!["read".into()],
+        aud: None,
+        ttl_seconds,
+    };
+    eventually(
+        "an issued token",
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || {
+            let mut c = c.clone();
+            let req = req.clone();
+            async move { c.issue(req).await.ok().map(|r| r.into_inner()) }
+        },
+    )
     .await
 }
 
 /// The status of a token as the cluster reports it (linearizable Get).
 pub async fn token_status(node: &Node, jti: &str) -> Result<pb::TokenStatus> {
-    let r = node.tokens()?.get(pb::GetTokenRequest { jti: jti.into() }).await?.into_inner();
+    let r = node
+        .tokens()?
+        .get(pb::GetTokenRequest { jti: jti.into() })
+        .await?
+        .into_inner();
     Ok(pb::TokenStatus::try_from(r.status)?)
 }
 
 /// Verifies a token against the JWKS `node` publishes; `Ok(kid)` if it verifies.
 pub async fn verify_with_jwks(node: &Node, token_str: &str, now: i64) -> Result<String, String> {
-    let (code, body) = http_get(&node.http_addr, "/.well-known/jwks.json").await.map_err(|e| e.to_string())?;
+    let (code, body) = http_get(&node.http_addr, "/.well-known/jwks.json")
+        .await
+        .map_err(|e| e.to_string())?;
     if code != 200 {
         return Err(format!("jwks answered {code}"));
     }
@@ -50,29 +66,35 @@ pub async fn verify_with_jwks(node: &Node, token_str: &str, now: i64) -> Result<
     let arr: [u8; 32] = raw.as_slice().try_into().map_err(|_| "x is not 32 bytes")?;
     let vk = ed25519_dalek::VerifyingKey::from_bytes(&arr).map_err(|e| e.to_string())?;
     parsed.verify_signature(&vk).map_err(|e| e.to_string())?;
-    token::check_claims(&parsed.claims, now, &token::Requirements::default()).map_err(|e| e.to_string())?;
+    token::check_claims(&parsed.claims, now, &token::Requirements::default())
+        .map_err(|e| e.to_string())?;
     Ok(kid)
 }
 
 /// Waits until every running node applied the same revision with the same
 /// state digest; returns (revision, digest).
 pub async fn converged(cluster: &Cluster, at_least: u64) -> Result<(u64, String)> {
-    eventually("replicas to converge", Duration::from_secs(30), Duration::from_millis(100), || async {
-        let mut seen: Option<(u64, String)> = None;
-        for n in cluster.nodes.iter().filter(|n| n.is_running()) {
-            let s = n.status_with_digest().await?;
-            if s.applied_index < at_least {
-                return None;
+    eventually(
+        "replicas to converge",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let mut seen: Option<(u64, String)> = None;
+            for n in cluster.nodes.iter().filter(|n| n.is_running()) {
+                let s = n.status_with_digest().await?;
+                if s.applied_index < at_least {
+                    return None;
+                }
+                let cur = (s.applied_index, s.state_digest);
+                match &seen {
+                    None => seen = Some(cur),
+                    Some(prev) if *prev != cur => return None,
+                    Some(_) => {}
+                }
             }
-            let cur = (s.applied_index, s.state_digest);
-            match &seen {
-                None => seen = Some(cur),
-                Some(prev) if *prev != cur => return None,
-                Some(_) => {}
-            }
-        }
-        seen
-    })
+            seen
+        },
+    )
     .await
 }
 

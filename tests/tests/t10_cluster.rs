@@ -25,11 +25,21 @@ async fn cluster_survives_leader_loss_restart_and_membership_changes() -> anyhow
     let mut revoked = BTreeMap::new();
     let mut tokens = cluster.node(fid)?.tokens()?;
     for jti in jtis.iter().step_by(2) {
-        let r = tokens.revoke(pb::RevokeRequest { jti: jti.clone(), reason: "t10".into(), ..Default::default() }).await?;
+        let r = tokens
+            .revoke(pb::RevokeRequest {
+                jti: jti.clone(),
+                reason: "t10".into(),
+                ..Default::default()
+            })
+            .await?;
         revoked.insert(jti.clone(), r.into_inner().revision);
     }
     for jti in &jtis {
-        let want = if revoked.contains_key(jti) { pb::TokenStatus::Revoked } else { pb::TokenStatus::Active };
+        let want = if revoked.contains_key(jti) {
+            pb::TokenStatus::Revoked
+        } else {
+            pb::TokenStatus::Active
+        };
         assert_eq!(token_status(cluster.node(fid)?, jti).await?, want, "{jti}");
     }
 
@@ -37,14 +47,25 @@ async fn cluster_survives_leader_loss_restart_and_membership_changes() -> anyhow
     cluster.kill(leader).await?;
     let new_leader = cluster.wait_leader(Duration::from_secs(20)).await?;
     assert_ne!(new_leader, leader);
-    let survivor = cluster.nodes.iter().find(|n| n.is_running()).map(|n| n.id).unwrap();
+    let survivor = cluster
+        .nodes
+        .iter()
+        .find(|n| n.is_running())
+        .map(|n| n.id)
+        .unwrap();
     for i in 10..15 {
         let r = issue(cluster.node(survivor)?, &format!("user:{i}"), 3600).await?;
         jtis.push(r.record.unwrap_or_default().jti);
     }
     let mut tokens = cluster.node(survivor)?.tokens()?;
     let late = jtis[11].clone();
-    let r = tokens.revoke(pb::RevokeRequest { jti: late.clone(), ..Default::default() }).await?.into_inner();
+    let r = tokens
+        .revoke(pb::RevokeRequest {
+            jti: late.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
     revoked.insert(late, r.revision);
 
     // Restart the killed node on its data directory: it catches up, nothing lost.
@@ -52,11 +73,22 @@ async fn cluster_survives_leader_loss_restart_and_membership_changes() -> anyhow
     let (_, digest) = converged(&cluster, r.revision).await?;
     assert!(!digest.is_empty());
     let restarted = cluster.node(leader)?.status().await.unwrap();
-    assert_eq!(restarted.tokens, 15, "every issued token is on the restarted node");
+    assert_eq!(
+        restarted.tokens, 15,
+        "every issued token is on the restarted node"
+    );
     assert_eq!(restarted.revocations, revoked.len() as u64);
     for jti in &jtis {
-        let want = if revoked.contains_key(jti) { pb::TokenStatus::Revoked } else { pb::TokenStatus::Active };
-        assert_eq!(token_status(cluster.node(leader)?, jti).await?, want, "{jti} after restart");
+        let want = if revoked.contains_key(jti) {
+            pb::TokenStatus::Revoked
+        } else {
+            pb::TokenStatus::Active
+        };
+        assert_eq!(
+            token_status(cluster.node(leader)?, jti).await?,
+            want,
+            "{jti} after restart"
+        );
     }
 
     // Membership: add a 4th node as learner, promote it, remove another.
@@ -64,14 +96,36 @@ async fn cluster_survives_leader_loss_restart_and_membership_changes() -> anyhow
     let n4_addr = n4.grpc_addr.clone();
     let mut admin = cluster.node(survivor)?.admin()?;
     let m = admin
-        .add_learner(pb::AddLearnerRequest { member: Some(pb::Member { node_id: 4, addr: n4_addr }), blocking: true })
+        .add_learner(pb::AddLearnerRequest {
+            member: Some(pb::Member {
+                node_id: 4,
+                addr: n4_addr,
+            }),
+            blocking: true,
+        })
         .await?
         .into_inner();
-    assert!(m.membership.unwrap().learners.iter().any(|l| l.node_id == 4));
-    let m = admin.promote(pb::PromoteRequest { node_id: 4 }).await?.into_inner();
+    assert!(m
+        .membership
+        .unwrap()
+        .learners
+        .iter()
+        .any(|l| l.node_id == 4));
+    let m = admin
+        .promote(pb::PromoteRequest { node_id: 4 })
+        .await?
+        .into_inner();
     assert!(m.membership.unwrap().voters.iter().any(|v| v.node_id == 4));
-    let remove = cluster.nodes.iter().map(|n| n.id).find(|&id| id != 4 && id != new_leader).unwrap();
-    let m = admin.remove(pb::RemoveRequest { node_id: remove }).await?.into_inner();
+    let remove = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|&id| id != 4 && id != new_leader)
+        .unwrap();
+    let m = admin
+        .remove(pb::RemoveRequest { node_id: remove })
+        .await?
+        .into_inner();
     let mem = m.membership.unwrap();
     assert!(!mem.voters.iter().any(|v| v.node_id == remove));
     assert!(!mem.learners.iter().any(|v| v.node_id == remove));
@@ -81,6 +135,9 @@ async fn cluster_survives_leader_loss_restart_and_membership_changes() -> anyhow
     // The reshaped cluster still takes writes and agrees on the state.
     let r = issue(cluster.node(4)?, "user:after-reshape", 3600).await?;
     let (_, _) = converged(&cluster, r.revision).await?;
-    assert_eq!(token_status(cluster.node(4)?, &r.record.unwrap().jti).await?, pb::TokenStatus::Active);
+    assert_eq!(
+        token_status(cluster.node(4)?, &r.record.unwrap().jti).await?,
+        pb::TokenStatus::Active
+    );
     Ok(())
 }

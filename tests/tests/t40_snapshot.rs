@@ -26,19 +26,37 @@ async fn late_learner_bootstraps_from_snapshot_after_purge() -> anyhow::Result<(
     }
     let mut t = l.tokens()?;
     for jti in jtis.iter().take(30) {
-        last = t.revoke(pb::RevokeRequest { jti: jti.clone(), ..Default::default() }).await?.into_inner().revision;
+        last = t
+            .revoke(pb::RevokeRequest {
+                jti: jti.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .revision;
     }
-    let s = veto_testkit::eventually("log purged", Duration::from_secs(20), Duration::from_millis(100), || async {
-        let s = cluster.node(leader).ok()?.status().await?;
-        (s.purged_index > 0 && s.snapshot_index > 0).then_some(s)
-    })
+    let s = veto_testkit::eventually(
+        "log purged",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            let s = cluster.node(leader).ok()?.status().await?;
+            (s.purged_index > 0 && s.snapshot_index > 0).then_some(s)
+        },
+    )
     .await?;
     assert!(s.purged_index > 0, "{s:?}");
 
     let n4 = cluster.spawn_new(4).await?.grpc_addr.clone();
     let mut admin = cluster.node(leader)?.admin()?;
     admin
-        .add_learner(pb::AddLearnerRequest { member: Some(pb::Member { node_id: 4, addr: n4 }), blocking: true })
+        .add_learner(pb::AddLearnerRequest {
+            member: Some(pb::Member {
+                node_id: 4,
+                addr: n4,
+            }),
+            blocking: true,
+        })
         .await?;
     let (_, digest) = converged(&cluster, last).await?;
     let s4 = cluster.node(4)?.status_with_digest().await.unwrap();

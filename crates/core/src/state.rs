@@ -671,10 +671,12 @@ impl State {
                     KeyState::Retired | KeyState::Revoked => Err(Rejection::FailedPrecondition(
                         format!("key {kid} is already {:?}", k.state),
                     )),
-                    _ if !force && k.max_token_exp > *at => Err(Rejection::FailedPrecondition(format!(
-                        "key {kid} signed tokens valid until {}; retire after that or force",
-                        k.max_token_exp
-                    ))),
+                    _ if !force && k.max_token_exp > *at => {
+                        Err(Rejection::FailedPrecondition(format!(
+                            "key {kid} signed tokens valid until {}; retire after that or force",
+                            k.max_token_exp
+                        )))
+                    }
                     _ => Ok(()),
                 }
             }

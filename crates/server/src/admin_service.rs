@@ -441,15 +441,22 @@ impl AdminService for Service {
                     .map(|n| n.addr.clone())
             })
             .unwrap_or_default();
-        let (tokens, revocations, active_kid, state_digest, applied) = self.node.state().read(|s| {
-            (
-                s.token_count() as u64,
-                s.revocation_count() as u64,
-                s.active_key().map(|k| k.kid.to_string()).unwrap_or_default(),
-                if want_digest { s.digest() } else { String::new() },
-                s.revision,
-            )
-        });
+        let (tokens, revocations, active_kid, state_digest, applied) =
+            self.node.state().read(|s| {
+                (
+                    s.token_count() as u64,
+                    s.revocation_count() as u64,
+                    s.active_key()
+                        .map(|k| k.kid.to_string())
+                        .unwrap_or_default(),
+                    if want_digest {
+                        s.digest()
+                    } else {
+                        String::new()
+                    },
+                    s.revision,
+                )
+            });
         Ok(Response::new(pb::StatusResponse {
             node_id: self.node.id(),
             role: role as i32,

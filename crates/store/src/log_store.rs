@@ -125,7 +125,7 @@ impl RaftLogStorage<C> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
         let last_purged_log_id: Option<LogIdOf<C>> = self.get_meta(LAST_PURGED)?;
-        let last_log_id = self.last_log_id()?.or_else(|| last_purged_log_id.clone());
+        let last_log_id = self.last_log_id()?.or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,

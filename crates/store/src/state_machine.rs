@@ -159,7 +159,7 @@ impl RaftSnapshotBuilder<C> for StateMachineStore {
         let (meta, state) = {
             let g = read_lock(&self.shared.applied);
             let meta = SnapshotMetaOf::<C> {
-                last_log_id: g.last_applied.clone(),
+                last_log_id: g.last_applied,
                 last_membership: g.membership.clone(),
             };
             (meta, g.state.clone())
@@ -187,7 +187,7 @@ impl RaftStateMachine<C> for StateMachineStore {
         &mut self,
     ) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), io::Error> {
         let g = read_lock(&self.shared.applied);
-        Ok((g.last_applied.clone(), g.membership.clone()))
+        Ok((g.last_applied, g.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -202,12 +202,11 @@ impl RaftStateMachine<C> for StateMachineStore {
                     EntryPayload::Blank => g.state.apply_noop(index),
                     EntryPayload::Normal(cmd) => g.state.apply(index, cmd),
                     EntryPayload::Membership(m) => {
-                        g.membership =
-                            StoredMembershipOf::<C>::new(Some(entry.log_id.clone()), m.clone());
+                        g.membership = StoredMembershipOf::<C>::new(Some(entry.log_id), m.clone());
                         g.state.apply_noop(index)
                     }
                 };
-                g.last_applied = Some(entry.log_id.clone());
+                g.last_applied = Some(entry.log_id);
                 r
             };
             self.shared.applied_tx.send_replace(index);
@@ -234,7 +233,7 @@ impl RaftStateMachine<C> for StateMachineStore {
         {
             let mut g = self.write();
             g.state = state;
-            g.last_applied = meta.last_log_id.clone();
+            g.last_applied = meta.last_log_id;
             g.membership = meta.last_membership.clone();
         }
         self.shared.applied_tx.send_replace(idx);

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, clippy (warnings are errors), then every
+# unit and integration test (integration tests start real veto-server
+# processes on 127.0.0.1 ephemeral ports).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh build
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace --bins
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi

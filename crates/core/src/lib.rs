@@ -8,6 +8,7 @@
 //! Randomness is used only by helpers the leader calls *before* proposing
 //! (fresh jti, key generation, KEK encryption).
 
+pub mod change;
 pub mod claims;
 pub mod command;
 pub mod ids;
@@ -17,6 +18,7 @@ pub mod state;
 pub mod token;
 pub mod validate;
 
+pub use change::EdgeChange;
 pub use claims::Claims;
 pub use command::{Actor, Command, Response};
 pub use ids::{Jti, Kid};

@@ -705,6 +705,21 @@ impl State {
         self.revoked_tokens.get(jti)
     }
 
+    /// Every token revocation, by jti.
+    pub fn revoked_tokens_iter(&self) -> impl Iterator<Item = (&Jti, &Revocation)> {
+        self.revoked_tokens.iter()
+    }
+
+    /// Every subject cutoff.
+    pub fn revoked_subjects_iter(&self) -> impl Iterator<Item = (&String, &Cutoff)> {
+        self.revoked_subjects.iter()
+    }
+
+    /// Every family revocation.
+    pub fn revoked_families_iter(&self) -> impl Iterator<Item = (&Jti, &Cutoff)> {
+        self.revoked_families.iter()
+    }
+
     /// The cutoff recorded for a subject.
     pub fn subject_cutoff(&self, sub: &str) -> Option<&Cutoff> {
         self.revoked_subjects.get(sub)

@@ -2,7 +2,8 @@
 //! snapshots in the `sm` column family.
 
 use std::io;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::time::Instant;
 
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
@@ -11,6 +12,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 use tokio::sync::watch;
 use veto_core::{Response, State};
+use veto_feed::ChangeLog;
 
 use crate::{io_err, TypeConfig, CF_SM};
 
@@ -28,6 +30,8 @@ struct Applied {
 struct Shared {
     db: Arc<DB>,
     applied: RwLock<Applied>,
+    /// Edge changes by revision; advanced under the `applied` write lock.
+    changes: Mutex<ChangeLog>,
     applied_tx: watch::Sender<u64>,
     snapshot_index: std::sync::atomic::AtomicU64,
 }
@@ -49,6 +53,19 @@ impl StateHandle {
     pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         let g = read_lock(&self.shared.applied);
         f(&g.state)
+    }
+
+    /// Runs `f` with the applied state and the edge change log, consistent
+    /// with each other (no apply in between).
+    pub fn read_with_changes<T>(&self, f: impl FnOnce(&State, &ChangeLog) -> T) -> T {
+        let g = read_lock(&self.shared.applied);
+        let c = lock(&self.shared.changes);
+        f(&g.state, &c)
+    }
+
+    /// The edge change log.
+    pub fn changes(&self) -> MutexGuard<'_, ChangeLog> {
+        lock(&self.shared.changes)
     }
 
     /// Revision (log index) of the last applied entry.
@@ -74,6 +91,13 @@ fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     // the data itself is still consistent, so recover the guard.
     l.read().unwrap_or_else(|p| p.into_inner())
 }
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Edge changes kept in memory for feeds; an edge further behind gets a snapshot.
+pub const CHANGE_LOG_CAPACITY: usize = 200_000;
 
 fn synced() -> WriteOptions {
     let mut wo = WriteOptions::default();
@@ -110,6 +134,7 @@ impl StateMachineStore {
             shared: Arc::new(Shared {
                 db,
                 applied: RwLock::new(applied),
+                changes: Mutex::new(ChangeLog::new(idx, CHANGE_LOG_CAPACITY)),
                 applied_tx,
                 snapshot_index: std::sync::atomic::AtomicU64::new(idx),
             }),
@@ -198,15 +223,16 @@ impl RaftStateMachine<C> for StateMachineStore {
             let index = entry.log_id.index;
             let resp: Response = {
                 let mut g = self.write();
-                let r = match &entry.payload {
-                    EntryPayload::Blank => g.state.apply_noop(index),
-                    EntryPayload::Normal(cmd) => g.state.apply(index, cmd),
+                let (r, changes) = match &entry.payload {
+                    EntryPayload::Blank => (g.state.apply_noop(index), Vec::new()),
+                    EntryPayload::Normal(cmd) => g.state.apply_for_edges(index, cmd),
                     EntryPayload::Membership(m) => {
                         g.membership = StoredMembershipOf::<C>::new(Some(entry.log_id), m.clone());
-                        g.state.apply_noop(index)
+                        (g.state.apply_noop(index), Vec::new())
                     }
                 };
                 g.last_applied = Some(entry.log_id);
+                lock(&self.shared.changes).advance(index, changes, Instant::now());
                 r
             };
             self.shared.applied_tx.send_replace(index);
@@ -235,6 +261,7 @@ impl RaftStateMachine<C> for StateMachineStore {
             g.state = state;
             g.last_applied = meta.last_log_id;
             g.membership = meta.last_membership.clone();
+            lock(&self.shared.changes).reset(idx);
         }
         self.shared.applied_tx.send_replace(idx);
         Ok(())

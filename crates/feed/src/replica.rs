@@ -1,0 +1,429 @@
+//! The edge replica: ordered apply, freshness from probes, and verify.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::VerifyingKey;
+use veto_core::token::{self, Requirements};
+use veto_core::{Claims, EdgeChange, Jti, Kid};
+
+use crate::cache::SigCache;
+
+/// Changes in `(from, to]`, each with its revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The revision the batch starts after.
+    pub from: u64,
+    /// The revision the replica is at after applying it.
+    pub to: u64,
+    /// Changes in revision order.
+    pub changes: Vec<(u64, EdgeChange)>,
+}
+
+/// Why a batch was refused. The caller resyncs (snapshot) on any of these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The batch does not start where the replica is.
+    #[error("revision gap: replica at {have}, batch starts after {from}")]
+    Gap {
+        /// Replica revision.
+        have: u64,
+        /// Batch start.
+        from: u64,
+    },
+    /// Revisions inside the batch are not increasing within `(from, to]`.
+    #[error("batch revisions out of order")]
+    OutOfOrder,
+    /// A public key is not a valid Ed25519 point.
+    #[error("bad public key for {0}")]
+    BadKey(Kid),
+}
+
+/// What to do outside the bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Refuse to answer (`STALE`).
+    #[default]
+    FailClosed,
+    /// Answer, marking the answer stale.
+    FailOpen,
+}
+
+/// Verification outcome (mirrors `veto.v1.Outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted.
+    Valid,
+    /// Not a well-formed veto token (or over the size limit).
+    Malformed,
+    /// Signature does not verify.
+    BadSignature,
+    /// Key unknown, retired or revoked.
+    UnknownKey,
+    /// Past `exp`.
+    Expired,
+    /// Before `nbf`.
+    NotYetValid,
+    /// Audience mismatch.
+    WrongAudience,
+    /// Missing a required scope.
+    InsufficientScope,
+    /// Revoked (token, subject or family).
+    Revoked,
+    /// Outside the propagation bound (fail-closed).
+    Stale,
+}
+
+/// The answer to one verify.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Human-readable detail; never contains the token.
+    pub reason: String,
+    /// Claims, when the signature verified.
+    pub claims: Option<Claims>,
+    /// Answered outside the bound (fail-open only).
+    pub stale: bool,
+}
+
+impl Verdict {
+    fn no(
+        outcome: Outcome,
+        reason: impl Into<String>,
+        claims: Option<Claims>,
+        stale: bool,
+    ) -> Self {
+        Self {
+            outcome,
+            reason: reason.into(),
+            claims,
+            stale,
+        }
+    }
+}
+
+/// Freshness as of a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    /// Age of the freshness proof, if any.
+    pub age: Option<Duration>,
+    /// Whether `age <= bound`.
+    pub fresh: bool,
+}
+
+#[derive(Debug, Clone)]
+struct KeyEntry {
+    vk: VerifyingKey,
+    refused: bool,
+}
+
+const MAX_OUTSTANDING_PROBES: usize = 256;
+
+/// The edge replica.
+#[derive(Debug)]
+pub struct Replica {
+    revision: u64,
+    keys: HashMap<Kid, KeyEntry>,
+    tokens: HashMap<Jti, (i64, i64)>,
+    subjects: HashMap<String, (i64, i64)>,
+    families: HashMap<Jti, i64>,
+    cache: SigCache,
+    probes: VecDeque<(u64, Instant)>,
+    pending: VecDeque<(Instant, u64)>,
+    fresh_at: Option<Instant>,
+    bound: Duration,
+    policy: Policy,
+    max_token_bytes: usize,
+}
+
+impl Replica {
+    /// An empty replica with bound `bound`.
+    pub fn new(bound: Duration, policy: Policy, sig_cache: usize, max_token_bytes: usize) -> Self {
+        Self {
+            revision: 0,
+            keys: HashMap::new(),
+            tokens: HashMap::new(),
+            subjects: HashMap::new(),
+            families: HashMap::new(),
+            cache: SigCache::new(sig_cache),
+            probes: VecDeque::new(),
+            pending: VecDeque::new(),
+            fresh_at: None,
+            bound,
+            policy,
+            max_token_bytes,
+        }
+    }
+
+    /// Revision applied.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The configured bound.
+    pub fn bound(&self) -> Duration {
+        self.bound
+    }
+
+    /// Number of live token revocations held.
+    pub fn revocations(&self) -> usize {
+        self.tokens.len() + self.subjects.len() + self.families.len()
+    }
+
+    /// Number of keys known.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Applies a batch in order, or refuses it whole.
+    pub fn apply(&mut self, b: &Batch) -> Result<(), Error> {
+        if b.from != self.revision {
+            return Err(Error::Gap {
+                have: self.revision,
+                from: b.from,
+            });
+        }
+        if b.to < b.from {
+            return Err(Error::OutOfOrder);
+        }
+        let mut prev = b.from;
+        for (rev, _) in &b.changes {
+            if *rev <= b.from || *rev > b.to || *rev < prev {
+                return Err(Error::OutOfOrder);
+            }
+            prev = *rev;
+        }
+        // Validate keys before touching state: apply is all or nothing.
+        for (_, c) in &b.changes {
+            if let EdgeChange::KeyPublished { kid, public } = c {
+                VerifyingKey::from_bytes(public).map_err(|_| Error::BadKey(*kid))?;
+            }
+        }
+        for (_, c) in &b.changes {
+            self.apply_change(c);
+        }
+        self.revision = b.to;
+        self.promote_pending();
+        Ok(())
+    }
+
+    /// Replaces the whole view with a snapshot at `revision`.
+    pub fn install_snapshot(&mut self, revision: u64, changes: &[EdgeChange]) -> Result<(), Error> {
+        for c in changes {
+            if let EdgeChange::KeyPublished { kid, public } = c {
+                VerifyingKey::from_bytes(public).map_err(|_| Error::BadKey(*kid))?;
+            }
+        }
+        self.keys.clear();
+        self.tokens.clear();
+        self.subjects.clear();
+        self.families.clear();
+        self.cache.clear();
+        for c in changes {
+            self.apply_change(c);
+        }
+        self.revision = revision;
+        self.promote_pending();
+        Ok(())
+    }
+
+    fn apply_change(&mut self, c: &EdgeChange) {
+        match c {
+            EdgeChange::KeyPublished { kid, public } => {
+                if let Ok(vk) = VerifyingKey::from_bytes(public) {
+                    self.keys
+                        .entry(*kid)
+                        .or_insert(KeyEntry { vk, refused: false });
+                }
+            }
+            EdgeChange::KeyRefused { kid } => {
+                if let Some(k) = self.keys.get_mut(kid) {
+                    k.refused = true;
+                }
+            }
+            EdgeChange::TokenRevoked {
+                jti,
+                exp,
+                effective_at,
+            } => {
+                let e = self.tokens.entry(*jti).or_insert((*exp, *effective_at));
+                e.1 = e.1.min(*effective_at);
+            }
+            EdgeChange::SubjectRevoked {
+                sub,
+                before,
+                drop_after,
+            } => {
+                let e = self
+                    .subjects
+                    .entry(sub.clone())
+                    .or_insert((*before, *drop_after));
+                e.0 = e.0.max(*before);
+                e.1 = e.1.max(*drop_after);
+            }
+            EdgeChange::FamilyRevoked { family, drop_after } => {
+                self.families.insert(*family, *drop_after);
+            }
+            EdgeChange::Swept { cutoff } => {
+                self.tokens.retain(|_, (exp, _)| *exp > *cutoff);
+                self.subjects.retain(|_, (_, d)| *d > *cutoff);
+                self.families.retain(|_, d| *d > *cutoff);
+            }
+        }
+    }
+
+    // ---- freshness ----
+
+    /// Records that probe `nonce` was sent at `at` on the current stream.
+    pub fn probe_sent(&mut self, nonce: u64, at: Instant) {
+        if self.probes.len() >= MAX_OUTSTANDING_PROBES {
+            self.probes.pop_front();
+        }
+        self.probes.push_back((nonce, at));
+    }
+
+    /// Handles `SyncReply{nonce, revision}`. Returns false for an unknown nonce.
+    pub fn sync_reply(&mut self, nonce: u64, revision: u64) -> bool {
+        let Some(pos) = self.probes.iter().position(|(n, _)| *n == nonce) else {
+            return false;
+        };
+        let sent = self.probes[pos].1;
+        // Replies arrive in order on a stream: older probes are superseded.
+        self.probes.drain(..=pos);
+        if revision <= self.revision {
+            self.mark_fresh(sent);
+        } else {
+            if self.pending.len() >= MAX_OUTSTANDING_PROBES {
+                self.pending.pop_front();
+            }
+            self.pending.push_back((sent, revision));
+        }
+        true
+    }
+
+    /// Forgets outstanding probes (the stream they were sent on is gone).
+    /// `fresh_at` stays: it was proven.
+    pub fn reset_stream(&mut self) {
+        self.probes.clear();
+        self.pending.clear();
+    }
+
+    fn mark_fresh(&mut self, sent: Instant) {
+        if self.fresh_at.is_none_or(|f| sent > f) {
+            self.fresh_at = Some(sent);
+        }
+    }
+
+    fn promote_pending(&mut self) {
+        while let Some(&(sent, rev)) = self.pending.front() {
+            if rev > self.revision {
+                break;
+            }
+            self.pending.pop_front();
+            self.mark_fresh(sent);
+        }
+    }
+
+    /// The send time of the newest answered-and-applied probe.
+    pub fn fresh_at(&self) -> Option<Instant> {
+        self.fresh_at
+    }
+
+    /// Freshness at `now`.
+    pub fn freshness(&self, now: Instant) -> Freshness {
+        let age = self.fresh_at.map(|f| now.saturating_duration_since(f));
+        Freshness {
+            age,
+            fresh: age.is_some_and(|a| a <= self.bound),
+        }
+    }
+
+    // ---- verify ----
+
+    /// Verifies `token` at local monotonic time `now` and unix time `now_unix`.
+    pub fn verify(
+        &mut self,
+        token_str: &str,
+        req: &Requirements<'_>,
+        now: Instant,
+        now_unix: i64,
+    ) -> Verdict {
+        let stale = !self.freshness(now).fresh;
+        if stale && self.policy == Policy::FailClosed {
+            return Verdict::no(
+                Outcome::Stale,
+                "edge cannot prove it is within the propagation bound",
+                None,
+                false,
+            );
+        }
+        let parsed = match token::parse(token_str, self.max_token_bytes) {
+            Ok(p) => p,
+            Err(e) => return Verdict::no(Outcome::Malformed, e.to_string(), None, stale),
+        };
+        let Some(key) = self.keys.get(&parsed.kid) else {
+            return Verdict::no(
+                Outcome::UnknownKey,
+                format!("unknown signing key {}", parsed.kid),
+                None,
+                stale,
+            );
+        };
+        if key.refused {
+            return Verdict::no(
+                Outcome::UnknownKey,
+                format!("signing key {} is retired or revoked", parsed.kid),
+                None,
+                stale,
+            );
+        }
+        let ck = SigCache::key(&parsed.kid.0, parsed.signing_input, &parsed.signature);
+        if !self.cache.contains(&ck) {
+            if parsed.verify_signature(&key.vk).is_err() {
+                return Verdict::no(Outcome::BadSignature, "bad signature", None, stale);
+            }
+            self.cache.insert(ck);
+        }
+        let c = parsed.claims;
+        if let Some(reason) = self.revoked(&c, now_unix) {
+            return Verdict::no(Outcome::Revoked, reason, Some(c), stale);
+        }
+        if let Err(e) = token::check_claims(&c, now_unix, req) {
+            let o = match e {
+                token::Error::Expired(_) => Outcome::Expired,
+                token::Error::NotYetValid(_) => Outcome::NotYetValid,
+                token::Error::WrongAudience => Outcome::WrongAudience,
+                token::Error::InsufficientScope => Outcome::InsufficientScope,
+                _ => Outcome::Malformed,
+            };
+            return Verdict::no(o, e.to_string(), Some(c), stale);
+        }
+        Verdict {
+            outcome: Outcome::Valid,
+            reason: String::new(),
+            claims: Some(c),
+            stale,
+        }
+    }
+
+    fn revoked(&self, c: &Claims, now_unix: i64) -> Option<String> {
+        if self.families.contains_key(&c.fam) {
+            return Some(format!("family {} revoked", c.fam));
+        }
+        if let Some((before, _)) = self.subjects.get(&c.sub) {
+            if c.iat <= *before {
+                return Some("subject revoked".into());
+            }
+        }
+        if let Some((_, eff)) = self.tokens.get(&c.jti) {
+            if *eff <= now_unix {
+                return Some("token revoked".into());
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;

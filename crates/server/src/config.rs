@@ -64,7 +64,7 @@ impl Default for RaftOptions {
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
-            snapshot_logs_since_last: 20_000,
+            snapshot_logs_since_last: 100_000,
             max_in_snapshot_log_to_keep: 1_000,
             purge_batch_size: 256,
         }

@@ -6,7 +6,10 @@
 //! |--------|----------------------------------------|--------------------------------|
 //! | `meta` | `format`, `node_id`, `vote`, `committed`, `last_purged` | JSON               |
 //! | `log`  | log index, 8 bytes big-endian          | JSON `Entry<TypeConfig>`       |
-//! | `sm`   | `snapshot_meta`, `snapshot_data`       | JSON meta, state snapshot      |
+//! | `sm`   | `snapshot_meta`                        | JSON: meta, file name, SHA-256 |
+//!
+//! Snapshot data lives in `snapshots/snap-<index>.bin` next to the database
+//! files, written and fsynced before its record is committed.
 //!
 //! Log appends and vote writes are synced (WAL fsync) before openraft is told
 //! they are durable. The state machine lives in memory and is persisted as
@@ -124,7 +127,7 @@ pub fn open(path: &Path, node_id: u64) -> Result<(LogStore, StateMachineStore), 
     let db = Arc::new(db);
     check_identity(&db, &shown, node_id, exists)?;
     let log = LogStore::new(db.clone());
-    let sm = StateMachineStore::open(db).map_err(|why| Error::Corrupt { path: shown, why })?;
+    let sm = StateMachineStore::open(db, path.join("snapshots")).map_err(|why| Error::Corrupt { path: shown, why })?;
     Ok((log, sm))
 }
 

@@ -1,7 +1,8 @@
 //! The replicated state machine: `veto_core::State` in memory, persisted as
 //! snapshots in the `sm` column family.
 
-use std::io;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
@@ -19,7 +20,6 @@ use crate::{io_err, TypeConfig, CF_SM};
 type C = TypeConfig;
 
 const SNAPSHOT_META: &[u8] = b"snapshot_meta";
-const SNAPSHOT_DATA: &[u8] = b"snapshot_data";
 
 struct Applied {
     last_applied: Option<LogIdOf<C>>,
@@ -29,6 +29,7 @@ struct Applied {
 
 struct Shared {
     db: Arc<DB>,
+    snap_dir: PathBuf,
     applied: RwLock<Applied>,
     /// Edge changes by revision; advanced under the `applied` write lock.
     changes: Mutex<ChangeLog>,
@@ -106,14 +107,12 @@ fn synced() -> WriteOptions {
 }
 
 impl StateMachineStore {
-    pub(crate) fn open(db: Arc<DB>) -> Result<Self, String> {
-        let cf = db.cf_handle(CF_SM).ok_or("column family sm missing")?;
-        let meta = db.get_cf(&cf, SNAPSHOT_META).map_err(|e| e.to_string())?;
-        let data = db.get_cf(&cf, SNAPSHOT_DATA).map_err(|e| e.to_string())?;
-        let applied = match (meta, data) {
-            (Some(m), Some(d)) => {
-                let meta: SnapshotMetaOf<C> =
-                    serde_json::from_slice(&m).map_err(|e| format!("snapshot meta: {e}"))?;
+    pub(crate) fn open(db: Arc<DB>, snap_dir: PathBuf) -> Result<Self, String> {
+        std::fs::create_dir_all(&snap_dir)
+            .map_err(|e| format!("cannot create {}: {e}", snap_dir.display()))?;
+        let current = load_snapshot(&db, &snap_dir).map_err(|e| e.to_string())?;
+        let applied = match current {
+            Some((meta, d)) => {
                 let state = State::from_snapshot_bytes(&d).map_err(|e| e.to_string())?;
                 Applied {
                     last_applied: meta.last_log_id,
@@ -121,18 +120,18 @@ impl StateMachineStore {
                     state,
                 }
             }
-            (None, None) => Applied {
+            None => Applied {
                 last_applied: None,
                 membership: StoredMembershipOf::<C>::default(),
                 state: State::default(),
             },
-            _ => return Err("snapshot meta and data are inconsistent".into()),
         };
         let idx = applied.last_applied.as_ref().map(|l| l.index).unwrap_or(0);
         let (applied_tx, _) = watch::channel(idx);
         Ok(Self {
             shared: Arc::new(Shared {
                 db,
+                snap_dir,
                 applied: RwLock::new(applied),
                 changes: Mutex::new(ChangeLog::new(idx, CHANGE_LOG_CAPACITY)),
                 applied_tx,
@@ -155,26 +154,67 @@ impl StateMachineStore {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Persists a snapshot: the data as a file (written, fsynced, renamed),
+    /// then its record in RocksDB (synced), then older files are removed.
+    /// Snapshot data stays out of RocksDB so it never churns the WAL and
+    /// compactions.
     fn save_snapshot(&self, meta: &SnapshotMetaOf<C>, data: &[u8]) -> io::Result<()> {
-        let cf = self
-            .shared
-            .db
-            .cf_handle(CF_SM)
-            .ok_or_else(|| io_err("cf sm missing"))?;
-        let mut b = WriteBatch::default();
-        b.put_cf(
-            &cf,
-            SNAPSHOT_META,
-            serde_json::to_vec(meta).map_err(io_err)?,
-        );
-        b.put_cf(&cf, SNAPSHOT_DATA, data);
-        self.shared.db.write_opt(b, &synced()).map_err(io_err)?;
         let idx = meta.last_log_id.as_ref().map(|l| l.index).unwrap_or(0);
-        self.shared
-            .snapshot_index
-            .store(idx, std::sync::atomic::Ordering::Relaxed);
+        let file = format!("snap-{idx:020}.bin");
+        let dir = &self.shared.snap_dir;
+        let tmp = dir.join(format!("{file}.tmp"));
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, dir.join(&file))?;
+        std::fs::File::open(dir)?.sync_all()?;
+        let rec = SnapRecord { meta: meta.clone(), file: file.clone(), sha256: sha256_hex(data) };
+        let cf = self.shared.db.cf_handle(CF_SM).ok_or_else(|| io_err("cf sm missing"))?;
+        let mut b = WriteBatch::default();
+        b.put_cf(&cf, SNAPSHOT_META, serde_json::to_vec(&rec).map_err(io_err)?);
+        self.shared.db.write_opt(b, &synced()).map_err(io_err)?;
+        for e in std::fs::read_dir(dir)?.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with("snap-") && name != file {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        self.shared.snapshot_index.store(idx, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// The record of the current snapshot kept in the `sm` column family.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapRecord {
+    meta: SnapshotMetaOf<C>,
+    file: String,
+    sha256: String,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Loads the current snapshot, checking the file against its recorded digest.
+fn load_snapshot(db: &DB, dir: &Path) -> io::Result<Option<(SnapshotMetaOf<C>, Vec<u8>)>> {
+    let cf = db.cf_handle(CF_SM).ok_or_else(|| io_err("cf sm missing"))?;
+    let Some(raw) = db.get_cf(&cf, SNAPSHOT_META).map_err(io_err)? else {
+        return Ok(None);
+    };
+    let rec: SnapRecord = serde_json::from_slice(&raw).map_err(|e| io_err(format!("snapshot record: {e}")))?;
+    if rec.file.contains('/') || !rec.file.starts_with("snap-") {
+        return Err(io_err(format!("snapshot record names a bad file {:?}", rec.file)));
+    }
+    let data = std::fs::read(dir.join(&rec.file))
+        .map_err(|e| io_err(format!("snapshot file {}: {e}", rec.file)))?;
+    if sha256_hex(&data) != rec.sha256 {
+        return Err(io_err(format!("snapshot file {} does not match its digest", rec.file)));
+    }
+    Ok(Some((rec.meta, data)))
 }
 
 impl RaftSnapshotBuilder<C> for StateMachineStore {
@@ -268,19 +308,8 @@ impl RaftStateMachine<C> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, Vec<u8>>>, io::Error> {
-        let cf = self
-            .shared
-            .db
-            .cf_handle(CF_SM)
-            .ok_or_else(|| io_err("cf sm missing"))?;
-        let meta = self.shared.db.get_cf(&cf, SNAPSHOT_META).map_err(io_err)?;
-        let data = self.shared.db.get_cf(&cf, SNAPSHOT_DATA).map_err(io_err)?;
-        match (meta, data) {
-            (Some(m), Some(d)) => {
-                let meta: SnapshotMetaOf<C> = serde_json::from_slice(&m).map_err(io_err)?;
-                Ok(Some(SnapshotOf::<C, Vec<u8>> { meta, snapshot: d }))
-            }
-            _ => Ok(None),
-        }
+        let (db, dir) = (self.shared.db.clone(), self.shared.snap_dir.clone());
+        let cur = tokio::task::spawn_blocking(move || load_snapshot(&db, &dir)).await.map_err(io_err)??;
+        Ok(cur.map(|(meta, snapshot)| SnapshotOf::<C, Vec<u8>> { meta, snapshot }))
     }
 }

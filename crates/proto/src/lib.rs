@@ -17,3 +17,5 @@ pub use v1::*;
 pub mod etcd {
     tonic::include_proto!("etcdserverpb");
 }
+
+pub mod feed;

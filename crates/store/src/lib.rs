@@ -127,7 +127,8 @@ pub fn open(path: &Path, node_id: u64) -> Result<(LogStore, StateMachineStore), 
     let db = Arc::new(db);
     check_identity(&db, &shown, node_id, exists)?;
     let log = LogStore::new(db.clone());
-    let sm = StateMachineStore::open(db, path.join("snapshots")).map_err(|why| Error::Corrupt { path: shown, why })?;
+    let sm = StateMachineStore::open(db, path.join("snapshots"))
+        .map_err(|why| Error::Corrupt { path: shown, why })?;
     Ok((log, sm))
 }
 

@@ -170,10 +170,22 @@ impl StateMachineStore {
         }
         std::fs::rename(&tmp, dir.join(&file))?;
         std::fs::File::open(dir)?.sync_all()?;
-        let rec = SnapRecord { meta: meta.clone(), file: file.clone(), sha256: sha256_hex(data) };
-        let cf = self.shared.db.cf_handle(CF_SM).ok_or_else(|| io_err("cf sm missing"))?;
+        let rec = SnapRecord {
+            meta: meta.clone(),
+            file: file.clone(),
+            sha256: sha256_hex(data),
+        };
+        let cf = self
+            .shared
+            .db
+            .cf_handle(CF_SM)
+            .ok_or_else(|| io_err("cf sm missing"))?;
         let mut b = WriteBatch::default();
-        b.put_cf(&cf, SNAPSHOT_META, serde_json::to_vec(&rec).map_err(io_err)?);
+        b.put_cf(
+            &cf,
+            SNAPSHOT_META,
+            serde_json::to_vec(&rec).map_err(io_err)?,
+        );
         self.shared.db.write_opt(b, &synced()).map_err(io_err)?;
         for e in std::fs::read_dir(dir)?.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
@@ -181,7 +193,9 @@ impl StateMachineStore {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        self.shared.snapshot_index.store(idx, std::sync::atomic::Ordering::Relaxed);
+        self.shared
+            .snapshot_index
+            .store(idx, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }
@@ -205,14 +219,21 @@ fn load_snapshot(db: &DB, dir: &Path) -> io::Result<Option<(SnapshotMetaOf<C>, V
     let Some(raw) = db.get_cf(&cf, SNAPSHOT_META).map_err(io_err)? else {
         return Ok(None);
     };
-    let rec: SnapRecord = serde_json::from_slice(&raw).map_err(|e| io_err(format!("snapshot record: {e}")))?;
+    let rec: SnapRecord =
+        serde_json::from_slice(&raw).map_err(|e| io_err(format!("snapshot record: {e}")))?;
     if rec.file.contains('/') || !rec.file.starts_with("snap-") {
-        return Err(io_err(format!("snapshot record names a bad file {:?}", rec.file)));
+        return Err(io_err(format!(
+            "snapshot record names a bad file {:?}",
+            rec.file
+        )));
     }
     let data = std::fs::read(dir.join(&rec.file))
         .map_err(|e| io_err(format!("snapshot file {}: {e}", rec.file)))?;
     if sha256_hex(&data) != rec.sha256 {
-        return Err(io_err(format!("snapshot file {} does not match its digest", rec.file)));
+        return Err(io_err(format!(
+            "snapshot file {} does not match its digest",
+            rec.file
+        )));
     }
     Ok(Some((rec.meta, data)))
 }
@@ -309,7 +330,9 @@ impl RaftStateMachine<C> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, Vec<u8>>>, io::Error> {
         let (db, dir) = (self.shared.db.clone(), self.shared.snap_dir.clone());
-        let cur = tokio::task::spawn_blocking(move || load_snapshot(&db, &dir)).await.map_err(io_err)??;
+        let cur = tokio::task::spawn_blocking(move || load_snapshot(&db, &dir))
+            .await
+            .map_err(io_err)??;
         Ok(cur.map(|(meta, snapshot)| SnapshotOf::<C, Vec<u8>> { meta, snapshot }))
     }
 }

@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_reject_unknown() {
-        let all = vec![
+        let all = [
             EdgeChange::KeyPublished {
                 kid: Kid([1; 16]),
                 public: [2; 32],

@@ -105,3 +105,59 @@ pub fn unix_now() -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
+
+/// Starts `n` edges (in-process, each serving VerifierService on its own
+/// 127.0.0.1 port) subscribed to every node of `cluster`.
+pub async fn start_edges(
+    cluster: &Cluster,
+    n: usize,
+    bound_ms: u64,
+    probe_ms: u64,
+) -> Result<Vec<veto_edge::Edge>> {
+    let servers: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
+    let mut edges = Vec::new();
+    for i in 0..n {
+        let opts = veto_edge::Options {
+            edge_id: format!("edge-{i}"),
+            servers: servers.clone(),
+            bound_ms,
+            probe_interval_ms: probe_ms,
+            ..Default::default()
+        };
+        let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        edges.push(veto_edge::Edge::start(opts, local, local).await?);
+    }
+    for e in &edges {
+        let h = e.handle.clone();
+        eventually(
+            "edge fresh",
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            || {
+                let h = h.clone();
+                async move { h.freshness().fresh.then_some(()) }
+            },
+        )
+        .await?;
+    }
+    Ok(edges)
+}
+
+/// Verifies `token` at an edge over gRPC with a consistency token.
+pub async fn verify_at(
+    edge: &veto_edge::Edge,
+    token: &str,
+    min_revision: u64,
+) -> Result<pb::VerifyResponse, tonic::Status> {
+    let addr = edge.grpc_addr.map(|a| a.to_string()).unwrap_or_default();
+    let ch = veto_testkit::channel(&addr).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let mut c = veto_proto::verifier_service_client::VerifierServiceClient::new(ch);
+    let mut req = tonic::Request::new(pb::VerifyRequest {
+        token: token.into(),
+        required_scopes: vec![],
+        audience: None,
+        min_revision,
+    });
+    req.set_timeout(Duration::from_secs(5));
+    c.verify(req).await.map(|r| r.into_inner())
+}

@@ -24,12 +24,17 @@ use crate::routing::actor;
 pub struct Service {
     node: Node,
     advertised: String,
+    hub: crate::feed::Hub,
 }
 
 impl Service {
     /// Serves administration for `node`, reachable at `advertised`.
-    pub fn new(node: Node, advertised: String) -> Self {
-        Self { node, advertised }
+    pub fn new(node: Node, advertised: String, hub: crate::feed::Hub) -> Self {
+        Self {
+            node,
+            advertised,
+            hub,
+        }
     }
 
     fn membership(&self) -> pb::MembershipInfo {
@@ -227,7 +232,9 @@ impl Service {
             pb::KeyStage::Publish => self.node.new_key_command(actor),
             pb::KeyStage::Activate => {
                 let kid = kid()?;
-                // No edge feed yet: activation has no edges to wait for.
+                if !r.force {
+                    self.wait_edges_know_key(kid, r.wait_timeout_ms).await?;
+                }
                 (
                     kid,
                     Command::ActivateKey {
@@ -277,6 +284,104 @@ impl Service {
             revision,
             keys,
         })
+    }
+
+    /// Every connected edge, on every member, as the members report them.
+    pub async fn cluster_edges(&self) -> Vec<pb::EdgeInfo> {
+        let m = self.node.metrics();
+        let mut out = self.local_edges().edges;
+        for (id, n) in m.membership_config.membership().nodes() {
+            if *id == self.node.id() {
+                continue;
+            }
+            let Ok(ch) = self.node.channel_to(&n.addr) else {
+                continue;
+            };
+            let mut c = AdminServiceClient::new(ch);
+            let mut req = Request::new(pb::EdgesRequest {});
+            req.set_timeout(Duration::from_secs(1));
+            if let Ok(r) = c.edges(req).await {
+                out.extend(r.into_inner().edges);
+            }
+        }
+        out
+    }
+
+    /// Waits until every connected edge has applied the publish of `kid`.
+    async fn wait_edges_know_key(&self, kid: Kid, timeout_ms: u64) -> Result<()> {
+        let published = self
+            .node
+            .state()
+            .read(|s| s.key(&kid).map(|k| k.published_revision))
+            .ok_or_else(|| {
+                Error::Rejected(veto_core::command::Rejection::NotFound {
+                    what: "key".into(),
+                    id: kid.to_string(),
+                })
+            })?;
+        let limit = Duration::from_millis(if timeout_ms == 0 {
+            10_000
+        } else {
+            timeout_ms.min(60_000)
+        });
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let behind: Vec<String> = self
+                .cluster_edges()
+                .await
+                .into_iter()
+                .filter(|e| e.connected && e.applied_revision < published)
+                .map(|e| e.edge_id)
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::FailedPrecondition(format!(
+                    "edges have not learned key {kid} (published at revision {published}): {}; retry or force",
+                    behind.join(", ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn local_edges(&self) -> pb::EdgesResponse {
+        let now = std::time::Instant::now();
+        let changes = self.node.state().changes();
+        let head = changes.head();
+        let edges = self
+            .hub
+            .edge_stats()
+            .into_iter()
+            .map(|(id, s)| {
+                let lag_revisions = head.saturating_sub(s.applied);
+                let lag_ms = if lag_revisions == 0 {
+                    0.0
+                } else {
+                    changes
+                        .applied_at(s.applied + 1)
+                        .map(|t| now.saturating_duration_since(t).as_secs_f64() * 1e3)
+                        .unwrap_or(0.0)
+                };
+                pb::EdgeInfo {
+                    edge_id: id,
+                    node_id: self.node.id(),
+                    applied_revision: s.applied,
+                    lag_revisions,
+                    lag_ms,
+                    fresh_age_ms: s
+                        .answered_at
+                        .map(|t| now.saturating_duration_since(t).as_secs_f64() * 1e3)
+                        .unwrap_or(-1.0),
+                    connected: s.connected,
+                }
+            })
+            .collect();
+        pb::EdgesResponse {
+            edges,
+            commit_index: head,
+        }
     }
 
     async fn list_keys_local(&self) -> Result<pb::ListKeysResponse> {
@@ -506,6 +611,6 @@ impl AdminService for Service {
         &self,
         _req: Request<pb::EdgesRequest>,
     ) -> Result<Response<pb::EdgesResponse>, Status> {
-        Err(Error::Unimplemented("this server does not serve the edge feed yet".into()).into())
+        Ok(Response::new(self.local_edges()))
     }
 }

@@ -10,6 +10,7 @@ pub mod admin_service;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod feed;
 pub mod http;
 pub mod node;
 pub mod raft;
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 use veto_proto::admin_service_server::AdminServiceServer;
+use veto_proto::feed_service_server::FeedServiceServer;
 use veto_proto::raft_service_server::RaftServiceServer;
 use veto_proto::token_service_server::TokenServiceServer;
 
@@ -33,6 +35,8 @@ pub use node::Node;
 
 /// A started node: its bound addresses and a handle to stop it.
 pub struct Server {
+    /// The feed hub (edge registry).
+    pub hub: feed::Hub,
     /// The gRPC address actually bound.
     pub grpc_addr: SocketAddr,
     /// The HTTP address actually bound.
@@ -93,9 +97,13 @@ impl Server {
             .max_encoding_message_size(64 << 20);
         let token_svc = TokenServiceServer::new(token_service::Service::new(node.clone()))
             .max_decoding_message_size(max_msg);
+        let hub = feed::Hub::new(node.clone());
+        let feed_svc = FeedServiceServer::new(feed::Service::new(hub.clone()))
+            .max_decoding_message_size(64 * 1024);
         let admin_svc = AdminServiceServer::new(admin_service::Service::new(
             node.clone(),
             advertised.clone(),
+            hub.clone(),
         ))
         .max_decoding_message_size(max_msg);
         let mut grpc_rx = rx.clone();
@@ -105,6 +113,7 @@ impl Server {
             .add_service(raft_svc)
             .add_service(token_svc)
             .add_service(admin_svc)
+            .add_service(feed_svc)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 async move {
@@ -130,9 +139,11 @@ impl Server {
             }
         }));
 
+        tasks.push(tokio::spawn(hub.clone().run_read_index(rx.clone())));
         tasks.push(tokio::spawn(node.clone().leader_duties(rx)));
         info!(node_id = node.id(), %grpc_addr, %http_addr, %advertised, "veto-server started");
         Ok(Server {
+            hub,
             grpc_addr,
             http_addr,
             node,

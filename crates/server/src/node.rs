@@ -191,6 +191,41 @@ impl Node {
         }
     }
 
+    /// A commit index confirmed by the leader with a quorum at a moment
+    /// after this call (ReadIndex); asks the leader over RaftService when
+    /// this node follows.
+    pub async fn leader_read_index(&self) -> Result<u64> {
+        let m = self.metrics();
+        match m.current_leader {
+            Some(l) if l == self.inner.id => {
+                let lin = self
+                    .inner
+                    .raft
+                    .get_read_linearizer(openraft::ReadPolicy::ReadIndex)
+                    .await
+                    .map_err(|_| Error::NotLeader(None))?;
+                Ok(lin.read_log_id().index())
+            }
+            Some(l) => {
+                let addr = self.member_addr(l).ok_or(Error::NotLeader(Some(l)))?;
+                let mut c = veto_proto::raft_service_client::RaftServiceClient::new(
+                    self.channel_to(&addr)?,
+                );
+                let mut req = tonic::Request::new(veto_proto::RaftPayload::default());
+                req.set_timeout(Duration::from_secs(2));
+                let p = c
+                    .read_index(req)
+                    .await
+                    .map_err(|_| Error::NoLeader)?
+                    .into_inner();
+                let r: std::result::Result<u64, String> =
+                    serde_json::from_slice(&p.data).map_err(|e| Error::Fatal(e.to_string()))?;
+                r.map_err(|_| Error::NotLeader(Some(l)))
+            }
+            None => Err(Error::NoLeader),
+        }
+    }
+
     /// The active signing key, opened with the KEK (cached per kid).
     pub fn signer(&self) -> Result<(Kid, SigningKey)> {
         let (kid, sealed) = self

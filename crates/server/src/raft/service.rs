@@ -63,6 +63,18 @@ impl RaftService for Service {
         encode(&res)
     }
 
+    async fn read_index(&self, _r: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let res: Result<u64, String> = match self
+            .raft
+            .get_read_linearizer(openraft::ReadPolicy::ReadIndex)
+            .await
+        {
+            Ok(l) => Ok(l.read_log_id().index()),
+            Err(e) => Err(e.to_string()),
+        };
+        encode(&res)
+    }
+
     async fn install_snapshot(
         &self,
         r: Request<Streaming<SnapshotPart>>,

@@ -1,0 +1,280 @@
+//! The veto edge: an in-process replica of keys and revocations, fed by one
+//! FeedService stream, answering verifies locally (DESIGN.md §4).
+//!
+//! Embed it with [`Edge::start_embedded`] (no gRPC server: call
+//! [`EdgeHandle::verify`] in-process), or run the `veto-edge` node, which
+//! adds `VerifierService` and `/healthz` ([`Edge::start`]). The
+//! subscription ([`subscription`]) connects to one control-plane node at a
+//! time, fails over with jittered backoff, resumes from its applied
+//! revision, resyncs from a snapshot on any gap or undecodable change, and
+//! abandons a node whose probes go unanswered for longer than the bound.
+
+pub mod service;
+pub mod subscription;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use veto_core::token::Requirements;
+use veto_feed::{Freshness, Policy, Replica, Verdict};
+
+/// Edge configuration. Every limit carries its unit.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Stable id of this edge.
+    pub edge_id: String,
+    /// Control-plane gRPC addresses (host:port) to subscribe to.
+    pub servers: Vec<String>,
+    /// The propagation bound B.
+    pub bound_ms: u64,
+    /// Probe interval H.
+    pub probe_interval_ms: u64,
+    /// Fail closed (default) or open outside the bound.
+    pub policy: Policy,
+    /// Verified signatures remembered.
+    pub sig_cache_entries: usize,
+    /// Longest token accepted.
+    pub max_token_bytes: usize,
+    /// Most items in one VerifyBatch.
+    pub max_batch_items: usize,
+    /// Largest snapshot accepted from a server.
+    pub max_snapshot_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            edge_id: "edge".into(),
+            servers: Vec::new(),
+            bound_ms: 2_000,
+            probe_interval_ms: 200,
+            policy: Policy::FailClosed,
+            sig_cache_entries: 100_000,
+            max_token_bytes: 4096,
+            max_batch_items: 1024,
+            max_snapshot_bytes: 1 << 30,
+        }
+    }
+}
+
+impl Options {
+    /// Checks the values; names the bad field.
+    pub fn validate(&self) -> Result<(), String> {
+        let id_ok = !self.edge_id.is_empty()
+            && self.edge_id.len() <= 128
+            && self
+                .edge_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !id_ok {
+            return Err("edge_id must be 1..=128 bytes of [A-Za-z0-9._-]".into());
+        }
+        if self.servers.is_empty() {
+            return Err("servers: at least one control-plane address is required".into());
+        }
+        if self.probe_interval_ms == 0 || self.bound_ms <= self.probe_interval_ms {
+            return Err(
+                "bound_ms must exceed probe_interval_ms, which must be greater than 0".into(),
+            );
+        }
+        if self.max_batch_items == 0 || self.max_token_bytes == 0 {
+            return Err("max_batch_items and max_token_bytes must be greater than 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Shared edge state; cheap to clone.
+#[derive(Clone)]
+pub struct EdgeHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    replica: Mutex<Replica>,
+    applied: watch::Sender<u64>,
+    server: Mutex<Option<String>>,
+    connects: AtomicU64,
+    resyncs: AtomicU64,
+    opts: Options,
+}
+
+/// Unix seconds on this edge's clock.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl EdgeHandle {
+    fn new(opts: Options) -> Self {
+        let replica = Replica::new(
+            Duration::from_millis(opts.bound_ms),
+            opts.policy,
+            opts.sig_cache_entries,
+            opts.max_token_bytes,
+        );
+        let (applied, _) = watch::channel(0);
+        Self {
+            inner: Arc::new(Inner {
+                replica: Mutex::new(replica),
+                applied,
+                server: Mutex::new(None),
+                connects: AtomicU64::new(0),
+                resyncs: AtomicU64::new(0),
+                opts,
+            }),
+        }
+    }
+
+    pub(crate) fn replica(&self) -> MutexGuard<'_, Replica> {
+        self.inner.replica.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &Options {
+        &self.inner.opts
+    }
+
+    /// Verifies a token now.
+    pub fn verify(&self, token: &str, req: &Requirements<'_>) -> Verdict {
+        self.replica()
+            .verify(token, req, Instant::now(), unix_now())
+    }
+
+    /// Revision applied.
+    pub fn revision(&self) -> u64 {
+        *self.inner.applied.borrow()
+    }
+
+    /// Freshness now.
+    pub fn freshness(&self) -> Freshness {
+        self.replica().freshness(Instant::now())
+    }
+
+    /// Waits until revision `rev` is applied, up to `limit`.
+    pub async fn wait_revision(&self, rev: u64, limit: Duration) -> bool {
+        let mut rx = self.inner.applied.subscribe();
+        let wait = async move { rx.wait_for(|a| *a >= rev).await.is_ok() };
+        tokio::time::timeout(limit, wait).await.unwrap_or(false)
+    }
+
+    /// The server the feed is on now, if connected.
+    pub fn server(&self) -> Option<String> {
+        self.inner
+            .server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Feed connections opened so far.
+    pub fn connects(&self) -> u64 {
+        self.inner.connects.load(Ordering::Relaxed)
+    }
+
+    /// Snapshot resyncs so far.
+    pub fn resyncs(&self) -> u64 {
+        self.inner.resyncs.load(Ordering::Relaxed)
+    }
+
+    /// Live revocations held.
+    pub fn revocations(&self) -> usize {
+        self.replica().revocations()
+    }
+
+    pub(crate) fn set_server(&self, s: Option<String>) {
+        *self.inner.server.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    pub(crate) fn publish_revision(&self, rev: u64) {
+        self.inner.applied.send_replace(rev);
+    }
+
+    pub(crate) fn count_connect(&self) {
+        self.inner.connects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_resync(&self) {
+        self.inner.resyncs.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A running edge.
+pub struct Edge {
+    /// Verify and inspect through this.
+    pub handle: EdgeHandle,
+    /// VerifierService address, if serving.
+    pub grpc_addr: Option<SocketAddr>,
+    /// HTTP address, if serving.
+    pub http_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Edge {
+    /// Starts the replica and its subscription, without any server.
+    pub fn start_embedded(opts: Options) -> Result<Edge, String> {
+        opts.validate()?;
+        let handle = EdgeHandle::new(opts);
+        let (shutdown, rx) = watch::channel(false);
+        let tasks = vec![tokio::spawn(subscription::run(handle.clone(), rx))];
+        Ok(Edge {
+            handle,
+            grpc_addr: None,
+            http_addr: None,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Starts the replica, its subscription, VerifierService on `grpc` and
+    /// `/healthz` on `http`.
+    pub async fn start(opts: Options, grpc: SocketAddr, http: SocketAddr) -> anyhow::Result<Edge> {
+        let mut edge =
+            Self::start_embedded(opts).map_err(|e| anyhow::anyhow!("invalid edge options: {e}"))?;
+        let gl = tokio::net::TcpListener::bind(grpc).await?;
+        let hl = tokio::net::TcpListener::bind(http).await?;
+        edge.grpc_addr = Some(gl.local_addr()?);
+        edge.http_addr = Some(hl.local_addr()?);
+        let svc = service::server(edge.handle.clone());
+        let mut rx = edge.shutdown.subscribe();
+        edge.tasks.push(tokio::spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(svc)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(gl).with_nodelay(Some(true)),
+                    async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    },
+                )
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "verifier server failed");
+            }
+        }));
+        let app = service::http_router(edge.handle.clone());
+        let mut rx = edge.shutdown.subscribe();
+        edge.tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(hl, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
+        }));
+        Ok(edge)
+    }
+
+    /// Stops the subscription and servers.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! `veto-edge`: wires flags and signals to the `veto-edge` library.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+use veto_edge::{Edge, Options};
+use veto_feed::Policy;
+
+/// veto edge verifier node.
+#[derive(Debug, Parser)]
+#[command(name = "veto-edge", version)]
+struct Flags {
+    /// Stable edge id.
+    #[arg(long, env = "VETO_EDGE_ID")]
+    edge_id: String,
+    /// Control-plane gRPC addresses, comma-separated.
+    #[arg(long, env = "VETO_SERVERS", value_delimiter = ',', required = true)]
+    servers: Vec<String>,
+    /// VerifierService listen address.
+    #[arg(long, env = "VETO_EDGE_LISTEN_ADDR", default_value = "127.0.0.1:7500")]
+    listen_addr: SocketAddr,
+    /// HTTP listen address (/healthz).
+    #[arg(long, env = "VETO_EDGE_HTTP_ADDR", default_value = "127.0.0.1:7580")]
+    http_addr: SocketAddr,
+    /// Propagation bound B in milliseconds.
+    #[arg(long, env = "VETO_BOUND_MS", default_value_t = 2000)]
+    bound_ms: u64,
+    /// Probe interval H in milliseconds.
+    #[arg(long, env = "VETO_PROBE_INTERVAL_MS", default_value_t = 200)]
+    probe_interval_ms: u64,
+    /// Answer (marked stale) instead of failing closed outside the bound.
+    #[arg(long)]
+    fail_open: bool,
+    /// Write the bound addresses as JSON to this file once listening.
+    #[arg(long)]
+    ready_file: Option<std::path::PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let f = Flags::parse();
+    let opts = Options {
+        edge_id: f.edge_id,
+        servers: f.servers,
+        bound_ms: f.bound_ms,
+        probe_interval_ms: f.probe_interval_ms,
+        policy: if f.fail_open {
+            Policy::FailOpen
+        } else {
+            Policy::FailClosed
+        },
+        ..Options::default()
+    };
+    if let Err(e) = opts.validate() {
+        eprintln!("veto-edge: invalid configuration: {e}");
+        return ExitCode::from(64);
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("veto-edge: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async move {
+        let edge = Edge::start(opts, f.listen_addr, f.http_addr).await?;
+        if let Some(p) = f.ready_file {
+            let body = serde_json::json!({
+                "grpc": edge.grpc_addr.map(|a| a.to_string()),
+                "http": edge.http_addr.map(|a| a.to_string()),
+            });
+            std::fs::write(&p, body.to_string())?;
+        }
+        tokio::signal::ctrl_c().await?;
+        edge.stop().await;
+        anyhow::Ok(())
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("veto-edge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! `veto.v1.VerifierService` over the local replica, and `/healthz`.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use tonic::{Request, Response, Status};
+use veto_core::token::Requirements;
+use veto_feed::{Outcome, Verdict};
+use veto_proto as pb;
+use veto_proto::verifier_service_server::{VerifierService, VerifierServiceServer};
+
+use crate::EdgeHandle;
+
+/// Longest a `min_revision` wait may take when the call sets no deadline.
+pub const DEFAULT_MIN_REVISION_WAIT: Duration = Duration::from_secs(5);
+/// Most required scopes per item.
+pub const MAX_REQUIRED_SCOPES: usize = 64;
+
+/// The gRPC service for `h`.
+pub fn server(h: EdgeHandle) -> VerifierServiceServer<Service> {
+    VerifierServiceServer::new(Service { h }).max_decoding_message_size(8 << 20)
+}
+
+/// The VerifierService implementation.
+pub struct Service {
+    h: EdgeHandle,
+}
+
+fn outcome(o: Outcome) -> pb::Outcome {
+    match o {
+        Outcome::Valid => pb::Outcome::Valid,
+        Outcome::Malformed => pb::Outcome::Malformed,
+        Outcome::BadSignature => pb::Outcome::BadSignature,
+        Outcome::UnknownKey => pb::Outcome::UnknownKey,
+        Outcome::Expired => pb::Outcome::Expired,
+        Outcome::NotYetValid => pb::Outcome::NotYetValid,
+        Outcome::WrongAudience => pb::Outcome::WrongAudience,
+        Outcome::InsufficientScope => pb::Outcome::InsufficientScope,
+        Outcome::Revoked => pb::Outcome::Revoked,
+        Outcome::Stale => pb::Outcome::Stale,
+    }
+}
+
+fn deadline<T>(r: &Request<T>) -> Duration {
+    // grpc-timeout: an integer and a unit (H M S m u n).
+    let parse = |v: &str| -> Option<Duration> {
+        let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+        let n: u64 = n.parse().ok()?;
+        Some(match unit {
+            "H" => Duration::from_secs(n * 3600),
+            "M" => Duration::from_secs(n * 60),
+            "S" => Duration::from_secs(n),
+            "m" => Duration::from_millis(n),
+            "u" => Duration::from_micros(n),
+            "n" => Duration::from_nanos(n),
+            _ => return None,
+        })
+    };
+    r.metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse)
+        .unwrap_or(DEFAULT_MIN_REVISION_WAIT)
+        .min(Duration::from_secs(60))
+}
+
+impl Service {
+    fn check(&self, r: &pb::VerifyRequest) -> Result<(), Status> {
+        if r.required_scopes.len() > MAX_REQUIRED_SCOPES {
+            return Err(Status::invalid_argument(format!(
+                "required_scopes: at most {MAX_REQUIRED_SCOPES}"
+            )));
+        }
+        if r.audience.as_ref().is_some_and(|a| a.len() > 256) {
+            return Err(Status::invalid_argument("audience: at most 256 bytes"));
+        }
+        Ok(())
+    }
+
+    fn one(&self, r: &pb::VerifyRequest) -> pb::VerifyResponse {
+        let req = Requirements {
+            audience: r.audience.as_deref(),
+            scopes: &r.required_scopes,
+        };
+        let v: Verdict = self.h.verify(&r.token, &req);
+        let f = self.h.freshness();
+        let mut out = pb::VerifyResponse {
+            valid: v.outcome == Outcome::Valid,
+            outcome: outcome(v.outcome) as i32,
+            reason: v.reason,
+            stale: v.stale,
+            revision: self.h.revision(),
+            fresh_age_ms: f.age.map(|a| a.as_secs_f64() * 1e3).unwrap_or(-1.0),
+            ..Default::default()
+        };
+        if let Some(c) = v.claims {
+            out.jti = c.jti.to_string();
+            out.scopes = c.scopes().map(str::to_owned).collect();
+            out.sub = c.sub;
+            out.exp = c.exp;
+            out.family = c.fam.to_string();
+        }
+        out
+    }
+
+    async fn wait_min(&self, min: u64, limit: Duration) -> Result<(), Status> {
+        if min > self.h.revision() && !self.h.wait_revision(min, limit).await {
+            return Err(Status::deadline_exceeded(format!(
+                "min_revision {min} not applied (edge at {})",
+                self.h.revision()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn stale_status(r: &pb::VerifyResponse) -> Option<Status> {
+    (r.outcome == pb::Outcome::Stale as i32)
+        .then(|| Status::unavailable(format!("STALE: {}", r.reason)))
+}
+
+#[tonic::async_trait]
+impl VerifierService for Service {
+    async fn verify(
+        &self,
+        req: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        let limit = deadline(&req);
+        let r = req.into_inner();
+        self.check(&r)?;
+        self.wait_min(r.min_revision, limit).await?;
+        let out = self.one(&r);
+        if let Some(s) = stale_status(&out) {
+            return Err(s);
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn verify_batch(
+        &self,
+        req: Request<pb::VerifyBatchRequest>,
+    ) -> Result<Response<pb::VerifyBatchResponse>, Status> {
+        let limit = deadline(&req);
+        let r = req.into_inner();
+        let max = self.h.options().max_batch_items;
+        if r.items.len() > max {
+            return Err(Status::invalid_argument(format!(
+                "items: at most {max} per batch"
+            )));
+        }
+        for i in &r.items {
+            self.check(i)?;
+        }
+        let min = r.items.iter().map(|i| i.min_revision).max().unwrap_or(0);
+        self.wait_min(min, limit).await?;
+        let mut results = Vec::with_capacity(r.items.len());
+        for i in &r.items {
+            let out = self.one(i);
+            if let Some(s) = stale_status(&out) {
+                return Err(s);
+            }
+            results.push(out);
+        }
+        Ok(Response::new(pb::VerifyBatchResponse { results }))
+    }
+}
+
+/// `/healthz`: 200 while fresh, 503 with the reason when not.
+pub fn http_router(h: EdgeHandle) -> axum::Router {
+    axum::Router::new().route(
+        "/healthz",
+        get(move || {
+            let h = h.clone();
+            async move {
+                let f = h.freshness();
+                let server = h.server().unwrap_or_else(|| "none".into());
+                let age = f
+                    .age
+                    .map(|a| format!("{} ms", a.as_millis()))
+                    .unwrap_or_else(|| "never".into());
+                let body = format!(
+                    "revision {} server {server} fresh_age {age}\n",
+                    h.revision()
+                );
+                if f.fresh {
+                    (StatusCode::OK, format!("ok: {body}"))
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, format!("stale: {body}"))
+                }
+            }
+        }),
+    )
+}

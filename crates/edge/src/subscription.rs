@@ -1,0 +1,203 @@
+//! The resilient feed subscription: one stream at a time, failover with
+//! jittered backoff, resume from the applied revision, snapshot resync.
+
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use sha2::Digest;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use veto_feed::Batch;
+use veto_proto as pb;
+use veto_proto::feed::change_from_pb;
+use veto_proto::feed_service_client::FeedServiceClient;
+
+use crate::EdgeHandle;
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum End {
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error("server stopped proving freshness")]
+    NotFresh,
+    #[error("resync needed: {0}")]
+    Resync(String),
+    #[error("shutdown")]
+    Shutdown,
+}
+
+/// Runs until `shutdown` fires.
+pub async fn run(h: EdgeHandle, mut shutdown: watch::Receiver<bool>) {
+    let servers = h.options().servers.clone();
+    let mut idx: usize = rand::random::<u32>() as usize % servers.len().max(1);
+    let mut failures: u32 = 0;
+    let mut resync = false;
+    loop {
+        let addr = servers[idx % servers.len()].clone();
+        let started = Instant::now();
+        let end = tokio::select! {
+            e = session(&h, &addr, resync) => e,
+            _ = shutdown.wait_for(|s| *s) => End::Shutdown,
+        };
+        h.set_server(None);
+        h.replica().reset_stream();
+        match &end {
+            End::Shutdown => return,
+            End::Resync(why) => {
+                tracing::warn!(%addr, %why, "resyncing from a snapshot");
+                h.count_resync();
+                resync = true;
+            }
+            other => {
+                tracing::info!(%addr, reason = %other, "feed session ended; failing over");
+                resync = false;
+            }
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            failures = 0;
+        }
+        failures = failures.saturating_add(1);
+        idx = idx.wrapping_add(1);
+        // Jittered exponential backoff: 25 ms .. 2 s, x0.5..1.5. The first
+        // retry after a long session is quick: another node is likely fine.
+        let base = (25u64 << failures.min(7).saturating_sub(1)).min(2_000);
+        let jitter = 0.5 + rand::random::<f64>();
+        let wait = Duration::from_millis((base as f64 * jitter) as u64);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
+    let opts = h.options().clone();
+    let ep = match Endpoint::from_shared(format!("http://{addr}")) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true),
+        Err(e) => return End::Connect(e.to_string()),
+    };
+    let ch = match ep.connect().await {
+        Ok(c) => c,
+        Err(e) => return End::Connect(e.to_string()),
+    };
+    let mut client = FeedServiceClient::new(ch).max_decoding_message_size(8 << 20);
+    let (tx, rx) = mpsc::channel::<pb::EdgeMessage>(64);
+    let from = if resync { 0 } else { h.revision() };
+    let hello = pb::EdgeMessage {
+        msg: Some(pb::edge_message::Msg::Hello(pb::Hello {
+            edge_id: opts.edge_id.clone(),
+            applied_revision: from,
+        })),
+    };
+    if tx.send(hello).await.is_err() {
+        return End::Stream("outbound closed".into());
+    }
+    let mut inbound = match client.subscribe(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return End::Connect(format!("{:?}: {}", s.code(), s.message())),
+    };
+    h.set_server(Some(addr.to_owned()));
+    h.count_connect();
+    let bound = Duration::from_millis(opts.bound_ms);
+    let mut probe = tokio::time::interval(Duration::from_millis(opts.probe_interval_ms));
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut nonce: u64 = rand::random::<u32>() as u64;
+    let session_start = Instant::now();
+    let mut last_answer: Option<Instant> = None;
+    let mut snap: Vec<u8> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = probe.tick() => {
+                // A node that stopped answering probes (e.g. partitioned
+                // from the leader) cannot keep this edge fresh: switch.
+                let since = last_answer.unwrap_or(session_start);
+                if since.elapsed() > bound {
+                    return End::NotFresh;
+                }
+                nonce = nonce.wrapping_add(1);
+                h.replica().probe_sent(nonce, Instant::now());
+                let m = pb::EdgeMessage { msg: Some(pb::edge_message::Msg::Probe(pb::SyncProbe { nonce })) };
+                if tx.try_send(m).is_err() {
+                    return End::Stream("outbound queue full or closed".into());
+                }
+            }
+            m = inbound.message() => {
+                let m = match m {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return End::Stream("server closed the stream".into()),
+                    Err(s) => return End::Stream(format!("{:?}: {}", s.code(), s.message())),
+                };
+                let applied = match m.msg {
+                    Some(pb::feed_message::Msg::Changes(b)) => {
+                        let mut changes = Vec::with_capacity(b.changes.len());
+                        for c in &b.changes {
+                            match change_from_pb(c) {
+                                Ok(c) => changes.push(c),
+                                Err(e) => return End::Resync(e.to_string()),
+                            }
+                        }
+                        let batch = Batch { from: b.from_revision, to: b.to_revision, changes };
+                        if let Err(e) = h.replica().apply(&batch) {
+                            return End::Resync(e.to_string());
+                        }
+                        Some(batch.to)
+                    }
+                    Some(pb::feed_message::Msg::Snapshot(c)) => {
+                        if c.offset as usize != snap.len() {
+                            return End::Resync("snapshot chunk out of order".into());
+                        }
+                        if snap.len() + c.data.len() > opts.max_snapshot_bytes {
+                            return End::Resync("snapshot over the size limit".into());
+                        }
+                        snap.extend_from_slice(&c.data);
+                        if !c.last {
+                            None
+                        } else {
+                            let data = std::mem::take(&mut snap);
+                            if sha2::Sha256::digest(&data).as_slice() != c.sha256.as_ref() {
+                                return End::Resync("snapshot checksum mismatch".into());
+                            }
+                            let b = match pb::ChangeBatch::decode(data.as_slice()) {
+                                Ok(b) => b,
+                                Err(e) => return End::Resync(format!("snapshot decode: {e}")),
+                            };
+                            let mut changes = Vec::with_capacity(b.changes.len());
+                            for ch in &b.changes {
+                                match change_from_pb(ch) {
+                                    Ok((_, c)) => changes.push(c),
+                                    Err(e) => return End::Resync(e.to_string()),
+                                }
+                            }
+                            if let Err(e) = h.replica().install_snapshot(c.revision, &changes) {
+                                return End::Resync(e.to_string());
+                            }
+                            tracing::info!(revision = c.revision, entries = changes.len(), "installed snapshot");
+                            Some(c.revision)
+                        }
+                    }
+                    Some(pb::feed_message::Msg::SyncReply(r)) => {
+                        if h.replica().sync_reply(r.nonce, r.revision) {
+                            last_answer = Some(Instant::now());
+                        }
+                        None
+                    }
+                    Some(pb::feed_message::Msg::Resync(r)) => return End::Resync(r.reason),
+                    None => return End::Resync("unknown feed message".into()),
+                };
+                if let Some(rev) = applied {
+                    h.publish_revision(rev);
+                    let ack = pb::EdgeMessage { msg: Some(pb::edge_message::Msg::Ack(pb::Ack { applied_revision: rev })) };
+                    if tx.try_send(ack).is_err() {
+                        return End::Stream("outbound queue full or closed".into());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! `veto.v1.FeedService`: one bidirectional stream per edge (DESIGN.md §4).
+//!
+//! Each stream has a writer task that reads the node's bounded change log
+//! at the edge's own cursor (snapshot if the cursor is behind the log),
+//! and a reader that records acks and turns probes into sync replies: a
+//! probe is answered only after a read-index round that started after the
+//! probe arrived (confirmed by the leader), once this node has applied that
+//! index and the writer has sent every change up to it on this stream.
+//! Read-index rounds are shared by all probes waiting when a round starts.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use sha2::Digest;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use veto_feed::Read;
+use veto_proto as pb;
+use veto_proto::feed::change_to_pb;
+use veto_proto::feed_service_server::FeedService;
+
+use crate::node::Node;
+
+/// Largest number of changes in one ChangeBatch message.
+pub const MAX_BATCH_CHANGES: usize = 1024;
+/// Messages buffered per edge stream before the writer waits.
+pub const STREAM_BUFFER: usize = 64;
+/// An edge that does not take a message for this long is disconnected.
+pub const SLOW_EDGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Snapshot chunk size.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Longest a probe waits for this node to apply the read index.
+pub const PROBE_APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the node knows about one edge.
+#[derive(Debug, Clone)]
+pub struct EdgeStat {
+    /// Whether its stream is open now.
+    pub connected: bool,
+    /// Highest revision it acknowledged.
+    pub applied: u64,
+    /// When it last acknowledged.
+    pub acked_at: Instant,
+    /// When this node last answered one of its probes.
+    pub answered_at: Option<Instant>,
+    /// Streams opened by this edge on this node.
+    pub connects: u64,
+}
+
+/// Shared feed state of a node; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    node: Node,
+    edges: Mutex<HashMap<String, EdgeStat>>,
+    read_queue: Mutex<Vec<oneshot::Sender<Result<u64, String>>>>,
+    read_notify: Notify,
+    acked: tokio::sync::watch::Sender<u64>,
+}
+
+impl Hub {
+    /// A hub for `node`; spawn [`Hub::run_read_index`] next to it.
+    pub fn new(node: Node) -> Self {
+        let (acked, _) = tokio::sync::watch::channel(0);
+        Self {
+            inner: Arc::new(HubInner {
+                node,
+                edges: Mutex::new(HashMap::new()),
+                read_queue: Mutex::new(Vec::new()),
+                read_notify: Notify::new(),
+                acked,
+            }),
+        }
+    }
+
+    fn edges(&self) -> std::sync::MutexGuard<'_, HashMap<String, EdgeStat>> {
+        self.inner.edges.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A snapshot of the edge registry.
+    pub fn edge_stats(&self) -> Vec<(String, EdgeStat)> {
+        let mut v: Vec<_> = self
+            .edges()
+            .iter()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Notified on every ack (value: a counter).
+    pub fn subscribe_acks(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.acked.subscribe()
+    }
+
+    fn connected(&self, edge: &str, applied: u64) {
+        let mut e = self.edges();
+        let s = e.entry(edge.to_owned()).or_insert(EdgeStat {
+            connected: true,
+            applied,
+            acked_at: Instant::now(),
+            answered_at: None,
+            connects: 0,
+        });
+        s.connected = true;
+        s.connects += 1;
+        s.applied = s.applied.max(applied);
+    }
+
+    fn disconnected(&self, edge: &str) {
+        if let Some(s) = self.edges().get_mut(edge) {
+            s.connected = false;
+        }
+    }
+
+    fn ack(&self, edge: &str, applied: u64) {
+        if let Some(s) = self.edges().get_mut(edge) {
+            if applied > s.applied {
+                s.applied = applied;
+                s.acked_at = Instant::now();
+            }
+        }
+        self.inner.acked.send_modify(|n| *n += 1);
+    }
+
+    fn answered(&self, edge: &str) {
+        if let Some(s) = self.edges().get_mut(edge) {
+            s.answered_at = Some(Instant::now());
+        }
+    }
+
+    /// A leader-confirmed commit index from a round that starts after this call.
+    pub async fn read_index(&self) -> Result<u64, String> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .read_queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        self.inner.read_notify.notify_one();
+        rx.await
+            .map_err(|_| "read-index task stopped".to_string())?
+    }
+
+    /// Runs read-index rounds for queued probes until `shutdown`.
+    pub async fn run_read_index(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = self.inner.read_notify.notified() => {}
+            }
+            let waiters = std::mem::take(
+                &mut *self
+                    .inner
+                    .read_queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            if waiters.is_empty() {
+                continue;
+            }
+            let r = self
+                .inner
+                .node
+                .leader_read_index()
+                .await
+                .map_err(|e| e.to_string());
+            for w in waiters {
+                let _ = w.send(r.clone());
+            }
+        }
+    }
+}
+
+/// The FeedService implementation.
+#[derive(Clone)]
+pub struct Service {
+    hub: Hub,
+}
+
+impl Service {
+    /// Serves feeds from `hub`.
+    pub fn new(hub: Hub) -> Self {
+        Self { hub }
+    }
+}
+
+fn valid_edge_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+type Out = mpsc::Sender<Result<pb::FeedMessage, Status>>;
+
+async fn send(tx: &Out, m: pb::feed_message::Msg) -> Result<(), ()> {
+    match tokio::time::timeout(
+        SLOW_EDGE_TIMEOUT,
+        tx.send(Ok(pb::FeedMessage { msg: Some(m) })),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+enum Step {
+    Snapshot(u64, Vec<veto_core::EdgeChange>),
+    Batch(veto_feed::Batch),
+    Idle,
+}
+
+async fn send_snapshot(
+    tx: &Out,
+    revision: u64,
+    changes: Vec<veto_core::EdgeChange>,
+) -> Result<(), ()> {
+    let batch = pb::ChangeBatch {
+        from_revision: 0,
+        to_revision: revision,
+        changes: changes.iter().map(|c| change_to_pb(revision, c)).collect(),
+    };
+    let data = bytes::Bytes::from(batch.encode_to_vec());
+    let digest = bytes::Bytes::copy_from_slice(&sha2::Sha256::digest(&data));
+    let mut off = 0;
+    loop {
+        let end = (off + SNAPSHOT_CHUNK_BYTES).min(data.len());
+        let last = end == data.len();
+        let chunk = pb::SnapshotChunk {
+            revision,
+            offset: off as u64,
+            data: data.slice(off..end),
+            last,
+            sha256: if last {
+                digest.clone()
+            } else {
+                bytes::Bytes::new()
+            },
+        };
+        send(tx, pb::feed_message::Msg::Snapshot(chunk)).await?;
+        if last {
+            return Ok(());
+        }
+        off = end;
+    }
+}
+
+async fn writer(
+    hub: Hub,
+    edge: String,
+    mut cursor: u64,
+    tx: Out,
+    mut probes: mpsc::Receiver<(u64, u64)>,
+) {
+    let state = hub.inner.node.state().clone();
+    let mut applied = state.subscribe_applied();
+    let mut replies: VecDeque<(u64, u64)> = VecDeque::new();
+    // A new edge (cursor 0) on a cluster with history gets a snapshot, so
+    // its view is replaced atomically.
+    let mut force_snapshot = cursor == 0;
+    loop {
+        loop {
+            let step = state.read_with_changes(|s, log| {
+                if force_snapshot && log.head() > 0 {
+                    return Step::Snapshot(s.revision, s.edge_snapshot());
+                }
+                match log.read(cursor, MAX_BATCH_CHANGES) {
+                    Read::Snapshot => Step::Snapshot(s.revision, s.edge_snapshot()),
+                    Read::Batch(b) => Step::Batch(b),
+                    Read::UpToDate => Step::Idle,
+                }
+            });
+            force_snapshot = false;
+            let r = match step {
+                Step::Snapshot(rev, changes) => {
+                    let r = send_snapshot(&tx, rev, changes).await;
+                    cursor = rev;
+                    r
+                }
+                Step::Batch(b) => {
+                    let msg = pb::ChangeBatch {
+                        from_revision: b.from,
+                        to_revision: b.to,
+                        changes: b.changes.iter().map(|(r, c)| change_to_pb(*r, c)).collect(),
+                    };
+                    cursor = b.to;
+                    send(&tx, pb::feed_message::Msg::Changes(msg)).await
+                }
+                Step::Idle => break,
+            };
+            if r.is_err() {
+                tracing::info!(%edge, "edge too slow or gone; closing its stream");
+                return;
+            }
+        }
+        while let Some(&(nonce, r)) = replies.front() {
+            if r > cursor {
+                break;
+            }
+            replies.pop_front();
+            let m = pb::feed_message::Msg::SyncReply(pb::SyncReply {
+                nonce,
+                revision: cursor,
+            });
+            if send(&tx, m).await.is_err() {
+                return;
+            }
+            hub.answered(&edge);
+        }
+        tokio::select! {
+            r = applied.changed() => if r.is_err() { return },
+            p = probes.recv() => match p {
+                Some(p) => replies.push_back(p),
+                None => return,
+            },
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+async fn probe_worker(hub: Hub, mut rx: mpsc::Receiver<u64>, out: mpsc::Sender<(u64, u64)>) {
+    let state = hub.inner.node.state().clone();
+    while let Some(nonce) = rx.recv().await {
+        let Ok(r) = hub.read_index().await else {
+            // Partitioned from the leader: the probe stays unanswered and
+            // the edge's freshness runs out, as it must.
+            continue;
+        };
+        let mut applied = state.subscribe_applied();
+        let wait = async move { applied.wait_for(|a| *a >= r).await.is_ok() };
+        let ok = tokio::time::timeout(PROBE_APPLY_TIMEOUT, wait).await;
+        if ok != Ok(true) {
+            continue;
+        }
+        if out.send((nonce, r)).await.is_err() {
+            return;
+        }
+    }
+}
+
+type FeedStream = Pin<Box<dyn Stream<Item = Result<pb::FeedMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FeedService for Service {
+    type SubscribeStream = FeedStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<Streaming<pb::EdgeMessage>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10 s"))??
+            .ok_or_else(|| Status::invalid_argument("stream closed before Hello"))?;
+        let Some(pb::edge_message::Msg::Hello(hello)) = first.msg else {
+            return Err(Status::invalid_argument("the first message must be Hello"));
+        };
+        if !valid_edge_id(&hello.edge_id) {
+            return Err(Status::invalid_argument(
+                "hello.edge_id must be 1..=128 bytes of [A-Za-z0-9._-]",
+            ));
+        }
+        let m = self.hub.inner.node.metrics();
+        if m.membership_config
+            .membership()
+            .voter_ids()
+            .next()
+            .is_none()
+        {
+            return Err(Status::unavailable(
+                "this node is not part of an initialised cluster",
+            ));
+        }
+        let edge = hello.edge_id.clone();
+        self.hub.connected(&edge, hello.applied_revision);
+        tracing::info!(%edge, applied = hello.applied_revision, "edge subscribed");
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (probe_in, probe_rx) = mpsc::channel::<u64>(16);
+        let (replies_tx, replies_rx) = mpsc::channel::<(u64, u64)>(16);
+        tokio::spawn(writer(
+            self.hub.clone(),
+            edge.clone(),
+            hello.applied_revision,
+            tx.clone(),
+            replies_rx,
+        ));
+        tokio::spawn(probe_worker(self.hub.clone(), probe_rx, replies_tx));
+        let hub = self.hub.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = tx.closed() => break,
+                };
+                match msg {
+                    Ok(Some(pb::EdgeMessage {
+                        msg: Some(pb::edge_message::Msg::Probe(p)),
+                    })) => {
+                        // A full queue means probes pile up faster than
+                        // rounds finish; dropping one only delays freshness.
+                        let _ = probe_in.try_send(p.nonce);
+                    }
+                    Ok(Some(pb::EdgeMessage {
+                        msg: Some(pb::edge_message::Msg::Ack(a)),
+                    })) => hub.ack(&edge, a.applied_revision),
+                    Ok(Some(_)) => {
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(
+                                "expected SyncProbe or Ack after Hello",
+                            )))
+                            .await;
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            hub.disconnected(&edge);
+            tracing::info!(%edge, "edge stream closed");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -19,6 +19,38 @@ pub struct DemoArgs {
     /// Tokens to issue and revoke for the latency figures.
     #[arg(long, default_value_t = 200)]
     pub samples: u32,
+    /// Propagation bound B of the edges, ms.
+    #[arg(long, default_value_t = 2000)]
+    pub bound_ms: u64,
+    /// Edge probe interval H, ms.
+    #[arg(long, default_value_t = 100)]
+    pub probe_interval_ms: u64,
+}
+
+fn outcome_name(o: i32) -> &'static str {
+    pb::Outcome::try_from(o)
+        .map(|o| o.as_str_name())
+        .unwrap_or("?")
+}
+
+async fn verify_at(
+    e: &veto_edge::Edge,
+    token: &str,
+    min_revision: u64,
+) -> Result<pb::VerifyResponse> {
+    let addr = e.grpc_addr.map(|a| a.to_string()).unwrap_or_default();
+    let mut c = veto_proto::verifier_service_client::VerifierServiceClient::new(
+        veto_testkit::channel(&addr)?,
+    );
+    let r = c
+        .verify(pb::VerifyRequest {
+            token: token.into(),
+            required_scopes: vec![],
+            audience: None,
+            min_revision,
+        })
+        .await?;
+    Ok(r.into_inner())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -51,6 +83,47 @@ pub async fn run(args: DemoArgs, json_out: bool) -> Result<()> {
         "cluster up with a leader in {:.0} ms",
         ms(t0.elapsed())
     ));
+
+    // Three edges, in this process, each serving VerifierService on its own port.
+    let servers: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
+    let mut edges = Vec::new();
+    for i in 1..=3 {
+        let opts = veto_edge::Options {
+            edge_id: format!("edge-{i}"),
+            servers: servers.clone(),
+            bound_ms: args.bound_ms,
+            probe_interval_ms: args.probe_interval_ms,
+            ..Default::default()
+        };
+        let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        edges.push(veto_edge::Edge::start(opts, any, any).await?);
+    }
+    for e in &edges {
+        let h = e.handle.clone();
+        veto_testkit::eventually(
+            "edge fresh",
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            || {
+                let h = h.clone();
+                async move { h.freshness().fresh.then_some(()) }
+            },
+        )
+        .await?;
+    }
+    say(format!(
+        "started 3 edges (bound B = {} ms, probe every {} ms):",
+        args.bound_ms, args.probe_interval_ms
+    ));
+    for e in &edges {
+        say(format!(
+            "  {}  verify grpc {}  http {}  feed from {}",
+            e.handle.options().edge_id,
+            e.grpc_addr.map(|a| a.to_string()).unwrap_or_default(),
+            e.http_addr.map(|a| a.to_string()).unwrap_or_default(),
+            e.handle.server().unwrap_or_default()
+        ));
+    }
 
     let follower = cluster.follower().await?;
     let mut tokens = follower.tokens()?;
@@ -91,22 +164,76 @@ pub async fn run(args: DemoArgs, json_out: bool) -> Result<()> {
         rec.jti, rec.sub, rec.kid, issued.revision
     ));
 
+    say("\nverify at every edge (no propagation needed for a new token):".into());
+    for e in &edges {
+        let s = Instant::now();
+        let r = verify_at(e, &issued.token, 0).await?;
+        say(format!(
+            "  {}  {}  in {:.0} us (gRPC round trip)",
+            e.handle.options().edge_id,
+            outcome_name(r.outcome),
+            s.elapsed().as_secs_f64() * 1e6
+        ));
+    }
+
+    // Watch each edge's applied revision on this process's clock.
     let started = Instant::now();
+    let mut watchers = Vec::new();
+    for e in &edges {
+        let h = e.handle.clone();
+        watchers.push(tokio::spawn(async move {
+            let seen = h.revision();
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                let r = h.revision();
+                if r > seen {
+                    return Some((r, Instant::now()));
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            None
+        }));
+    }
     let rv = tokens
         .revoke(pb::RevokeRequest {
             jti: rec.jti.clone(),
             reason: "demo: leaked".into(),
-            ..Default::default()
+            wait_for: pb::WaitFor::AllEdges as i32,
+            wait_timeout_ms: 5_000,
         })
         .await?
         .into_inner();
     let wall = started.elapsed();
     say(format!(
-        "\nrevoked at revision {}: committed in {:.2} ms on the leader, {:.2} ms round trip via the follower",
+        "\nrevoked at revision {}: committed in {:.2} ms on the leader; every live edge acknowledged {} ms after commit ({:.2} ms round trip via the follower)",
         rv.revision,
         rv.commit_ms,
+        rv.propagation_ms.map(|p| format!("{p:.2}")).unwrap_or_else(|| "-".into()),
         ms(wall)
     ));
+    let mut per_edge = Vec::new();
+    for (e, w) in edges.iter().zip(watchers) {
+        if let Ok(Some((_, at))) = w.await {
+            per_edge.push((
+                e.handle.options().edge_id.clone(),
+                ms(at.saturating_duration_since(started)),
+            ));
+        }
+    }
+    say("call start -> edge applied the revoke (one clock, this process):".into());
+    for (id, t) in &per_edge {
+        say(format!("  {id}  {t:.2} ms"));
+    }
+    say("verify at every edge now:".into());
+    for e in &edges {
+        let r = verify_at(e, &issued.token, rv.revision).await?;
+        say(format!(
+            "  {}  {}  ({})",
+            e.handle.options().edge_id,
+            outcome_name(r.outcome),
+            r.reason
+        ));
+    }
     let again = tokens
         .revoke(pb::RevokeRequest {
             jti: rec.jti.clone(),
@@ -119,26 +246,6 @@ pub async fn run(args: DemoArgs, json_out: bool) -> Result<()> {
         "revoked again: idempotent, returns the first revision {} (already_revoked={})",
         again.revision, again.already_revoked
     ));
-    cluster
-        .wait_applied(rv.revision, Duration::from_secs(10))
-        .await?;
-    for n in &cluster.nodes {
-        let s = n.status().await.unwrap_or_default();
-        say(format!(
-            "  node {} applied {} (>= {})",
-            n.id, s.applied_index, rv.revision
-        ));
-    }
-    let info = tokens
-        .get(pb::GetTokenRequest {
-            jti: rec.jti.clone(),
-        })
-        .await?
-        .into_inner();
-    let status = pb::TokenStatus::try_from(info.status)
-        .map(|s| s.as_str_name())
-        .unwrap_or("?");
-    say(format!("token status now {status}"));
 
     // Latency figures over a small sample, sent straight to the leader.
     let mut issue_h = Histogram::<u64>::new(3)?;
@@ -174,6 +281,8 @@ pub async fn run(args: DemoArgs, json_out: bool) -> Result<()> {
             "{}",
             serde_json::json!({
                 "revision": rv.revision, "commit_ms": rv.commit_ms, "roundtrip_ms": ms(wall),
+                "propagation_ms": rv.propagation_ms,
+                "edge_applied_ms": per_edge.iter().map(|(id, t)| serde_json::json!({"edge": id, "ms": t})).collect::<Vec<_>>(),
                 "issue_ms": {"p50": q(&issue_h, 0.5), "p99": q(&issue_h, 0.99)},
                 "revoke_ms": {"p50": q(&revoke_h, 0.5), "p99": q(&revoke_h, 0.99)},
                 "nodes": cluster.nodes.iter().map(|n| serde_json::json!({"id": n.id, "grpc": n.grpc_addr, "http": n.http_addr})).collect::<Vec<_>>(),
@@ -196,10 +305,13 @@ pub async fn run(args: DemoArgs, json_out: bool) -> Result<()> {
         );
     }
     if args.once {
+        for e in edges {
+            e.stop().await;
+        }
         return Ok(());
     }
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
-    say(format!("\nthe cluster keeps running; try:\n  veto --addr {} cluster status\n  veto --addr {} token issue --sub me --scope read", addrs.join(","), addrs.join(",")));
+    say(format!("\nthe cluster and edges keep running; try:\n  veto --addr {a} cluster status\n  veto --addr {a} edges\n  veto --addr {a} token issue --sub me --scope read\n  veto --addr {a} token revoke <jti> --wait-edges", a = addrs.join(",")));
     say(format!(
         "  curl http://{}/.well-known/jwks.json",
         cluster.nodes[0].http_addr
@@ -207,6 +319,9 @@ pub async fn run(args: DemoArgs, json_out: bool) -> Result<()> {
     say("Ctrl-C stops it and removes its data.".into());
     tokio::signal::ctrl_c().await?;
     say("stopping".into());
+    for e in edges {
+        e.stop().await;
+    }
     drop(cluster);
     Ok(())
 }

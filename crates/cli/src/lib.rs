@@ -48,6 +48,8 @@ pub enum Cmd {
     /// Signing keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// List edges (every node given in --addr is asked) with their lag.
+    Edges,
     /// Start a local 3-node cluster, issue a token, revoke it and show the numbers.
     Demo(demo::DemoArgs),
     /// Benchmarks against a local cluster (and etcd for comparison).
@@ -116,6 +118,9 @@ pub enum TokenCmd {
         /// Reason for the audit trail.
         #[arg(long, default_value = "")]
         reason: String,
+        /// Wait until every live edge has applied the revoke; print the propagation.
+        #[arg(long)]
+        wait_edges: bool,
     },
     /// Revoke every token of a subject issued up to now (or --before).
     RevokeSubject {
@@ -326,6 +331,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let j = cli.json;
     match cli.cmd {
         Cmd::Demo(args) => return demo::run(args, j).await,
+        Cmd::Edges => {}
         Cmd::Bench(args) => return bench::run(args, j).await,
         _ => {}
     }
@@ -487,12 +493,22 @@ pub async fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
-            TokenCmd::Revoke { jti, reason } => {
+            TokenCmd::Revoke {
+                jti,
+                reason,
+                wait_edges,
+            } => {
+                let wait_for = if wait_edges {
+                    pb::WaitFor::AllEdges as i32
+                } else {
+                    0
+                };
                 let r = tokens
                     .revoke(pb::RevokeRequest {
                         jti,
                         reason,
-                        ..Default::default()
+                        wait_for,
+                        wait_timeout_ms: 10_000,
                     })
                     .await
                     .map_err(status_err)?
@@ -624,6 +640,50 @@ pub async fn run(cli: Cli) -> Result<()> {
                 print_keys(j, &r.keys, r.revision);
             }
         },
+        Cmd::Edges => {
+            let mut all = Vec::new();
+            for a in cli.addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+                let Ok(ch) = connect(a, timeout).await else {
+                    continue;
+                };
+                if let Ok(r) = AdminServiceClient::new(ch).edges(pb::EdgesRequest {}).await {
+                    all.extend(r.into_inner().edges);
+                }
+            }
+            all.sort_by(|a, b| {
+                (a.edge_id.as_str(), !a.connected).cmp(&(b.edge_id.as_str(), !b.connected))
+            });
+            if j {
+                let v: Vec<_> = all
+                    .iter()
+                    .map(|e| json!({"edge_id": e.edge_id, "node_id": e.node_id, "connected": e.connected,
+                                     "applied_revision": e.applied_revision, "lag_revisions": e.lag_revisions,
+                                     "lag_ms": e.lag_ms, "fresh_age_ms": e.fresh_age_ms, "ack_age_ms": e.ack_age_ms}))
+                    .collect();
+                println!("{}", json!({ "edges": v }));
+            } else {
+                println!(
+                    "{:<16} {:>5} {:>9} {:>10} {:>8} {:>9} {:>10}",
+                    "edge", "node", "connected", "applied", "lag rev", "lag ms", "fresh age"
+                );
+                for e in &all {
+                    println!(
+                        "{:<16} {:>5} {:>9} {:>10} {:>8} {:>9.1} {:>10}",
+                        e.edge_id,
+                        e.node_id,
+                        e.connected,
+                        e.applied_revision,
+                        e.lag_revisions,
+                        e.lag_ms,
+                        if e.fresh_age_ms < 0.0 {
+                            "-".to_string()
+                        } else {
+                            format!("{:.0} ms", e.fresh_age_ms)
+                        }
+                    );
+                }
+            }
+        }
         Cmd::Demo(_) | Cmd::Bench(_) => {}
     }
     Ok(())

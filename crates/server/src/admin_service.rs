@@ -286,27 +286,6 @@ impl Service {
         })
     }
 
-    /// Every connected edge, on every member, as the members report them.
-    pub async fn cluster_edges(&self) -> Vec<pb::EdgeInfo> {
-        let m = self.node.metrics();
-        let mut out = self.local_edges().edges;
-        for (id, n) in m.membership_config.membership().nodes() {
-            if *id == self.node.id() {
-                continue;
-            }
-            let Ok(ch) = self.node.channel_to(&n.addr) else {
-                continue;
-            };
-            let mut c = AdminServiceClient::new(ch);
-            let mut req = Request::new(pb::EdgesRequest {});
-            req.set_timeout(Duration::from_secs(1));
-            if let Ok(r) = c.edges(req).await {
-                out.extend(r.into_inner().edges);
-            }
-        }
-        out
-    }
-
     /// Waits until every connected edge has applied the publish of `kid`.
     async fn wait_edges_know_key(&self, kid: Kid, timeout_ms: u64) -> Result<()> {
         let published = self
@@ -327,11 +306,12 @@ impl Service {
         let deadline = std::time::Instant::now() + limit;
         loop {
             let behind: Vec<String> = self
+                .hub
                 .cluster_edges()
                 .await
                 .into_iter()
-                .filter(|e| e.connected && e.applied_revision < published)
-                .map(|e| e.edge_id)
+                .filter(|(e, _)| e.connected && e.applied_revision < published)
+                .map(|(e, _)| e.edge_id)
                 .collect();
             if behind.is_empty() {
                 return Ok(());
@@ -343,44 +323,6 @@ impl Service {
                 )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn local_edges(&self) -> pb::EdgesResponse {
-        let now = std::time::Instant::now();
-        let changes = self.node.state().changes();
-        let head = changes.head();
-        let edges = self
-            .hub
-            .edge_stats()
-            .into_iter()
-            .map(|(id, s)| {
-                let lag_revisions = head.saturating_sub(s.applied);
-                let lag_ms = if lag_revisions == 0 {
-                    0.0
-                } else {
-                    changes
-                        .applied_at(s.applied + 1)
-                        .map(|t| now.saturating_duration_since(t).as_secs_f64() * 1e3)
-                        .unwrap_or(0.0)
-                };
-                pb::EdgeInfo {
-                    edge_id: id,
-                    node_id: self.node.id(),
-                    applied_revision: s.applied,
-                    lag_revisions,
-                    lag_ms,
-                    fresh_age_ms: s
-                        .answered_at
-                        .map(|t| now.saturating_duration_since(t).as_secs_f64() * 1e3)
-                        .unwrap_or(-1.0),
-                    connected: s.connected,
-                }
-            })
-            .collect();
-        pb::EdgesResponse {
-            edges,
-            commit_index: head,
         }
     }
 
@@ -611,6 +553,6 @@ impl AdminService for Service {
         &self,
         _req: Request<pb::EdgesRequest>,
     ) -> Result<Response<pb::EdgesResponse>, Status> {
-        Ok(Response::new(self.local_edges()))
+        Ok(Response::new(self.hub.local_edges()))
     }
 }

@@ -96,6 +96,90 @@ impl Hub {
         v
     }
 
+    /// Edges streaming from this node, with their lag.
+    pub fn local_edges(&self) -> pb::EdgesResponse {
+        let now = Instant::now();
+        let node = &self.inner.node;
+        let changes = node.state().changes();
+        let head = changes.head();
+        let edges = self
+            .edge_stats()
+            .into_iter()
+            .map(|(id, s)| {
+                let lag_revisions = head.saturating_sub(s.applied);
+                let lag_ms = if lag_revisions == 0 {
+                    0.0
+                } else {
+                    changes
+                        .applied_at(s.applied + 1)
+                        .map(|t| ms(now.saturating_duration_since(t)))
+                        .unwrap_or(0.0)
+                };
+                pb::EdgeInfo {
+                    edge_id: id,
+                    node_id: node.id(),
+                    applied_revision: s.applied,
+                    lag_revisions,
+                    lag_ms,
+                    fresh_age_ms: s
+                        .answered_at
+                        .map(|t| ms(now.saturating_duration_since(t)))
+                        .unwrap_or(-1.0),
+                    connected: s.connected,
+                    ack_age_ms: ms(now.saturating_duration_since(s.acked_at)),
+                }
+            })
+            .collect();
+        pb::EdgesResponse {
+            edges,
+            commit_index: head,
+        }
+    }
+
+    /// Every edge on every member, as the members report them, each with
+    /// the time of its latest ack estimated on this node's clock (a remote
+    /// member's report is aged by its own `ack_age_ms`; the estimate is late
+    /// by at most the one-way latency of the report).
+    pub async fn cluster_edges(&self) -> Vec<(pb::EdgeInfo, Instant)> {
+        let node = &self.inner.node;
+        let m = node.metrics();
+        let at = |e: pb::EdgeInfo, now: Instant| {
+            let t = now
+                .checked_sub(Duration::from_secs_f64(e.ack_age_ms.max(0.0) / 1e3))
+                .unwrap_or(now);
+            (e, t)
+        };
+        let now = Instant::now();
+        let mut out: Vec<_> = self
+            .local_edges()
+            .edges
+            .into_iter()
+            .map(|e| at(e, now))
+            .collect();
+        let mut calls = Vec::new();
+        for (id, n) in m.membership_config.membership().nodes() {
+            if *id == node.id() {
+                continue;
+            }
+            let Ok(ch) = node.channel_to(&n.addr) else {
+                continue;
+            };
+            calls.push(async move {
+                let mut c = veto_proto::admin_service_client::AdminServiceClient::new(ch);
+                let mut req = Request::new(pb::EdgesRequest {});
+                req.set_timeout(Duration::from_secs(1));
+                c.edges(req)
+                    .await
+                    .ok()
+                    .map(|r| (r.into_inner(), Instant::now()))
+            });
+        }
+        for (r, t) in futures::future::join_all(calls).await.into_iter().flatten() {
+            out.extend(r.edges.into_iter().map(|e| at(e, t)));
+        }
+        out
+    }
+
     /// Notified on every ack (value: a counter).
     pub fn subscribe_acks(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.acked.subscribe()
@@ -191,6 +275,10 @@ impl Service {
     pub fn new(hub: Hub) -> Self {
         Self { hub }
     }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 fn valid_edge_id(id: &str) -> bool {

@@ -95,9 +95,10 @@ impl Server {
         let raft_svc = RaftServiceServer::new(raft::service::Service::new(raft.clone(), 1 << 30))
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
-        let token_svc = TokenServiceServer::new(token_service::Service::new(node.clone()))
-            .max_decoding_message_size(max_msg);
         let hub = feed::Hub::new(node.clone());
+        let token_svc =
+            TokenServiceServer::new(token_service::Service::new(node.clone(), hub.clone()))
+                .max_decoding_message_size(max_msg);
         let feed_svc = FeedServiceServer::new(feed::Service::new(hub.clone()))
             .max_decoding_message_size(64 * 1024);
         let admin_svc = AdminServiceServer::new(admin_service::Service::new(

@@ -25,12 +25,61 @@ use crate::routing::actor;
 #[derive(Clone)]
 pub struct Service {
     node: Node,
+    hub: crate::feed::Hub,
 }
 
 impl Service {
     /// Serves tokens for `node`.
-    pub fn new(node: Node) -> Self {
-        Self { node }
+    pub fn new(node: Node, hub: crate::feed::Hub) -> Self {
+        Self { node, hub }
+    }
+
+    /// With `WAIT_FOR_ALL_EDGES`, waits (up to the timeout) until every
+    /// connected edge of every member has acknowledged the revision, and
+    /// reports commit -> last ack on this node's clock.
+    async fn finish(
+        &self,
+        mut r: pb::RevokeResponse,
+        wait_for: i32,
+        timeout_ms: u64,
+        started: Instant,
+    ) -> Result<pb::RevokeResponse> {
+        if wait_for != pb::WaitFor::AllEdges as i32 {
+            return Ok(r);
+        }
+        let committed = started + std::time::Duration::from_secs_f64(r.commit_ms / 1e3);
+        let limit =
+            std::time::Duration::from_millis(if timeout_ms == 0 { 5_000 } else { timeout_ms });
+        let deadline = Instant::now() + limit;
+        let mut acks = self.hub.subscribe_acks();
+        loop {
+            let edges = self.hub.cluster_edges().await;
+            let live: Vec<_> = edges.iter().filter(|(e, _)| e.connected).collect();
+            let behind: Vec<String> = live
+                .iter()
+                .filter(|(e, _)| e.applied_revision < r.revision)
+                .map(|(e, _)| e.edge_id.clone())
+                .collect();
+            if behind.is_empty() {
+                let last = live
+                    .iter()
+                    .map(|(_, t)| t.saturating_duration_since(committed))
+                    .max()
+                    .unwrap_or_default();
+                r.propagation_ms = Some(last.as_secs_f64() * 1e3);
+                r.edges_behind.clear();
+                return Ok(r);
+            }
+            if Instant::now() >= deadline {
+                r.propagation_ms = None;
+                r.edges_behind = behind;
+                return Ok(r);
+            }
+            tokio::select! {
+                _ = acks.changed() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis(2)) => {}
+            }
+        }
     }
 
     fn new_token(
@@ -166,15 +215,43 @@ impl Service {
         }
     }
 
+    async fn revoke_local(
+        &self,
+        r: &pb::RevokeRequest,
+        actor: Actor,
+    ) -> Result<pb::RevokeResponse> {
+        let started = Instant::now();
+        let resp = self.revoke_inner(r, actor).await?;
+        self.finish(resp, r.wait_for, r.wait_timeout_ms, started)
+            .await
+    }
+
+    async fn revoke_subject_local(
+        &self,
+        r: &pb::RevokeSubjectRequest,
+        actor: Actor,
+    ) -> Result<pb::RevokeResponse> {
+        let started = Instant::now();
+        let resp = self.revoke_subject_inner(r, actor).await?;
+        self.finish(resp, r.wait_for, r.wait_timeout_ms, started)
+            .await
+    }
+
+    async fn revoke_family_local(
+        &self,
+        r: &pb::RevokeFamilyRequest,
+        actor: Actor,
+    ) -> Result<pb::RevokeResponse> {
+        let started = Instant::now();
+        let resp = self.revoke_family_inner(r, actor).await?;
+        self.finish(resp, r.wait_for, r.wait_timeout_ms, started)
+            .await
+    }
+
     fn check_wait(&self, wait_for: i32, timeout_ms: u64) -> Result<()> {
         match pb::WaitFor::try_from(wait_for) {
             Ok(pb::WaitFor::Unspecified) => {}
-            Ok(pb::WaitFor::AllEdges) => {
-                return Err(Error::Unimplemented(
-                    "wait_for=ALL_EDGES needs the edge feed, which this server does not serve yet"
-                        .into(),
-                ))
-            }
+            Ok(pb::WaitFor::AllEdges) => {}
             Err(_) => {
                 return Err(
                     validate::Invalid::new("wait_for", format!("unknown value {wait_for}")).into(),
@@ -211,7 +288,7 @@ impl Service {
         }
     }
 
-    async fn revoke_local(
+    async fn revoke_inner(
         &self,
         r: &pb::RevokeRequest,
         actor: Actor,
@@ -247,7 +324,7 @@ impl Service {
         }
     }
 
-    async fn revoke_subject_local(
+    async fn revoke_subject_inner(
         &self,
         r: &pb::RevokeSubjectRequest,
         actor: Actor,
@@ -288,7 +365,7 @@ impl Service {
         self.revoke_cmd(cmd, started).await
     }
 
-    async fn revoke_family_local(
+    async fn revoke_family_inner(
         &self,
         r: &pb::RevokeFamilyRequest,
         actor: Actor,

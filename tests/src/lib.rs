@@ -161,3 +161,104 @@ pub async fn verify_at(
     req.set_timeout(Duration::from_secs(5));
     c.verify(req).await.map(|r| r.into_inner())
 }
+
+/// One verify in a recorded history.
+#[derive(Debug, Clone)]
+pub struct VerifyOp {
+    /// Which edge answered.
+    pub edge: String,
+    /// Token id verified.
+    pub jti: String,
+    /// Invocation time (harness clock).
+    pub start: std::time::Instant,
+    /// Completion time.
+    pub end: std::time::Instant,
+    /// Whether the edge accepted the token.
+    pub accepted: bool,
+    /// Whether the edge refused it as revoked.
+    pub revoked: bool,
+}
+
+/// A violation of DESIGN §4's guarantee found in a history.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Violation {
+    /// An edge accepted `jti` at or after (revoke ack + B).
+    AcceptedAfterBound {
+        /// The edge.
+        edge: String,
+        /// The token.
+        jti: String,
+        /// How long after the ack the verify started.
+        after_ack: Duration,
+    },
+    /// An edge refused an unrevoked token as revoked.
+    RefusedUnrevoked {
+        /// The edge.
+        edge: String,
+        /// The token.
+        jti: String,
+    },
+}
+
+/// Checks a history: `acks` maps jti -> the time its revoke was acknowledged
+/// to the caller; `attempted` holds every jti a revoke was sent for (acked or
+/// not). A verify that *started* at or after ack + `bound` must not accept.
+pub fn check_history(
+    ops: &[VerifyOp],
+    acks: &std::collections::HashMap<String, std::time::Instant>,
+    attempted: &std::collections::HashSet<String>,
+    bound: Duration,
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for op in ops {
+        if op.accepted {
+            if let Some(t) = acks.get(&op.jti) {
+                if op.start >= *t + bound {
+                    out.push(Violation::AcceptedAfterBound {
+                        edge: op.edge.clone(),
+                        jti: op.jti.clone(),
+                        after_ack: op.start - *t,
+                    });
+                }
+            }
+        } else if op.revoked && !attempted.contains(&op.jti) {
+            out.push(Violation::RefusedUnrevoked {
+                edge: op.edge.clone(),
+                jti: op.jti.clone(),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+    use std::time::Instant;
+
+    #[test]
+    fn checker_flags_late_acceptance_and_false_refusal() {
+        let t0 = Instant::now();
+        let b = Duration::from_millis(100);
+        let op = |jti: &str, start_ms: u64, accepted: bool, revoked: bool| VerifyOp {
+            edge: "e".into(),
+            jti: jti.into(),
+            start: t0 + Duration::from_millis(start_ms),
+            end: t0 + Duration::from_millis(start_ms + 1),
+            accepted,
+            revoked,
+        };
+        let acks = HashMap::from([("x".to_string(), t0)]);
+        let attempted = HashSet::from(["x".to_string()]);
+        let ok = [
+            op("x", 50, true, false),
+            op("x", 150, false, true),
+            op("y", 10, true, false),
+        ];
+        assert!(check_history(&ok, &acks, &attempted, b).is_empty());
+        let bad = [op("x", 100, true, false), op("y", 5, false, true)];
+        let v = check_history(&bad, &acks, &attempted, b);
+        assert_eq!(v.len(), 2, "{v:?}");
+    }
+}

@@ -1,0 +1,139 @@
+//! DESIGN §4's guarantee under faults, checked from a recorded history:
+//! while tokens are revoked at a steady rate and edges verify continuously,
+//! the node an edge streams from is killed and later the leader; no edge may
+//! accept a token at or after (its revoke's ack + B), and no fresh edge may
+//! refuse an unrevoked token as revoked.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use veto_proto as pb;
+use veto_testkit::{Cluster, ClusterOptions};
+use veto_tests::{check_history, issue, start_edges, VerifyOp};
+
+const BOUND_MS: u64 = 1_000;
+const PROBE_MS: u64 = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_edge_accepts_a_revoked_token_after_ack_plus_bound_under_kills() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster.wait_leader(Duration::from_secs(20)).await?;
+    let f = cluster.follower().await?;
+    let mut toks = Vec::new();
+    for i in 0..60 {
+        let t = issue(f, &format!("user:{i}"), 3600).await?;
+        toks.push((t.record.clone().unwrap().jti, t.token));
+    }
+    let edges = start_edges(&cluster, 3, BOUND_MS, PROBE_MS).await?;
+    let history: Arc<Mutex<Vec<VerifyOp>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for e in &edges {
+        let (h, history, stop, toks) = (
+            e.handle.clone(),
+            history.clone(),
+            stop.clone(),
+            toks.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut i = 0usize;
+            let mut local = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let (jti, token) = &toks[i % toks.len()];
+                let start = Instant::now();
+                let v = h.verify(token, &Default::default());
+                local.push(VerifyOp {
+                    edge: h.options().edge_id.clone(),
+                    jti: jti.clone(),
+                    start,
+                    end: Instant::now(),
+                    accepted: v.outcome == veto_feed::Outcome::Valid,
+                    revoked: v.outcome == veto_feed::Outcome::Revoked,
+                });
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            history.lock().unwrap().extend(local);
+        }));
+    }
+
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
+    let mut acks: HashMap<String, Instant> = HashMap::new();
+    let mut attempted: HashSet<String> = HashSet::new();
+    let victim = {
+        let s = edges[0].handle.server().unwrap();
+        cluster.nodes.iter().find(|n| n.grpc_addr == s).unwrap().id
+    };
+    for (k, (jti, _)) in toks.iter().take(40).enumerate() {
+        if k == 10 {
+            cluster.kill(victim).await?;
+        }
+        if k == 25 {
+            let leader = cluster.wait_leader(Duration::from_secs(20)).await?;
+            cluster.kill(leader).await?;
+        }
+        if k == 30 {
+            for id in cluster
+                .nodes
+                .iter()
+                .filter(|n| !n.is_running())
+                .map(|n| n.id)
+                .collect::<Vec<_>>()
+            {
+                cluster.restart(id).await?;
+            }
+        }
+        attempted.insert(jti.clone());
+        // Send through any node that answers; count only acknowledged revokes.
+        for a in addrs.iter().cycle().skip(k).take(addrs.len() * 3) {
+            let Ok(ch) = veto_testkit::channel(a) else {
+                continue;
+            };
+            let mut c = veto_proto::token_service_client::TokenServiceClient::new(ch);
+            let mut req = tonic::Request::new(pb::RevokeRequest {
+                jti: jti.clone(),
+                ..Default::default()
+            });
+            req.set_timeout(Duration::from_secs(3));
+            if c.revoke(req).await.is_ok() {
+                acks.insert(jti.clone(), Instant::now());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    // Keep verifying well past the bound of the last revoke.
+    tokio::time::sleep(Duration::from_millis(BOUND_MS + 500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await?;
+    }
+    let ops = history.lock().unwrap().clone();
+    let violations = check_history(&ops, &acks, &attempted, Duration::from_millis(BOUND_MS));
+    assert!(
+        violations.is_empty(),
+        "{} violations, first: {:?}",
+        violations.len(),
+        violations.first()
+    );
+    // The run must have exercised the property.
+    assert!(acks.len() >= 30, "only {} revokes acknowledged", acks.len());
+    let late_checks = ops
+        .iter()
+        .filter(|o| {
+            acks.get(&o.jti)
+                .is_some_and(|t| o.start >= *t + Duration::from_millis(BOUND_MS))
+        })
+        .count();
+    assert!(
+        late_checks > 100,
+        "only {late_checks} verifies after ack + B"
+    );
+    for e in edges {
+        e.stop().await;
+    }
+    Ok(())
+}

@@ -22,7 +22,7 @@ use veto_testkit::{channel, eventually, Cluster, ClusterOptions};
 /// Arguments of `veto bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// What to measure: issue, revoke or all.
+    /// What to measure: issue, revoke, all (issue + revoke), verify, propagation or scale.
     #[arg(default_value = "all")]
     pub what: String,
     /// Concurrency levels (in-flight calls), comma-separated.
@@ -40,6 +40,15 @@ pub struct BenchArgs {
     /// Client connections to spread the calls over.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
+    /// propagation: edge counts, comma-separated.
+    #[arg(long, default_value = "10,100,1000", value_delimiter = ',')]
+    pub edges: Vec<usize>,
+    /// propagation: revokes (and etcd puts) per second.
+    #[arg(long, default_value_t = 500)]
+    pub rate: u64,
+    /// verify: unary Verify requests per second (open loop).
+    #[arg(long, default_value_t = 10_000)]
+    pub verify_rate: u64,
 }
 
 /// One measurement.
@@ -129,6 +138,12 @@ fn fresh_channel(addr: &str) -> Result<Channel> {
 
 /// Runs the benchmark.
 pub async fn run(args: BenchArgs, json_out: bool) -> Result<()> {
+    match args.what.as_str() {
+        "verify" => return crate::edgebench::verify(&args, json_out).await,
+        "propagation" => return crate::edgebench::propagation(&args, json_out).await,
+        "scale" => return crate::edgebench::scale(json_out).await,
+        _ => {}
+    }
     let dur = Duration::from_secs(args.duration_secs.max(1));
     let do_issue = matches!(args.what.as_str(), "all" | "issue");
     let do_revoke = matches!(args.what.as_str(), "all" | "revoke");
@@ -329,9 +344,9 @@ fn revoke_entry_bytes() -> usize {
 }
 
 /// A local 3-member etcd cluster.
-struct Etcd {
+pub(crate) struct Etcd {
     children: Vec<Child>,
-    leader: String,
+    pub(crate) leader: String,
     _dir: PathBuf,
 }
 
@@ -341,7 +356,7 @@ fn free_port() -> Result<u16> {
 }
 
 impl Etcd {
-    async fn start(bin: &Path, base: &Path) -> Result<Etcd> {
+    pub(crate) async fn start(bin: &Path, base: &Path) -> Result<Etcd> {
         if !bin.is_file() {
             bail!("{} not found: install Debian's etcd-server (scripts/bench.sh does), or pass --no-etcd", bin.display());
         }
@@ -431,11 +446,11 @@ impl Etcd {
     }
 
     /// A KV client on the leader (no proxying through a follower).
-    fn leader_kv(&self) -> Result<KvClient<Channel>> {
+    pub(crate) fn leader_kv(&self) -> Result<KvClient<Channel>> {
         Ok(KvClient::new(channel(&self.leader)?))
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         for c in &mut self.children {
             let _ = c.start_kill();
             let _ = c.wait().await;

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod edgebench;
 
 use std::time::Duration;
 

@@ -151,6 +151,11 @@ impl EdgeHandle {
         *self.inner.applied.borrow()
     }
 
+    /// A receiver that sees every applied revision.
+    pub fn subscribe_revision(&self) -> watch::Receiver<u64> {
+        self.inner.applied.subscribe()
+    }
+
     /// Freshness now.
     pub fn freshness(&self) -> Freshness {
         self.replica().freshness(Instant::now())

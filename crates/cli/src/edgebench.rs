@@ -1,0 +1,729 @@
+//! Edge benchmarks: verify throughput and latency, revoke propagation to N
+//! edges (against etcd watchers), and replica scale. Run on demand
+//! (`veto bench verify|propagation|scale`), never as tests.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use prost::Message;
+use tokio_stream::StreamExt;
+use veto_proto as pb;
+use veto_proto::token_service_client::TokenServiceClient;
+use veto_proto::verifier_service_client::VerifierServiceClient;
+use veto_testkit::{channel, eventually, Cluster, ClusterOptions};
+
+use crate::bench::{BenchArgs, Etcd};
+
+fn q(h: &Histogram<u64>, p: f64) -> f64 {
+    h.value_at_quantile(p) as f64 / 1e3
+}
+
+async fn cluster_with_key() -> Result<(Cluster, String)> {
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await?;
+    let addr = cluster.node(leader)?.grpc_addr.clone();
+    let probe = TokenServiceClient::new(channel(&addr)?);
+    eventually(
+        "the first signing key",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let mut p = probe.clone();
+            async move {
+                p.issue(pb::IssueRequest {
+                    sub: "warmup".into(),
+                    scopes: vec![],
+                    aud: None,
+                    ttl_seconds: 60,
+                })
+                .await
+                .ok()
+            }
+        },
+    )
+    .await?;
+    Ok((cluster, addr))
+}
+
+/// Issues `n` tokens at concurrency 64; returns (jti, token).
+async fn issue_many(addr: &str, n: usize) -> Result<Vec<(String, String)>> {
+    let out = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let mut tasks = Vec::new();
+    let workers = 64;
+    for w in 0..workers {
+        let mut c = TokenServiceClient::new(channel(addr)?);
+        let out = out.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < n {
+                let r = c
+                    .issue(pb::IssueRequest {
+                        sub: format!("bench:{i}"),
+                        scopes: vec!["read".into()],
+                        aud: None,
+                        ttl_seconds: 3600,
+                    })
+                    .await?
+                    .into_inner();
+                let jti = r.record.map(|r| r.jti).unwrap_or_default();
+                out.lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .push((jti, r.token));
+                i += workers;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let v = std::mem::take(&mut *out.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    Ok(v)
+}
+
+fn edge_opts(id: String, servers: &[String], bound_ms: u64, probe_ms: u64) -> veto_edge::Options {
+    veto_edge::Options {
+        edge_id: id,
+        servers: servers.to_vec(),
+        bound_ms,
+        probe_interval_ms: probe_ms,
+        ..Default::default()
+    }
+}
+
+/// `veto bench verify`.
+pub async fn verify(args: &BenchArgs, json_out: bool) -> Result<()> {
+    let dur = Duration::from_secs(args.duration_secs.max(1));
+    eprintln!("starting a 3-node cluster and one edge; issuing 10,000 tokens...");
+    let (cluster, addr) = cluster_with_key().await?;
+    let tokens: Arc<Vec<String>> = Arc::new(
+        issue_many(&addr, 10_000)
+            .await?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect(),
+    );
+    let servers: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
+    // The edge runs on its own runtime (its own threads), as it would in
+    // its own process, so the load generator's tasks do not queue its work.
+    let (edge_tx, edge_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let opts = edge_opts("bench-edge".into(), &servers, 5_000, 200);
+    let edge_thread = std::thread::spawn(move || -> Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            let edge = veto_edge::Edge::start(opts, any, any).await?;
+            let _ = edge_tx.send((edge.handle.clone(), edge.grpc_addr));
+            let _ = stop_rx.await;
+            edge.stop().await;
+            anyhow::Ok(())
+        })
+    });
+    let (h, grpc_addr) = edge_rx.await.context("edge thread")?;
+    eventually(
+        "edge fresh",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || {
+            let h = h.clone();
+            async move { h.freshness().fresh.then_some(()) }
+        },
+    )
+    .await?;
+
+    // In-process: first pass misses the signature cache, later passes hit.
+    let req = veto_core::token::Requirements::default();
+    let t = Instant::now();
+    let mut bad = 0;
+    for tok in tokens.iter() {
+        if h.verify(tok, &req).outcome != veto_feed::Outcome::Valid {
+            bad += 1;
+        }
+    }
+    let miss_ns = t.elapsed().as_nanos() as f64 / tokens.len() as f64;
+    let passes = 20;
+    let t = Instant::now();
+    for _ in 0..passes {
+        for tok in tokens.iter() {
+            if h.verify(tok, &req).outcome != veto_feed::Outcome::Valid {
+                bad += 1;
+            }
+        }
+    }
+    let hit_ns = t.elapsed().as_nanos() as f64 / (tokens.len() * passes) as f64;
+
+    // gRPC unary, open loop at the target rate; latency from the scheduled send time.
+    let gaddr = grpc_addr.map(|a| a.to_string()).unwrap_or_default();
+    let clients: Vec<_> = (0..args.connections.max(1))
+        .map(|_| channel(&gaddr).map(VerifierServiceClient::new))
+        .collect::<Result<_>>()?;
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let hist_send = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let per_ms = (args.verify_rate / 1000).max(1);
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut sent = 0u64;
+    let mut inflight = Vec::new();
+    while start.elapsed() < dur {
+        tick.tick().await;
+        let due = start + Duration::from_millis(sent / per_ms);
+        for _ in 0..per_ms {
+            let mut c = clients[sent as usize % clients.len()].clone();
+            let tok = tokens[sent as usize % tokens.len()].clone();
+            let (hist, hist_send, errors) = (hist.clone(), hist_send.clone(), errors.clone());
+            inflight.push(tokio::spawn(async move {
+                let sent_at = Instant::now();
+                let r = c
+                    .verify(pb::VerifyRequest {
+                        token: tok,
+                        required_scopes: vec![],
+                        audience: None,
+                        min_revision: 0,
+                    })
+                    .await;
+                let ok = r.map(|r| r.into_inner().valid).unwrap_or(false);
+                if ok {
+                    if let Ok(mut h) = hist.lock() {
+                        let _ = h.record(due.elapsed().as_micros().max(1) as u64);
+                    }
+                    if let Ok(mut h) = hist_send.lock() {
+                        let _ = h.record(sent_at.elapsed().as_micros().max(1) as u64);
+                    }
+                } else {
+                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }));
+            sent += 1;
+        }
+        inflight.retain(|t| !t.is_finished());
+    }
+    for t in inflight {
+        let _ = t.await;
+    }
+    let unary_elapsed = start.elapsed();
+    let unary = hist
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    let unary_send = hist_send
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+
+    // gRPC VerifyBatch: 1000 tokens per call, 8 in flight.
+    let batch = 1000usize;
+    let bh = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..8usize {
+        let mut c = clients[w % clients.len()].clone();
+        let (tokens, bh, done) = (tokens.clone(), bh.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut k = w * batch;
+            while start.elapsed() < dur {
+                let items = (0..batch)
+                    .map(|i| pb::VerifyRequest {
+                        token: tokens[(k + i) % tokens.len()].clone(),
+                        required_scopes: vec![],
+                        audience: None,
+                        min_revision: 0,
+                    })
+                    .collect();
+                let s = Instant::now();
+                if let Ok(r) = c.verify_batch(pb::VerifyBatchRequest { items }).await {
+                    let n = r.into_inner().results.iter().filter(|r| r.valid).count();
+                    done.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    if let Ok(mut h) = bh.lock() {
+                        let _ = h.record(s.elapsed().as_micros().max(1) as u64);
+                    }
+                }
+                k += 8 * batch;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let batch_tps =
+        done.load(std::sync::atomic::Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let bh = bh.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    let errs = errors.load(std::sync::atomic::Ordering::Relaxed);
+    if json_out {
+        println!(
+            "{}",
+            serde_json::json!({
+                "inprocess_miss_ns": miss_ns, "inprocess_hit_ns": hit_ns, "inprocess_invalid": bad,
+                "unary": {"target_rps": args.verify_rate, "achieved_rps": unary.len() as f64 / unary_elapsed.as_secs_f64(),
+                          "p50_ms": q(&unary, 0.5), "p99_ms": q(&unary, 0.99), "p999_ms": q(&unary, 0.999), "errors": errs,
+                          "from_send_p50_ms": q(&unary_send, 0.5), "from_send_p99_ms": q(&unary_send, 0.99)},
+                "batch": {"tokens_per_sec": batch_tps, "batch": batch, "p50_ms": q(&bh, 0.5), "p99_ms": q(&bh, 0.99)},
+            })
+        );
+    } else {
+        println!("\nverify over 10,000 distinct live tokens, one edge, 3-node cluster, all on this machine");
+        println!(
+            "in-process verify, signature cache miss: {:>9.0} ns/op",
+            miss_ns
+        );
+        println!(
+            "in-process verify, signature cache hit:  {:>9.0} ns/op   (miss/hit ratio {:.1})",
+            hit_ns,
+            miss_ns / hit_ns
+        );
+        println!(
+            "gRPC Verify, open loop at {} req/s: achieved {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms, errors {}",
+            args.verify_rate,
+            unary.len() as f64 / unary_elapsed.as_secs_f64(),
+            q(&unary, 0.5),
+            q(&unary, 0.99),
+            q(&unary, 0.999),
+            errs
+        );
+        println!(
+            "  the same calls timed from their actual send: p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms",
+            q(&unary_send, 0.5),
+            q(&unary_send, 0.99),
+            q(&unary_send, 0.999)
+        );
+        println!(
+            "gRPC VerifyBatch ({batch} per call, 8 in flight): {:.0} tokens/s, per call p50 {:.2} ms, p99 {:.2} ms",
+            batch_tps,
+            q(&bh, 0.5),
+            q(&bh, 0.99)
+        );
+        if bad > 0 {
+            println!("warning: {bad} in-process verifies were not VALID");
+        }
+    }
+    let _ = stop_tx.send(());
+    let _ = tokio::task::spawn_blocking(move || edge_thread.join()).await;
+    drop(cluster);
+    Ok(())
+}
+
+/// Latency stats over revokes: (all-edges, each-edge) histograms in µs.
+fn propagation_stats(
+    revokes: &[(Instant, u64)],
+    per_edge: &[Vec<(Instant, u64)>],
+) -> Result<(Histogram<u64>, Histogram<u64>, usize)> {
+    let mut all = Histogram::<u64>::new(3)?;
+    let mut each = Histogram::<u64>::new(3)?;
+    let mut missing = 0;
+    for (start, rev) in revokes {
+        let mut worst = Duration::ZERO;
+        let mut complete = true;
+        for e in per_edge {
+            let i = e.partition_point(|(_, r)| r < rev);
+            match e.get(i) {
+                Some((t, _)) => {
+                    let d = t.saturating_duration_since(*start);
+                    each.record(d.as_micros().max(1) as u64)?;
+                    worst = worst.max(d);
+                }
+                None => complete = false,
+            }
+        }
+        if complete {
+            all.record(worst.as_micros().max(1) as u64)?;
+        } else {
+            missing += 1;
+        }
+    }
+    Ok((all, each, missing))
+}
+
+/// Open-loop driver: calls `op(i)` every `1/rate` s for `dur`; returns
+/// (start, revision) of each success.
+async fn open_loop<F, Fut>(rate: u64, dur: Duration, op: F) -> Vec<(Instant, u64)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Option<u64>> + Send + 'static,
+{
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let every = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let mut tasks = Vec::new();
+    let mut i = 0usize;
+    while start.elapsed() < dur {
+        let due = start + every * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let fut = op(i);
+        let out = out.clone();
+        tasks.push(tokio::spawn(async move {
+            let s = Instant::now();
+            if let Some(rev) = fut.await {
+                if let Ok(mut o) = out.lock() {
+                    o.push((s, rev));
+                }
+            }
+        }));
+        i += 1;
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let v = out.lock().map(|o| o.clone()).unwrap_or_default();
+    v
+}
+
+/// `veto bench propagation`.
+pub async fn propagation(args: &BenchArgs, json_out: bool) -> Result<()> {
+    let dur = Duration::from_secs(args.duration_secs.max(1));
+    let (cluster, addr) = cluster_with_key().await?;
+    let servers: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
+    let mut etcd = if args.no_etcd {
+        None
+    } else {
+        Some(Etcd::start(&args.etcd_bin, cluster.base_dir()).await?)
+    };
+    let mut rows = Vec::new();
+    for &n in &args.edges {
+        let need = (args.rate * args.duration_secs + 100) as usize;
+        eprintln!("N = {n}: issuing {need} tokens, starting {n} edges...");
+        let toks = Arc::new(issue_many(&addr, need).await?);
+        let mut edges = Vec::new();
+        let records: Vec<Arc<Mutex<Vec<(Instant, u64)>>>> =
+            (0..n).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+        for (i, rec) in records.iter().enumerate() {
+            let e = veto_edge::Edge::start_embedded(edge_opts(
+                format!("bench-{i}"),
+                &servers,
+                10_000,
+                1_000,
+            ))
+            .map_err(|e| anyhow::anyhow!(e))?;
+            let mut rx = e.handle.subscribe_revision();
+            let rec = rec.clone();
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let r = *rx.borrow_and_update();
+                    if let Ok(mut v) = rec.lock() {
+                        v.push((Instant::now(), r));
+                    }
+                }
+            });
+            edges.push(e);
+        }
+        let head = cluster
+            .node(cluster.wait_leader(Duration::from_secs(10)).await?)?
+            .status()
+            .await
+            .map(|s| s.applied_index)
+            .unwrap_or(0);
+        for e in &edges {
+            let h = e.handle.clone();
+            eventually(
+                "edge caught up",
+                Duration::from_secs(120),
+                Duration::from_millis(50),
+                || {
+                    let h = h.clone();
+                    async move { (h.revision() >= head).then_some(()) }
+                },
+            )
+            .await?;
+        }
+        eprintln!(
+            "N = {n}: revoking at {}/s for {} s...",
+            args.rate,
+            dur.as_secs()
+        );
+        let clients: Vec<_> = (0..args.connections.max(1))
+            .map(|_| channel(&addr).map(TokenServiceClient::new))
+            .collect::<Result<_>>()?;
+        let revokes = {
+            let toks = toks.clone();
+            open_loop(args.rate, dur, move |i| {
+                let mut c = clients[i % clients.len()].clone();
+                let jti = toks.get(i).map(|t| t.0.clone()).unwrap_or_default();
+                async move {
+                    c.revoke(pb::RevokeRequest {
+                        jti,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner().revision)
+                }
+            })
+            .await
+        };
+        let last = revokes.iter().map(|r| r.1).max().unwrap_or(0);
+        for e in &edges {
+            let h = e.handle.clone();
+            let _ = eventually(
+                "edge applied the last revoke",
+                Duration::from_secs(30),
+                Duration::from_millis(10),
+                || {
+                    let h = h.clone();
+                    async move { (h.revision() >= last).then_some(()) }
+                },
+            )
+            .await;
+        }
+        let per_edge: Vec<Vec<(Instant, u64)>> = records
+            .iter()
+            .map(|r| r.lock().map(|v| v.clone()).unwrap_or_default())
+            .collect();
+        let (all, each, missing) = propagation_stats(&revokes, &per_edge)?;
+        rows.push(("veto", n, revokes.len(), all, each, missing));
+        for e in edges {
+            e.stop().await;
+        }
+        if let Some(etcd) = etcd.as_mut() {
+            eprintln!(
+                "N = {n}: etcd with {n} watchers, puts at {}/s...",
+                args.rate
+            );
+            let (revs, per) = etcd_propagation(etcd, n, args.rate, dur, args.connections).await?;
+            let (all, each, missing) = propagation_stats(&revs, &per)?;
+            rows.push(("etcd", n, revs.len(), all, each, missing));
+        }
+    }
+    if json_out {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(sys, n, ops, all, each, missing)| serde_json::json!({
+                "system": sys, "edges": n, "ops": ops, "incomplete": missing,
+                "all_p50_ms": q(all, 0.5), "all_p99_ms": q(all, 0.99), "all_p999_ms": q(all, 0.999),
+                "each_p50_ms": q(each, 0.5), "each_p99_ms": q(each, 0.99),
+            }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("\npropagation at {} ops/s for {} s: call start -> all edges applied, and -> each edge applied (ms)", args.rate, dur.as_secs());
+        println!(
+            "{:<6} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6}",
+            "system", "N", "ops", "all p50", "all p99", "all p999", "each p50", "each p99", "lost"
+        );
+        for (sys, n, ops, all, each, missing) in &rows {
+            println!(
+                "{:<6} {:>6} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>6}",
+                sys,
+                n,
+                ops,
+                q(all, 0.5),
+                q(all, 0.99),
+                q(all, 0.999),
+                q(each, 0.5),
+                q(each, 0.99),
+                missing
+            );
+        }
+        for &n in &args.edges {
+            let get = |s: &str| {
+                rows.iter()
+                    .find(|r| r.0 == s && r.1 == n)
+                    .map(|r| q(&r.3, 0.99))
+            };
+            if let (Some(v), Some(e)) = (get("veto"), get("etcd")) {
+                println!("N = {n}: all-edges p99 veto / etcd = {:.2}", v / e);
+            }
+        }
+    }
+    if let Some(e) = etcd {
+        e.stop().await;
+    }
+    drop(cluster);
+    Ok(())
+}
+
+async fn etcd_propagation(
+    etcd: &Etcd,
+    n: usize,
+    rate: u64,
+    dur: Duration,
+    connections: usize,
+) -> Result<(Vec<(Instant, u64)>, Vec<Vec<(Instant, u64)>>)> {
+    use veto_proto::etcd::watch_client::WatchClient;
+    use veto_proto::etcd::{watch_request, WatchCreateRequest, WatchRequest};
+    let prefix = format!("prop{n}/");
+    let mut end = prefix.clone().into_bytes();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let records: Vec<Arc<Mutex<Vec<(Instant, u64)>>>> =
+        (0..n).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(n.max(1));
+    let mut tasks = Vec::new();
+    for rec in &records {
+        let mut w = WatchClient::new(channel(&etcd.leader)?);
+        let req = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(
+                WatchCreateRequest {
+                    key: prefix.clone().into_bytes(),
+                    range_end: end.clone(),
+                    start_revision: 0,
+                },
+            )),
+        };
+        let (rec, ready) = (rec.clone(), ready_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let _ = tx.send(req).await;
+            let Ok(resp) = w
+                .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+            else {
+                return;
+            };
+            let mut s = resp.into_inner();
+            while let Some(Ok(m)) = s.next().await {
+                if m.created {
+                    let _ = ready.send(()).await;
+                }
+                if let Some(rev) = m
+                    .events
+                    .iter()
+                    .filter_map(|e| e.kv.as_ref().map(|k| k.mod_revision))
+                    .max()
+                {
+                    if let Ok(mut v) = rec.lock() {
+                        v.push((Instant::now(), rev as u64));
+                    }
+                }
+            }
+            drop(tx);
+        }));
+    }
+    for _ in 0..n {
+        tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
+            .await
+            .context("etcd watch create")?;
+    }
+    let kvs: Vec<_> = (0..connections.max(1))
+        .map(|_| etcd.leader_kv())
+        .collect::<Result<_>>()?;
+    let value = vec![b'x'; 131];
+    let revs = open_loop(rate, dur, move |i| {
+        let mut kv = kvs[i % kvs.len()].clone();
+        let key = format!("{prefix}{i}").into_bytes();
+        let value = value.clone();
+        async move {
+            kv.put(veto_proto::etcd::PutRequest {
+                key,
+                value,
+                lease: 0,
+                prev_kv: false,
+            })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().header.map(|h| h.revision as u64))
+        }
+    })
+    .await;
+    let last = revs.iter().map(|r| r.1).max().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if records.iter().all(|r| {
+            r.lock()
+                .map(|v| v.last().is_some_and(|x| x.1 >= last))
+                .unwrap_or(true)
+        }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for t in tasks {
+        t.abort();
+    }
+    let per: Vec<Vec<(Instant, u64)>> = records
+        .iter()
+        .map(|r| r.lock().map(|v| v.clone()).unwrap_or_default())
+        .collect();
+    Ok((revs, per))
+}
+
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|k| k.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// `veto bench scale`: an edge replica bootstrapping from a snapshot of
+/// 1,000,000 live token revocations: decode + install time and RSS.
+pub async fn scale(json_out: bool) -> Result<()> {
+    let n = 1_000_000usize;
+    let base_rss = rss_mb();
+    // The snapshot as a server encodes it on the wire.
+    let encoded = {
+        let changes: Vec<pb::Change> = (0..n)
+            .map(|i| {
+                let mut j = [0u8; 16];
+                j[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                veto_proto::feed::change_to_pb(
+                    n as u64,
+                    &veto_core::EdgeChange::TokenRevoked {
+                        jti: veto_core::Jti(j),
+                        exp: 2_000_000_000,
+                        effective_at: 1,
+                    },
+                )
+            })
+            .collect();
+        pb::ChangeBatch {
+            from_revision: 0,
+            to_revision: n as u64,
+            changes,
+        }
+        .encode_to_vec()
+    };
+    let snapshot_mb = encoded.len() as f64 / 1048576.0;
+    let before = rss_mb();
+    let t = Instant::now();
+    let mut replica = veto_feed::Replica::new(
+        Duration::from_secs(2),
+        veto_feed::Policy::FailClosed,
+        100_000,
+        4096,
+    );
+    {
+        let b = pb::ChangeBatch::decode(encoded.as_slice())?;
+        let mut changes = Vec::with_capacity(b.changes.len());
+        for c in &b.changes {
+            changes.push(veto_proto::feed::change_from_pb(c)?.1);
+        }
+        replica
+            .install_snapshot(b.to_revision, &changes)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let install = t.elapsed();
+    drop(encoded);
+    let after = rss_mb();
+    if json_out {
+        println!(
+            "{}",
+            serde_json::json!({"revocations": replica.revocations(), "snapshot_mb": snapshot_mb,
+                               "bootstrap_s": install.as_secs_f64(), "process_rss_mb": after, "rss_before_snapshot_mb": base_rss})
+        );
+    } else {
+        println!(
+            "edge replica with {} live revocations:",
+            replica.revocations()
+        );
+        println!("  snapshot on the wire       {snapshot_mb:.1} MB");
+        println!(
+            "  decode + install           {:.2} s",
+            install.as_secs_f64()
+        );
+        println!("  process RSS after install  {after:.1} MB (was {base_rss:.1} MB before building the snapshot, {before:.1} MB with it)");
+    }
+    Ok(())
+}

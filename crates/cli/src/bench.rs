@@ -347,6 +347,8 @@ fn revoke_entry_bytes() -> usize {
 pub(crate) struct Etcd {
     children: Vec<Child>,
     pub(crate) leader: String,
+    /// Every member's client address.
+    pub(crate) urls: Vec<String>,
     _dir: PathBuf,
 }
 
@@ -441,6 +443,7 @@ impl Etcd {
         Ok(Etcd {
             children,
             leader,
+            urls: client_urls,
             _dir: dir,
         })
     }

@@ -16,6 +16,9 @@ use veto_testkit::{channel, eventually, Cluster, ClusterOptions};
 
 use crate::bench::{BenchArgs, Etcd};
 
+/// When each applied revision was seen at one edge (or watcher).
+type Recorder = Arc<Mutex<Vec<(Instant, u64)>>>;
+
 fn q(h: &Histogram<u64>, p: f64) -> f64 {
     h.value_at_quantile(p) as f64 / 1e3
 }
@@ -390,8 +393,7 @@ pub async fn propagation(args: &BenchArgs, json_out: bool) -> Result<()> {
         eprintln!("N = {n}: issuing {need} tokens, starting {n} edges...");
         let toks = Arc::new(issue_many(&addr, need).await?);
         let mut edges = Vec::new();
-        let records: Vec<Arc<Mutex<Vec<(Instant, u64)>>>> =
-            (0..n).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+        let records: Vec<Recorder> = (0..n).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
         for (i, rec) in records.iter().enumerate() {
             let e = veto_edge::Edge::start_embedded(edge_opts(
                 format!("bench-{i}"),
@@ -551,12 +553,12 @@ async fn etcd_propagation(
     if let Some(last) = end.last_mut() {
         *last += 1;
     }
-    let records: Vec<Arc<Mutex<Vec<(Instant, u64)>>>> =
-        (0..n).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+    let records: Vec<Recorder> = (0..n).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(n.max(1));
     let mut tasks = Vec::new();
-    for rec in &records {
-        let mut w = WatchClient::new(channel(&etcd.leader)?);
+    // Watchers spread over every member, as veto's edges spread over every node.
+    for (i, rec) in records.iter().enumerate() {
+        let mut w = WatchClient::new(channel(&etcd.urls[i % etcd.urls.len()])?);
         let req = WatchRequest {
             request_union: Some(watch_request::RequestUnion::CreateRequest(
                 WatchCreateRequest {

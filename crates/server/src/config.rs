@@ -139,6 +139,10 @@ pub struct Flags {
     /// File with the key-encryption key.
     #[arg(long, env = "VETO_KEK_FILE")]
     pub kek_file: Option<PathBuf>,
+    /// Runtime worker threads: 0 = one per CPU; 1 = a single-threaded runtime
+    /// (best when several nodes share a small host, e.g. a local cluster).
+    #[arg(long, env = "VETO_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub dump_config: bool,

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match runtime(flags.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("veto-server: cannot start the runtime: {e}");
@@ -74,4 +74,18 @@ async fn run(opts: Options, ready_file: Option<std::path::PathBuf>) -> anyhow::R
     tracing::info!("shutting down");
     server.stop().await;
     Ok(())
+}
+
+/// The async runtime: `workers` threads, 0 = one per CPU, 1 = current-thread.
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match workers {
+        0 => tokio::runtime::Runtime::new(),
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
 }

@@ -24,6 +24,39 @@ const LAST_PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    flusher: std::sync::mpsc::Sender<IOFlushed<C>>,
+}
+
+/// Group commit: one thread syncs the WAL for every append written before
+/// it runs, then reports each of them durable. `append` itself only writes
+/// (readable at once), so openraft can ship entries to followers while the
+/// leader's own fsync is in flight; acknowledgement still waits for the sync.
+fn spawn_flusher(db: Arc<DB>) -> std::sync::mpsc::Sender<IOFlushed<C>> {
+    // A weak reference: the database closes (and releases its lock) as soon
+    // as the stores are dropped, not when this thread gets around to exiting.
+    let db = Arc::downgrade(&db);
+    let (tx, rx) = std::sync::mpsc::channel::<IOFlushed<C>>();
+    let spawned = std::thread::Builder::new()
+        .name("veto-wal-sync".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut waiting = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    waiting.push(more);
+                }
+                let r = match db.upgrade() {
+                    Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
+                    None => Err("the log store was closed".to_string()),
+                };
+                for cb in waiting {
+                    cb.io_completed(r.clone().map_err(io_err));
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the WAL sync thread; appends will fail");
+    }
+    tx
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -44,7 +77,8 @@ fn synced() -> WriteOptions {
 
 impl LogStore {
     pub(crate) fn new(db: Arc<DB>) -> Self {
-        Self { db }
+        let flusher = spawn_flusher(db.clone());
+        Self { db, flusher }
     }
 
     fn cf(&self, name: &str) -> io::Result<&rocksdb::ColumnFamily> {
@@ -165,23 +199,14 @@ impl RaftLogStorage<C> for LogStore {
                 batch.put_cf(cf, key(e.log_id.index), v);
             }
         }
-        let db = self.db.clone();
-        // The synced write blocks on fsync: keep it off the async workers.
-        let res =
-            tokio::task::spawn_blocking(move || db.write_opt(batch, &synced()).map_err(io_err))
-                .await
-                .map_err(io_err)
-                .and_then(|r| r);
-        match res {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.io_completed(Err(io_err(&e)));
-                Err(e)
-            }
+        // Written (and readable) now; durable once the sync thread ran.
+        self.db.write(batch).map_err(io_err)?;
+        if let Err(std::sync::mpsc::SendError(cb)) = self.flusher.send(callback) {
+            let e = io_err("WAL sync thread is gone");
+            cb.io_completed(Err(io_err(&e)));
+            return Err(e);
         }
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {

@@ -169,15 +169,34 @@ pub async fn verify(args: &BenchArgs, json_out: bool) -> Result<()> {
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let hist_send = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let per_ms = (args.verify_rate / 1000).max(1);
+    // A pacing thread (OS sleeps, ~60 us granularity, not the 1 ms async timer) emits
+    // each request's scheduled time; latency counts from that time, so a
+    // slow response cannot hide the requests queued behind it.
+    let total = args.verify_rate * dur.as_secs();
+    let every = Duration::from_secs_f64(1.0 / args.verify_rate.max(1) as f64);
+    let (pace_tx, mut pace_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let start = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let pacer = std::thread::spawn(move || {
+        for i in 0..total {
+            let due = start + every * i as u32;
+            loop {
+                let now = Instant::now();
+                if now >= due {
+                    break;
+                }
+                // No spinning: on 2 cores a spinning pacer would take a core
+                // from the system under test.
+                std::thread::sleep(due - now);
+            }
+            if pace_tx.send(due).is_err() {
+                return;
+            }
+        }
+    });
     let mut sent = 0u64;
     let mut inflight = Vec::new();
-    while start.elapsed() < dur {
-        tick.tick().await;
-        let due = start + Duration::from_millis(sent / per_ms);
-        for _ in 0..per_ms {
+    while let Some(due) = pace_rx.recv().await {
+        {
             let mut c = clients[sent as usize % clients.len()].clone();
             let tok = tokens[sent as usize % tokens.len()].clone();
             let (hist, hist_send, errors) = (hist.clone(), hist_send.clone(), errors.clone());
@@ -205,8 +224,11 @@ pub async fn verify(args: &BenchArgs, json_out: bool) -> Result<()> {
             }));
             sent += 1;
         }
-        inflight.retain(|t| !t.is_finished());
+        if sent % 1024 == 0 {
+            inflight.retain(|t| !t.is_finished());
+        }
     }
+    let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
     for t in inflight {
         let _ = t.await;
     }

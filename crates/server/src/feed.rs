@@ -9,7 +9,6 @@
 //! Read-index rounds are shared by all probes waiting when a round starts.
 
 use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,13 +16,12 @@ use prost::Message;
 use sha2::Digest;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use veto_feed::Read;
 use veto_proto as pb;
 use veto_proto::feed::change_to_pb;
-use veto_proto::feed_service_server::FeedService;
 
+use crate::feed_codec::{Encoded, EncodedStream};
 use crate::node::Node;
 
 /// Largest number of changes in one ChangeBatch message.
@@ -64,6 +62,8 @@ struct HubInner {
     read_queue: Mutex<Vec<oneshot::Sender<Result<u64, String>>>>,
     read_notify: Notify,
     acked: tokio::sync::watch::Sender<u64>,
+    /// The most recently encoded batch: edges reading the same range share it.
+    last_batch: Mutex<Option<(u64, u64, Encoded)>>,
 }
 
 impl Hub {
@@ -77,6 +77,7 @@ impl Hub {
                 read_queue: Mutex::new(Vec::new()),
                 read_notify: Notify::new(),
                 acked,
+                last_batch: Mutex::new(None),
             }),
         }
     }
@@ -94,6 +95,29 @@ impl Hub {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// The batch encoded once: every edge reading the same `(from, to]`
+    /// (all caught-up edges, after each apply) gets the same bytes.
+    fn encoded_batch(&self, b: &veto_feed::Batch) -> Encoded {
+        let mut last = self
+            .inner
+            .last_batch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((from, to, e)) = last.as_ref() {
+            if *from == b.from && *to == b.to {
+                return e.clone();
+            }
+        }
+        let msg = pb::ChangeBatch {
+            from_revision: b.from,
+            to_revision: b.to,
+            changes: b.changes.iter().map(|(r, c)| change_to_pb(*r, c)).collect(),
+        };
+        let e = Encoded::of(pb::feed_message::Msg::Changes(msg));
+        *last = Some((b.from, b.to, e.clone()));
+        e
     }
 
     /// Edges streaming from this node, with their lag.
@@ -289,15 +313,14 @@ fn valid_edge_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-type Out = mpsc::Sender<Result<pb::FeedMessage, Status>>;
+type Out = mpsc::Sender<Result<Encoded, Status>>;
 
 async fn send(tx: &Out, m: pb::feed_message::Msg) -> Result<(), ()> {
-    match tokio::time::timeout(
-        SLOW_EDGE_TIMEOUT,
-        tx.send(Ok(pb::FeedMessage { msg: Some(m) })),
-    )
-    .await
-    {
+    send_encoded(tx, Encoded::of(m)).await
+}
+
+async fn send_encoded(tx: &Out, m: Encoded) -> Result<(), ()> {
+    match tokio::time::timeout(SLOW_EDGE_TIMEOUT, tx.send(Ok(m))).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
@@ -377,13 +400,9 @@ async fn writer(
                     r
                 }
                 Step::Batch(b) => {
-                    let msg = pb::ChangeBatch {
-                        from_revision: b.from,
-                        to_revision: b.to,
-                        changes: b.changes.iter().map(|(r, c)| change_to_pb(*r, c)).collect(),
-                    };
                     cursor = b.to;
-                    send(&tx, pb::feed_message::Msg::Changes(msg)).await
+                    let bytes = hub.encoded_batch(&b);
+                    send_encoded(&tx, bytes).await
                 }
                 Step::Idle => break,
             };
@@ -437,16 +456,12 @@ async fn probe_worker(hub: Hub, mut rx: mpsc::Receiver<u64>, out: mpsc::Sender<(
     }
 }
 
-type FeedStream = Pin<Box<dyn Stream<Item = Result<pb::FeedMessage, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl FeedService for Service {
-    type SubscribeStream = FeedStream;
-
-    async fn subscribe(
+impl Service {
+    /// Handles one `Subscribe` stream.
+    pub async fn subscribe(
         &self,
         req: Request<Streaming<pb::EdgeMessage>>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
+    ) -> Result<Response<EncodedStream>, Status> {
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await

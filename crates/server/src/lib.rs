@@ -11,6 +11,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod feed;
+pub mod feed_codec;
 pub mod http;
 pub mod node;
 pub mod raft;
@@ -26,7 +27,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 use veto_proto::admin_service_server::AdminServiceServer;
-use veto_proto::feed_service_server::FeedServiceServer;
 use veto_proto::raft_service_server::RaftServiceServer;
 use veto_proto::token_service_server::TokenServiceServer;
 
@@ -99,8 +99,7 @@ impl Server {
         let token_svc =
             TokenServiceServer::new(token_service::Service::new(node.clone(), hub.clone()))
                 .max_decoding_message_size(max_msg);
-        let feed_svc = FeedServiceServer::new(feed::Service::new(hub.clone()))
-            .max_decoding_message_size(64 * 1024);
+        let feed_svc = feed_codec::FeedServer::new(feed::Service::new(hub.clone()), 64 * 1024);
         let admin_svc = AdminServiceServer::new(admin_service::Service::new(
             node.clone(),
             advertised.clone(),

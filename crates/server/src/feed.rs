@@ -97,6 +97,21 @@ impl Hub {
         v
     }
 
+    /// The encoded batch for `(cursor, head]`, if another stream built it.
+    fn cached_batch(&self, cursor: u64, head: u64) -> Option<Encoded> {
+        let last = self
+            .inner
+            .last_batch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match last.as_ref() {
+            Some((from, to, e)) if *from == cursor && *to == head && cursor < head => {
+                Some(e.clone())
+            }
+            _ => None,
+        }
+    }
+
     /// The batch encoded once: every edge reading the same `(from, to]`
     /// (all caught-up edges, after each apply) gets the same bytes.
     fn encoded_batch(&self, b: &veto_feed::Batch) -> Encoded {
@@ -328,6 +343,7 @@ async fn send_encoded(tx: &Out, m: Encoded) -> Result<(), ()> {
 
 enum Step {
     Snapshot(u64, Vec<veto_core::EdgeChange>),
+    Cached(Encoded, u64),
     Batch(veto_feed::Batch),
     Idle,
 }
@@ -382,22 +398,39 @@ async fn writer(
     let mut force_snapshot = cursor == 0;
     loop {
         loop {
-            let step = state.read_with_changes(|s, log| {
+            // Fast path: the change log alone (its own lock), and the batch
+            // another stream already encoded for the same range. The state
+            // lock is taken only to build a snapshot.
+            let quick = {
+                let log = state.changes();
                 if force_snapshot && log.head() > 0 {
-                    return Step::Snapshot(s.revision, s.edge_snapshot());
+                    None
+                } else if let Some(e) = hub.cached_batch(cursor, log.head()) {
+                    Some(Step::Cached(e, log.head()))
+                } else {
+                    match log.read(cursor, MAX_BATCH_CHANGES) {
+                        Read::Snapshot => None,
+                        Read::Batch(b) => Some(Step::Batch(b)),
+                        Read::UpToDate => Some(Step::Idle),
+                    }
                 }
-                match log.read(cursor, MAX_BATCH_CHANGES) {
-                    Read::Snapshot => Step::Snapshot(s.revision, s.edge_snapshot()),
-                    Read::Batch(b) => Step::Batch(b),
-                    Read::UpToDate => Step::Idle,
+            };
+            let step = match quick {
+                Some(s) => s,
+                None => {
+                    state.read_with_changes(|s, _| Step::Snapshot(s.revision, s.edge_snapshot()))
                 }
-            });
+            };
             force_snapshot = false;
             let r = match step {
                 Step::Snapshot(rev, changes) => {
                     let r = send_snapshot(&tx, rev, changes).await;
                     cursor = rev;
                     r
+                }
+                Step::Cached(e, to) => {
+                    cursor = to;
+                    send_encoded(&tx, e).await
                 }
                 Step::Batch(b) => {
                     cursor = b.to;

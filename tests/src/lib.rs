@@ -128,17 +128,9 @@ pub async fn start_edges(
         edges.push(veto_edge::Edge::start(opts, local, local).await?);
     }
     for e in &edges {
-        let h = e.handle.clone();
-        eventually(
-            "edge fresh",
-            Duration::from_secs(20),
-            Duration::from_millis(20),
-            || {
-                let h = h.clone();
-                async move { h.freshness().fresh.then_some(()) }
-            },
-        )
-        .await?;
+        if !e.handle.wait_fresh(Duration::from_secs(20)).await {
+            anyhow::bail!("edge {} never became fresh", e.handle.options().edge_id);
+        }
     }
     Ok(edges)
 }

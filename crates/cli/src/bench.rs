@@ -17,7 +17,7 @@ use veto_proto as pb;
 use veto_proto::etcd::kv_client::KvClient;
 use veto_proto::etcd::maintenance_client::MaintenanceClient;
 use veto_proto::token_service_client::TokenServiceClient;
-use veto_testkit::{channel, eventually, Cluster, ClusterOptions};
+use veto_testkit::{channel, eventually};
 
 /// Arguments of `veto bench`.
 #[derive(Debug, Args)]
@@ -154,37 +154,7 @@ pub async fn run(args: BenchArgs, json_out: bool) -> Result<()> {
         );
     }
     eprintln!("starting a local 3-node veto cluster (fsync on)...");
-    let cluster = Cluster::start(ClusterOptions::default()).await?;
-    let leader = cluster.wait_leader(Duration::from_secs(20)).await?;
-    let addr = cluster.node(leader)?.grpc_addr.clone();
-    let mut probe = TokenServiceClient::new(channel(&addr)?);
-    eventually(
-        "the first signing key",
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || {
-            let mut p = probe.clone();
-            async move {
-                p.issue(pb::IssueRequest {
-                    sub: "warmup".into(),
-                    scopes: vec![],
-                    aud: None,
-                    ttl_seconds: 60,
-                })
-                .await
-                .ok()
-            }
-        },
-    )
-    .await?;
-    let _ = probe
-        .issue(pb::IssueRequest {
-            sub: "warmup".into(),
-            scopes: vec![],
-            aud: None,
-            ttl_seconds: 60,
-        })
-        .await;
+    let (cluster, addr) = crate::edgebench::cluster_with_key().await?;
 
     let payload = revoke_entry_bytes();
     let mut etcd = if args.no_etcd {

@@ -99,17 +99,9 @@ pub async fn run(args: DemoArgs, json_out: bool) -> Result<()> {
         edges.push(veto_edge::Edge::start(opts, any, any).await?);
     }
     for e in &edges {
-        let h = e.handle.clone();
-        veto_testkit::eventually(
-            "edge fresh",
-            Duration::from_secs(20),
-            Duration::from_millis(20),
-            || {
-                let h = h.clone();
-                async move { h.freshness().fresh.then_some(()) }
-            },
-        )
-        .await?;
+        if !e.handle.wait_fresh(Duration::from_secs(20)).await {
+            anyhow::bail!("edge {} never became fresh", e.handle.options().edge_id);
+        }
     }
     say(format!(
         "started 3 edges (bound B = {} ms, probe every {} ms):",

@@ -23,7 +23,7 @@ fn q(h: &Histogram<u64>, p: f64) -> f64 {
     h.value_at_quantile(p) as f64 / 1e3
 }
 
-async fn cluster_with_key() -> Result<(Cluster, String)> {
+pub(crate) async fn cluster_with_key() -> Result<(Cluster, String)> {
     let cluster = Cluster::start(ClusterOptions::default()).await?;
     let leader = cluster.wait_leader(Duration::from_secs(20)).await?;
     let addr = cluster.node(leader)?.grpc_addr.clone();
@@ -129,16 +129,9 @@ pub async fn verify(args: &BenchArgs, json_out: bool) -> Result<()> {
         })
     });
     let (h, grpc_addr) = edge_rx.await.context("edge thread")?;
-    eventually(
-        "edge fresh",
-        Duration::from_secs(20),
-        Duration::from_millis(20),
-        || {
-            let h = h.clone();
-            async move { h.freshness().fresh.then_some(()) }
-        },
-    )
-    .await?;
+    if !h.wait_fresh(Duration::from_secs(20)).await {
+        anyhow::bail!("the edge never became fresh");
+    }
 
     // In-process: first pass misses the signature cache, later passes hit.
     let req = veto_core::token::Requirements::default();
@@ -224,7 +217,7 @@ pub async fn verify(args: &BenchArgs, json_out: bool) -> Result<()> {
             }));
             sent += 1;
         }
-        if sent % 1024 == 0 {
+        if sent.is_multiple_of(1024) {
             inflight.retain(|t| !t.is_finished());
         }
     }

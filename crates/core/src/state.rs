@@ -522,21 +522,8 @@ impl State {
         kid: Kid,
         actor: &Actor,
     ) -> Result<Response, Rejection> {
-        let Some(k) = self.keys.get(&kid) else {
-            return Err(not_found("key", kid));
-        };
-        match k.state {
-            KeyState::Published => {}
-            KeyState::Active => {
-                return Ok(Response::KeyChanged {
-                    revision: k.changed_revision,
-                })
-            }
-            s => {
-                return Err(Rejection::FailedPrecondition(format!(
-                    "key {kid} is {s:?}; only a published key can be activated"
-                )))
-            }
+        if let Some(already) = self.check_activate(&kid)? {
+            return Ok(Response::KeyChanged { revision: already });
         }
         if let Some(old) = self.active.and_then(|a| self.keys.get_mut(&a)) {
             old.state = KeyState::Retiring;
@@ -552,6 +539,37 @@ impl State {
         Ok(Response::KeyChanged { revision })
     }
 
+    /// Activation rules; `Some(revision)` when the key is already active.
+    fn check_activate(&self, kid: &Kid) -> Result<Option<u64>, Rejection> {
+        let k = self.keys.get(kid).ok_or_else(|| not_found("key", kid))?;
+        match k.state {
+            KeyState::Published => Ok(None),
+            KeyState::Active => Ok(Some(k.changed_revision)),
+            s => Err(Rejection::FailedPrecondition(format!(
+                "key {kid} is {s:?}; only a published key can be activated"
+            ))),
+        }
+    }
+
+    /// Retirement rules.
+    fn check_retire(&self, kid: &Kid, force: bool, at: i64) -> Result<(), Rejection> {
+        let k = self.keys.get(kid).ok_or_else(|| not_found("key", kid))?;
+        match k.state {
+            KeyState::Active => Err(Rejection::FailedPrecondition(format!(
+                "key {kid} is active; activate another key first"
+            ))),
+            KeyState::Retired | KeyState::Revoked => Err(Rejection::FailedPrecondition(format!(
+                "key {kid} is already {:?}",
+                k.state
+            ))),
+            _ if !force && k.max_token_exp > at => Err(Rejection::FailedPrecondition(format!(
+                "key {kid} signed tokens valid until {}; retire after that or force",
+                k.max_token_exp
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn retire_key(
         &mut self,
         revision: u64,
@@ -560,33 +578,13 @@ impl State {
         at: i64,
         actor: &Actor,
     ) -> Result<Response, Rejection> {
-        let Some(k) = self.keys.get_mut(&kid) else {
-            return Err(not_found("key", kid));
-        };
-        match k.state {
-            KeyState::Active => {
-                return Err(Rejection::FailedPrecondition(format!(
-                    "key {kid} is active; activate another key first"
-                )))
-            }
-            KeyState::Retired | KeyState::Revoked => {
-                return Err(Rejection::FailedPrecondition(format!(
-                    "key {kid} is already {:?}",
-                    k.state
-                )))
-            }
-            KeyState::Published | KeyState::Retiring => {}
+        self.check_retire(&kid, force, at)?;
+        if let Some(k) = self.keys.get_mut(&kid) {
+            k.state = KeyState::Retired;
+            k.sealed.clear();
+            k.changed_revision = revision;
+            k.actor = actor.clone();
         }
-        if !force && k.max_token_exp > at {
-            return Err(Rejection::FailedPrecondition(format!(
-                "key {kid} signed tokens valid until {}; retire after that or force",
-                k.max_token_exp
-            )));
-        }
-        k.state = KeyState::Retired;
-        k.sealed.clear();
-        k.changed_revision = revision;
-        k.actor = actor.clone();
         Ok(Response::KeyChanged { revision })
     }
 
@@ -654,33 +652,14 @@ impl State {
     /// applying it, so the leader can refuse it before it reaches the log.
     /// Apply performs the same checks deterministically.
     pub fn precheck(&self, cmd: &Command) -> Result<(), Rejection> {
-        let key = |kid: &Kid| self.keys.get(kid).ok_or_else(|| not_found("key", kid));
         match cmd {
-            Command::ActivateKey { kid, .. } => match key(kid)?.state {
-                KeyState::Published | KeyState::Active => Ok(()),
-                s => Err(Rejection::FailedPrecondition(format!(
-                    "key {kid} is {s:?}; only a published key can be activated"
-                ))),
-            },
-            Command::RetireKey { kid, force, at, .. } => {
-                let k = key(kid)?;
-                match k.state {
-                    KeyState::Active => Err(Rejection::FailedPrecondition(format!(
-                        "key {kid} is active; activate another key first"
-                    ))),
-                    KeyState::Retired | KeyState::Revoked => Err(Rejection::FailedPrecondition(
-                        format!("key {kid} is already {:?}", k.state),
-                    )),
-                    _ if !force && k.max_token_exp > *at => {
-                        Err(Rejection::FailedPrecondition(format!(
-                            "key {kid} signed tokens valid until {}; retire after that or force",
-                            k.max_token_exp
-                        )))
-                    }
-                    _ => Ok(()),
-                }
-            }
-            Command::RevokeKey { kid, .. } => key(kid).map(|_| ()),
+            Command::ActivateKey { kid, .. } => self.check_activate(kid).map(|_| ()),
+            Command::RetireKey { kid, force, at, .. } => self.check_retire(kid, *force, *at),
+            Command::RevokeKey { kid, .. } => self
+                .keys
+                .get(kid)
+                .map(|_| ())
+                .ok_or_else(|| not_found("key", kid)),
             _ => Ok(()),
         }
     }

@@ -168,6 +168,18 @@ impl EdgeHandle {
         tokio::time::timeout(limit, wait).await.unwrap_or(false)
     }
 
+    /// Waits until the edge can prove freshness, up to `limit`.
+    pub async fn wait_fresh(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.freshness().fresh {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.freshness().fresh
+    }
+
     /// The server the feed is on now, if connected.
     pub fn server(&self) -> Option<String> {
         self.inner

@@ -408,25 +408,12 @@ pub async fn propagation(args: &BenchArgs, json_out: bool) -> Result<()> {
         eprintln!("N = {n}: issuing {need} tokens, starting {n} edges...");
         let toks = Arc::new(issue_many(&addr, need).await?);
         let mut edges = Vec::new();
-        let records: Vec<Recorder> = (0..n).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
-        for (i, rec) in records.iter().enumerate() {
-            let e = veto_edge::Edge::start_embedded(edge_opts(
-                format!("bench-{i}"),
-                &servers,
-                10_000,
-                1_000,
-            ))
-            .map_err(|e| anyhow::anyhow!(e))?;
-            let mut rx = e.handle.subscribe_revision();
-            let rec = rec.clone();
-            tokio::spawn(async move {
-                while rx.changed().await.is_ok() {
-                    let r = *rx.borrow_and_update();
-                    if let Ok(mut v) = rec.lock() {
-                        v.push((Instant::now(), r));
-                    }
-                }
-            });
+        // Each edge records its own applies inline (as the etcd watchers
+        // below record inline on receipt): no extra task in the path.
+        for i in 0..n {
+            let mut opts = edge_opts(format!("bench-{i}"), &servers, 10_000, 1_000);
+            opts.record_applies = true;
+            let e = veto_edge::Edge::start_embedded(opts).map_err(|e| anyhow::anyhow!(e))?;
             edges.push(e);
         }
         let head = cluster
@@ -487,10 +474,8 @@ pub async fn propagation(args: &BenchArgs, json_out: bool) -> Result<()> {
             )
             .await;
         }
-        let per_edge: Vec<Vec<(Instant, u64)>> = records
-            .iter()
-            .map(|r| r.lock().map(|v| v.clone()).unwrap_or_default())
-            .collect();
+        let per_edge: Vec<Vec<(Instant, u64)>> =
+            edges.iter().map(|e| e.handle.recorded_applies()).collect();
         let (all, each, missing) = propagation_stats(&revokes, &per_edge)?;
         rows.push(("veto", n, revokes.len(), all, each, missing));
         for e in edges {

@@ -42,6 +42,9 @@ pub struct Options {
     pub max_batch_items: usize,
     /// Largest snapshot accepted from a server.
     pub max_snapshot_bytes: usize,
+    /// Keep (time, revision) of every apply, for benchmarks (off by default;
+    /// grows without bound while on).
+    pub record_applies: bool,
 }
 
 impl Default for Options {
@@ -56,6 +59,7 @@ impl Default for Options {
             max_token_bytes: 4096,
             max_batch_items: 1024,
             max_snapshot_bytes: 1 << 30,
+            record_applies: false,
         }
     }
 }
@@ -99,6 +103,7 @@ struct Inner {
     server: Mutex<Option<String>>,
     connects: AtomicU64,
     resyncs: AtomicU64,
+    applies: Mutex<Vec<(Instant, u64)>>,
     opts: Options,
 }
 
@@ -126,6 +131,7 @@ impl EdgeHandle {
                 server: Mutex::new(None),
                 connects: AtomicU64::new(0),
                 resyncs: AtomicU64::new(0),
+                applies: Mutex::new(Vec::new()),
                 opts,
             }),
         }
@@ -209,7 +215,23 @@ impl EdgeHandle {
     }
 
     pub(crate) fn publish_revision(&self, rev: u64) {
+        if self.inner.opts.record_applies {
+            self.inner
+                .applies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((Instant::now(), rev));
+        }
         self.inner.applied.send_replace(rev);
+    }
+
+    /// The recorded applies (with `record_applies`), oldest first.
+    pub fn recorded_applies(&self) -> Vec<(Instant, u64)> {
+        self.inner
+            .applies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn count_connect(&self) {

@@ -123,8 +123,10 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
                 nonce = nonce.wrapping_add(1);
                 h.replica().probe_sent(nonce, Instant::now());
                 let m = pb::EdgeMessage { msg: Some(pb::edge_message::Msg::Probe(pb::SyncProbe { nonce })) };
-                if tx.try_send(m).is_err() {
-                    return End::Stream("outbound queue full or closed".into());
+                // A full queue only delays this probe's answer; a closed one
+                // ends the session.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(m) {
+                    return End::Stream("outbound stream closed".into());
                 }
             }
             m = inbound.message() => {
@@ -193,8 +195,10 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
                 if let Some(rev) = applied {
                     h.publish_revision(rev);
                     let ack = pb::EdgeMessage { msg: Some(pb::edge_message::Msg::Ack(pb::Ack { applied_revision: rev })) };
-                    if tx.try_send(ack).is_err() {
-                        return End::Stream("outbound queue full or closed".into());
+                    // Acks are cumulative: when the queue is full the next
+                    // one supersedes this one. Only a closed stream ends it.
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(ack) {
+                        return End::Stream("outbound stream closed".into());
                     }
                 }
             }

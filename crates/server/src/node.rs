@@ -274,7 +274,13 @@ impl Node {
             if !self.inner.raft.is_leader() {
                 continue;
             }
-            if self.inner.state.read(|s| s.keys().next().is_none()) {
+            // A cluster that never had an active key gets one. (A cluster
+            // whose operator revoked the active key does not: that is a
+            // deliberate stop of issuance.)
+            let never_active = self.inner.state.read(|s| {
+                s.keys().all(|k| k.state == veto_core::state::KeyState::Published)
+            });
+            if never_active {
                 if let Err(e) = self.bootstrap_key().await {
                     warn!(error = %e, "could not create the first signing key");
                 }
@@ -297,8 +303,20 @@ impl Node {
 
     async fn bootstrap_key(&self) -> Result<()> {
         let actor = Actor("veto-server:bootstrap".into());
-        let (kid, cmd) = self.new_key_command(actor.clone());
-        self.propose(cmd).await?;
+        // A previous leader may have published the first key and lost
+        // leadership before activating it: finish that instead of
+        // publishing another.
+        let published = self.inner.state.read(|s| {
+            s.keys().max_by_key(|k| k.published_revision).map(|k| k.kid)
+        });
+        let kid = match published {
+            Some(kid) => kid,
+            None => {
+                let (kid, cmd) = self.new_key_command(actor.clone());
+                self.propose(cmd).await?;
+                kid
+            }
+        };
         self.propose(Command::ActivateKey {
             kid,
             at: unix_now(),

@@ -2,7 +2,8 @@
 # Installs the system packages veto's build, tests and benchmarks need, only
 # if missing (idempotent). Usage: scripts/deps.sh [build|bench]
 set -euo pipefail
-want=(libclang-dev clang)
+# prometheus: its promtool validates veto's /metrics output in the tests.
+want=(libclang-dev clang prometheus)
 if [[ "${1:-build}" == "bench" ]]; then
   want+=(etcd-server)
 fi
@@ -15,5 +16,5 @@ if ((${#missing[@]})); then
   SUDO=""
   if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
 fi

@@ -104,7 +104,43 @@ struct Inner {
     connects: AtomicU64,
     resyncs: AtomicU64,
     applies: Mutex<Vec<(Instant, u64)>>,
+    /// `veto_verify_total` per outcome, resolved once (no allocation per verify).
+    verify_counters: Vec<veto_telemetry::metrics::Counter>,
     opts: Options,
+}
+
+/// Every outcome, in declaration order (`Outcome as usize` indexes it).
+const OUTCOMES: [veto_feed::Outcome; 10] = {
+    use veto_feed::Outcome::*;
+    [
+        Valid,
+        Malformed,
+        BadSignature,
+        UnknownKey,
+        Expired,
+        NotYetValid,
+        WrongAudience,
+        InsufficientScope,
+        Revoked,
+        Stale,
+    ]
+};
+
+/// The `outcome` label of `veto_verify_total`.
+pub fn outcome_label(o: veto_feed::Outcome) -> &'static str {
+    use veto_feed::Outcome::*;
+    match o {
+        Valid => "valid",
+        Malformed => "malformed",
+        BadSignature => "bad_signature",
+        UnknownKey => "unknown_key",
+        Expired => "expired",
+        NotYetValid => "not_yet_valid",
+        WrongAudience => "wrong_audience",
+        InsufficientScope => "insufficient_scope",
+        Revoked => "revoked",
+        Stale => "stale",
+    }
 }
 
 /// Unix seconds on this edge's clock.
@@ -132,6 +168,16 @@ impl EdgeHandle {
                 connects: AtomicU64::new(0),
                 resyncs: AtomicU64::new(0),
                 applies: Mutex::new(Vec::new()),
+                verify_counters: OUTCOMES
+                    .iter()
+                    .map(|o| {
+                        veto_telemetry::metrics::counter!(
+                            veto_telemetry::VERIFY_TOTAL,
+                            "edge" => opts.edge_id.clone(),
+                            "outcome" => outcome_label(*o)
+                        )
+                    })
+                    .collect(),
                 opts,
             }),
         }
@@ -148,8 +194,11 @@ impl EdgeHandle {
 
     /// Verifies a token now.
     pub fn verify(&self, token: &str, req: &Requirements<'_>) -> Verdict {
-        self.replica()
-            .verify(token, req, Instant::now(), unix_now())
+        let v = self
+            .replica()
+            .verify(token, req, Instant::now(), unix_now());
+        self.inner.verify_counters[v.outcome as usize].increment(1);
+        v
     }
 
     /// Revision applied.
@@ -236,10 +285,14 @@ impl EdgeHandle {
 
     pub(crate) fn count_connect(&self) {
         self.inner.connects.fetch_add(1, Ordering::Relaxed);
+        veto_telemetry::metrics::counter!(veto_telemetry::EDGE_FEED_CONNECTS_TOTAL, "edge" => self.inner.opts.edge_id.clone())
+            .increment(1);
     }
 
     pub(crate) fn count_resync(&self) {
         self.inner.resyncs.fetch_add(1, Ordering::Relaxed);
+        veto_telemetry::metrics::counter!(veto_telemetry::EDGE_RESYNCS_TOTAL, "edge" => self.inner.opts.edge_id.clone())
+            .increment(1);
     }
 }
 
@@ -259,6 +312,8 @@ impl Edge {
     /// Starts the replica and its subscription, without any server.
     pub fn start_embedded(opts: Options) -> Result<Edge, String> {
         opts.validate()?;
+        // The recorder first: counters resolved before it would be no-ops.
+        veto_telemetry::install().map_err(|e| e.to_string())?;
         let handle = EdgeHandle::new(opts);
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![tokio::spawn(subscription::run(handle.clone(), rx))];
@@ -297,7 +352,8 @@ impl Edge {
                 tracing::error!(error = %e, "verifier server failed");
             }
         }));
-        let app = service::http_router(edge.handle.clone());
+        let metrics = veto_telemetry::install().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let app = service::http_router(edge.handle.clone(), metrics);
         let mut rx = edge.shutdown.subscribe();
         edge.tasks.push(tokio::spawn(async move {
             let _ = axum::serve(hl, app)

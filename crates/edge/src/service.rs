@@ -166,29 +166,54 @@ impl VerifierService for Service {
     }
 }
 
-/// `/healthz`: 200 while fresh, 503 with the reason when not.
-pub fn http_router(h: EdgeHandle) -> axum::Router {
-    axum::Router::new().route(
-        "/healthz",
-        get(move || {
-            let h = h.clone();
-            async move {
-                let f = h.freshness();
-                let server = h.server().unwrap_or_else(|| "none".into());
-                let age = f
-                    .age
-                    .map(|a| format!("{} ms", a.as_millis()))
-                    .unwrap_or_else(|| "never".into());
-                let body = format!(
-                    "revision {} server {server} fresh_age {age}\n",
-                    h.revision()
-                );
-                if f.fresh {
-                    (StatusCode::OK, format!("ok: {body}"))
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, format!("stale: {body}"))
+/// `/healthz`: 200 while fresh, 503 with the reason when not; `/metrics`.
+pub fn http_router(h: EdgeHandle, metrics: veto_telemetry::Handle) -> axum::Router {
+    let mh = h.clone();
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let (h, metrics) = (mh.clone(), metrics.clone());
+                async move {
+                    use veto_telemetry::metrics::gauge;
+                    let id = h.options().edge_id.clone();
+                    gauge!(veto_telemetry::EDGE_APPLIED_REVISION, "edge" => id.clone())
+                        .set(h.revision() as f64);
+                    if let Some(age) = h.freshness().age {
+                        gauge!(veto_telemetry::EDGE_FRESH_AGE_SECONDS, "edge" => id)
+                            .set(age.as_secs_f64());
+                    }
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        metrics.render(),
+                    )
                 }
-            }
-        }),
-    )
+            }),
+        )
+        .route(
+            "/healthz",
+            get(move || {
+                let h = h.clone();
+                async move {
+                    let f = h.freshness();
+                    let server = h.server().unwrap_or_else(|| "none".into());
+                    let age = f
+                        .age
+                        .map(|a| format!("{} ms", a.as_millis()))
+                        .unwrap_or_else(|| "never".into());
+                    let body = format!(
+                        "revision {} server {server} fresh_age {age}\n",
+                        h.revision()
+                    );
+                    if f.fresh {
+                        (StatusCode::OK, format!("ok: {body}"))
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, format!("stale: {body}"))
+                    }
+                }
+            }),
+        )
 }

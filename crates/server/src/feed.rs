@@ -245,10 +245,20 @@ impl Hub {
     }
 
     fn ack(&self, edge: &str, applied: u64) {
-        if let Some(s) = self.edges().get_mut(edge) {
-            if applied > s.applied {
+        let now = Instant::now();
+        let advanced = match self.edges().get_mut(edge) {
+            Some(s) if applied > s.applied => {
                 s.applied = applied;
-                s.acked_at = Instant::now();
+                s.acked_at = now;
+                true
+            }
+            _ => false,
+        };
+        if advanced {
+            // Apply here -> ack, on this node's clock.
+            if let Some(t) = self.inner.node.state().changes().applied_at(applied) {
+                veto_telemetry::metrics::histogram!(veto_telemetry::PROPAGATION_SECONDS)
+                    .record(now.saturating_duration_since(t).as_secs_f64());
             }
         }
         self.inner.acked.send_modify(|n| *n += 1);
@@ -353,6 +363,7 @@ async fn send_snapshot(
     revision: u64,
     changes: Vec<veto_core::EdgeChange>,
 ) -> Result<(), ()> {
+    veto_telemetry::metrics::counter!(veto_telemetry::FEED_SNAPSHOTS_TOTAL).increment(1);
     let batch = pb::ChangeBatch {
         from_revision: 0,
         to_revision: revision,
@@ -521,6 +532,7 @@ impl Service {
         }
         let edge = hello.edge_id.clone();
         self.hub.connected(&edge, hello.applied_revision);
+        veto_telemetry::metrics::counter!(veto_telemetry::FEED_CONNECTS_TOTAL).increment(1);
         tracing::info!(%edge, applied = hello.applied_revision, "edge subscribed");
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let (probe_in, probe_rx) = mpsc::channel::<u64>(16);

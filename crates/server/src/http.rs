@@ -10,17 +10,54 @@ use openraft::ServerState;
 use crate::convert;
 use crate::node::Node;
 
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct Http {
+    node: Node,
+    hub: crate::feed::Hub,
+    metrics: veto_telemetry::Handle,
+}
+
 /// The HTTP router for `node`.
-pub fn router(node: Node) -> Router {
+pub fn router(node: Node, hub: crate::feed::Hub, metrics: veto_telemetry::Handle) -> Router {
+    let st = Http { node, hub, metrics };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks))
-        .with_state(node)
+        .route("/metrics", get(metrics_text))
+        .with_state(st)
+}
+
+/// Prometheus text exposition; Raft and per-edge gauges are sampled now.
+async fn metrics_text(State(h): State<Http>) -> impl IntoResponse {
+    use veto_telemetry as t;
+    use veto_telemetry::metrics::gauge;
+    let m = h.node.metrics();
+    gauge!(t::RAFT_TERM).set(m.current_term as f64);
+    gauge!(t::RAFT_LEADER).set(m.current_leader.unwrap_or(0) as f64);
+    gauge!(t::RAFT_IS_LEADER).set(if m.state == ServerState::Leader {
+        1.0
+    } else {
+        0.0
+    });
+    gauge!(t::RAFT_COMMIT_INDEX)
+        .set(m.local_committed.as_ref().map(|l| l.index).unwrap_or(0) as f64);
+    gauge!(t::RAFT_APPLIED_INDEX).set(m.last_applied.as_ref().map(|l| l.index).unwrap_or(0) as f64);
+    for e in h.hub.local_edges().edges {
+        gauge!(t::EDGE_LAG_REVISIONS, "edge" => e.edge_id.clone()).set(e.lag_revisions as f64);
+        if e.fresh_age_ms >= 0.0 {
+            gauge!(t::EDGE_FRESH_AGE_SECONDS, "edge" => e.edge_id).set(e.fresh_age_ms / 1e3);
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        h.metrics.render(),
+    )
 }
 
 /// Live while Raft runs.
-async fn healthz(State(node): State<Node>) -> impl IntoResponse {
+async fn healthz(State(Http { node, .. }): State<Http>) -> impl IntoResponse {
     match node.metrics().running_state {
         Ok(()) => (StatusCode::OK, "ok\n".to_string()),
         Err(e) => (
@@ -32,7 +69,7 @@ async fn healthz(State(node): State<Node>) -> impl IntoResponse {
 
 /// Ready once the node is a member, knows a leader and has applied what it
 /// knows to be committed.
-async fn readyz(State(node): State<Node>) -> impl IntoResponse {
+async fn readyz(State(Http { node, .. }): State<Http>) -> impl IntoResponse {
     let m = node.metrics();
     let member = m
         .membership_config
@@ -57,7 +94,7 @@ async fn readyz(State(node): State<Node>) -> impl IntoResponse {
 }
 
 /// The public halves of every key that verifies tokens, as an RFC 7517 set.
-async fn jwks(State(node): State<Node>) -> impl IntoResponse {
+async fn jwks(State(Http { node, .. }): State<Http>) -> impl IntoResponse {
     let keys: Vec<serde_json::Value> = node.state().read(|s| {
         s.keys()
             .filter(|k| k.state.accepts_tokens())

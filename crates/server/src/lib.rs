@@ -127,7 +127,8 @@ impl Server {
         }));
 
         let mut http_rx = rx.clone();
-        let app = http::router(node.clone());
+        let metrics = veto_telemetry::install()?;
+        let app = http::router(node.clone(), hub.clone(), metrics);
         tasks.push(tokio::spawn(async move {
             let r = axum::serve(http_listener, app)
                 .with_graceful_shutdown(async move {

@@ -278,7 +278,8 @@ impl Node {
             // whose operator revoked the active key does not: that is a
             // deliberate stop of issuance.)
             let never_active = self.inner.state.read(|s| {
-                s.keys().all(|k| k.state == veto_core::state::KeyState::Published)
+                s.keys()
+                    .all(|k| k.state == veto_core::state::KeyState::Published)
             });
             if never_active {
                 if let Err(e) = self.bootstrap_key().await {
@@ -306,9 +307,10 @@ impl Node {
         // A previous leader may have published the first key and lost
         // leadership before activating it: finish that instead of
         // publishing another.
-        let published = self.inner.state.read(|s| {
-            s.keys().max_by_key(|k| k.published_revision).map(|k| k.kid)
-        });
+        let published = self
+            .inner
+            .state
+            .read(|s| s.keys().max_by_key(|k| k.published_revision).map(|k| k.kid));
         let kid = match published {
             Some(kid) => kid,
             None => {

@@ -141,12 +141,18 @@ impl Service {
         let ttl = validate::ttl("ttl_seconds", r.ttl_seconds, l)?;
         let (t, s) = self.new_token(&r.sub, &r.scopes, r.aud.as_deref(), ttl, None)?;
         let jti = t.jti;
+        let started = Instant::now();
         match self
             .node
             .propose(Command::Issue { token: t, actor })
             .await?
         {
-            SmResponse::Issued { revision } => self.issued(jti, s, revision),
+            SmResponse::Issued { revision } => {
+                veto_telemetry::metrics::counter!(veto_telemetry::ISSUED_TOTAL).increment(1);
+                veto_telemetry::metrics::histogram!(veto_telemetry::ISSUE_LATENCY_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                self.issued(jti, s, revision)
+            }
             SmResponse::Rejected { rejection, .. } => Err(rejection.into()),
             other => Err(Error::Fatal(format!("unexpected response {other:?}"))),
         }
@@ -222,6 +228,7 @@ impl Service {
     ) -> Result<pb::RevokeResponse> {
         let started = Instant::now();
         let resp = self.revoke_inner(r, actor).await?;
+        record_revoke("token", &resp);
         self.finish(resp, r.wait_for, r.wait_timeout_ms, started)
             .await
     }
@@ -233,6 +240,7 @@ impl Service {
     ) -> Result<pb::RevokeResponse> {
         let started = Instant::now();
         let resp = self.revoke_subject_inner(r, actor).await?;
+        record_revoke("subject", &resp);
         self.finish(resp, r.wait_for, r.wait_timeout_ms, started)
             .await
     }
@@ -244,6 +252,7 @@ impl Service {
     ) -> Result<pb::RevokeResponse> {
         let started = Instant::now();
         let resp = self.revoke_family_inner(r, actor).await?;
+        record_revoke("family", &resp);
         self.finish(resp, r.wait_for, r.wait_timeout_ms, started)
             .await
     }
@@ -463,6 +472,14 @@ impl Service {
                 revision: s.revision,
             }
         }))
+    }
+}
+
+fn record_revoke(kind: &'static str, r: &pb::RevokeResponse) {
+    use veto_telemetry::metrics::{counter, histogram};
+    if !r.already_revoked {
+        counter!(veto_telemetry::REVOKES_TOTAL, "kind" => kind).increment(1);
+        histogram!(veto_telemetry::REVOKE_LATENCY_SECONDS).record(r.commit_ms / 1e3);
     }
 }
 

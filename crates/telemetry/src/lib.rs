@@ -1,0 +1,75 @@
+//! veto's metrics: every name in one place (`veto_` prefix, unit last), and
+//! the Prometheus text exposition every node serves on `/metrics`.
+//!
+//! Recording goes through the `metrics` facade; [`install`] sets the
+//! process-wide Prometheus recorder and returns the handle that renders it.
+
+use std::sync::OnceLock;
+
+pub use metrics;
+pub use metrics_exporter_prometheus::PrometheusHandle as Handle;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Issue latency on the serving node, receipt to commit.
+pub const ISSUE_LATENCY_SECONDS: &str = "veto_issue_latency_seconds";
+/// Revoke latency on the serving node, receipt to commit.
+pub const REVOKE_LATENCY_SECONDS: &str = "veto_revoke_latency_seconds";
+/// Committed revocations by kind (`token`, `subject`, `family`, `key`).
+pub const REVOKES_TOTAL: &str = "veto_revokes_total";
+/// Issued tokens.
+pub const ISSUED_TOTAL: &str = "veto_issued_total";
+/// Commit (apply on the serving node) to an edge's ack, on that node's clock.
+pub const PROPAGATION_SECONDS: &str = "veto_propagation_seconds";
+/// Per-edge lag behind this node's applied revision, in revisions.
+pub const EDGE_LAG_REVISIONS: &str = "veto_edge_lag_revisions";
+/// Per-edge seconds since this node last answered its probe.
+pub const EDGE_FRESH_AGE_SECONDS: &str = "veto_edge_fresh_age_seconds";
+/// Feed streams opened by edges.
+pub const FEED_CONNECTS_TOTAL: &str = "veto_feed_connects_total";
+/// Snapshots sent to edges.
+pub const FEED_SNAPSHOTS_TOTAL: &str = "veto_feed_snapshots_total";
+/// Raft term.
+pub const RAFT_TERM: &str = "veto_raft_term";
+/// Current leader id (0 when unknown).
+pub const RAFT_LEADER: &str = "veto_raft_leader";
+/// Whether this node leads (1) or not (0).
+pub const RAFT_IS_LEADER: &str = "veto_raft_is_leader";
+/// Highest committed log index known here.
+pub const RAFT_COMMIT_INDEX: &str = "veto_raft_commit_index";
+/// Highest applied log index here.
+pub const RAFT_APPLIED_INDEX: &str = "veto_raft_applied_index";
+/// Verifies answered at an edge, by outcome.
+pub const VERIFY_TOTAL: &str = "veto_verify_total";
+/// The edge's applied revision.
+pub const EDGE_APPLIED_REVISION: &str = "veto_edge_applied_revision";
+/// Feed sessions an edge opened (connects and failovers).
+pub const EDGE_FEED_CONNECTS_TOTAL: &str = "veto_edge_feed_connects_total";
+/// Snapshot resyncs at an edge.
+pub const EDGE_RESYNCS_TOTAL: &str = "veto_edge_resyncs_total";
+
+/// Could not install the recorder.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics recorder: {0}")]
+pub struct Error(String);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Installs the Prometheus recorder once per process and returns its handle
+/// (later calls return the same handle).
+pub fn install() -> Result<PrometheusHandle, Error> {
+    let _guard = INSTALLING.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let latency = [
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+        .map_err(|e| Error(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| Error(e.to_string()))?;
+    let _ = HANDLE.set(handle.clone());
+    Ok(HANDLE.get().cloned().unwrap_or(handle))
+}

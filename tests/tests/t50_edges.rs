@@ -104,6 +104,44 @@ async fn every_revoke_kind_is_refused_by_every_edge() -> anyhow::Result<()> {
         let r = verify_at(e, &after.token, r4).await?;
         assert_eq!(outcome(&r), pb::Outcome::Valid, "{}", r.reason);
     }
+    // wait_for = ALL_EDGES reports the measured propagation, and every
+    // member's Edges listing together names all three edges, caught up.
+    let spare = issue(f, "user:wait", 3600).await?;
+    let w = tokens
+        .revoke(pb::RevokeRequest {
+            jti: jti(&spare),
+            wait_for: pb::WaitFor::AllEdges as i32,
+            wait_timeout_ms: 5_000,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(w.propagation_ms.is_some(), "{w:?}");
+    assert!(w.edges_behind.is_empty(), "{w:?}");
+    let mut listed = Vec::new();
+    for n in &cluster.nodes {
+        let r = n.admin()?.edges(pb::EdgesRequest {}).await?.into_inner();
+        listed.extend(r.edges.into_iter().filter(|e| e.connected));
+    }
+    listed.sort_by(|a, b| a.edge_id.cmp(&b.edge_id));
+    assert_eq!(
+        listed
+            .iter()
+            .map(|e| e.edge_id.as_str())
+            .collect::<Vec<_>>(),
+        ["edge-0", "edge-1", "edge-2"]
+    );
+    assert!(
+        listed.iter().all(|e| e.applied_revision >= w.revision),
+        "{listed:?}"
+    );
+    let r = verify_at(&edges[1], &spare.token, 0).await?;
+    assert_eq!(
+        outcome(&r),
+        pb::Outcome::Revoked,
+        "applied before the revoke returned: {}",
+        r.reason
+    );
     // garbage never panics and gets a reason
     let r = verify_at(&edges[0], "not.a.token", 0).await?;
     assert_eq!(outcome(&r), pb::Outcome::Malformed);

@@ -36,6 +36,24 @@ pub async fn issue(node: &Node, sub: &str, ttl_seconds: u64) -> Result<pb::Issue
     .await
 }
 
+/// Revokes each token (by jti) through `node`; returns the last revision.
+pub async fn revoke_all(node: &Node, tokens: &[pb::IssueResponse]) -> Result<u64> {
+    let mut c = node.tokens()?;
+    let mut last = 0;
+    for t in tokens {
+        let jti = t.record.as_ref().map(|r| r.jti.clone()).unwrap_or_default();
+        last = c
+            .revoke(pb::RevokeRequest {
+                jti,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .revision;
+    }
+    Ok(last)
+}
+
 /// The status of a token as the cluster reports it (linearizable Get).
 pub async fn token_status(node: &Node, jti: &str) -> Result<pb::TokenStatus> {
     let r = node

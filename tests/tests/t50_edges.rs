@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use veto_proto as pb;
 use veto_testkit::{eventually, Cluster, ClusterOptions};
-use veto_tests::{issue, start_edges, verify_at};
+use veto_tests::{issue, revoke_all, start_edges, verify_at};
 
 const BOUND_MS: u64 = 2_000;
 const PROBE_MS: u64 = 100;
@@ -278,18 +278,7 @@ async fn late_edge_bootstraps_from_snapshot_and_rotation_under_load_fails_nothin
     for i in 0..60 {
         toks.push(issue(l, &format!("user:{i}"), 3600).await?);
     }
-    let mut t = l.tokens()?;
-    let mut last = 0;
-    for tk in toks.iter().take(20) {
-        last = t
-            .revoke(pb::RevokeRequest {
-                jti: tk.record.clone().unwrap().jti,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .revision;
-    }
+    let last = revoke_all(l, &toks[..20]).await?;
     eventually(
         "log purged",
         Duration::from_secs(20),

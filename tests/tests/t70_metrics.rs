@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use veto_proto as pb;
 use veto_testkit::{eventually, http_get, Cluster, ClusterOptions};
-use veto_tests::{issue, start_edges, verify_at};
+use veto_tests::{issue, revoke_all, start_edges, verify_at};
 
 fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -53,23 +53,13 @@ async fn metrics_reflect_a_known_workload() -> anyhow::Result<()> {
         toks.push(issue(l, &format!("user:{i}"), 3600).await?);
     }
     let edges = start_edges(&cluster, 1, 2_000, 100).await?;
-    let mut t = l.tokens()?;
-    let mut last = 0;
-    for tk in toks.iter().take(3) {
-        last = t
-            .revoke(pb::RevokeRequest {
-                jti: tk.record.clone().unwrap().jti,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .revision;
-    }
-    t.revoke_subject(pb::RevokeSubjectRequest {
-        sub: "user:4".into(),
-        ..Default::default()
-    })
-    .await?;
+    let last = revoke_all(l, &toks[..3]).await?;
+    l.tokens()?
+        .revoke_subject(pb::RevokeSubjectRequest {
+            sub: "user:4".into(),
+            ..Default::default()
+        })
+        .await?;
     for tk in &toks {
         verify_at(&edges[0], &tk.token, last).await?;
     }

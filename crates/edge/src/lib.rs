@@ -109,40 +109,6 @@ struct Inner {
     opts: Options,
 }
 
-/// Every outcome, in declaration order (`Outcome as usize` indexes it).
-const OUTCOMES: [veto_feed::Outcome; 10] = {
-    use veto_feed::Outcome::*;
-    [
-        Valid,
-        Malformed,
-        BadSignature,
-        UnknownKey,
-        Expired,
-        NotYetValid,
-        WrongAudience,
-        InsufficientScope,
-        Revoked,
-        Stale,
-    ]
-};
-
-/// The `outcome` label of `veto_verify_total`.
-pub fn outcome_label(o: veto_feed::Outcome) -> &'static str {
-    use veto_feed::Outcome::*;
-    match o {
-        Valid => "valid",
-        Malformed => "malformed",
-        BadSignature => "bad_signature",
-        UnknownKey => "unknown_key",
-        Expired => "expired",
-        NotYetValid => "not_yet_valid",
-        WrongAudience => "wrong_audience",
-        InsufficientScope => "insufficient_scope",
-        Revoked => "revoked",
-        Stale => "stale",
-    }
-}
-
 /// Unix seconds on this edge's clock.
 pub fn unix_now() -> i64 {
     SystemTime::now()
@@ -168,13 +134,13 @@ impl EdgeHandle {
                 connects: AtomicU64::new(0),
                 resyncs: AtomicU64::new(0),
                 applies: Mutex::new(Vec::new()),
-                verify_counters: OUTCOMES
+                verify_counters: veto_feed::Outcome::ALL
                     .iter()
                     .map(|o| {
                         veto_telemetry::metrics::counter!(
                             veto_telemetry::VERIFY_TOTAL,
                             "edge" => opts.edge_id.clone(),
-                            "outcome" => outcome_label(*o)
+                            "outcome" => o.label()
                         )
                     })
                     .collect(),

@@ -74,6 +74,38 @@ pub enum Outcome {
     Stale,
 }
 
+impl Outcome {
+    /// Every outcome in declaration order: `Outcome::ALL[o as usize] == o`.
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Valid,
+        Outcome::Malformed,
+        Outcome::BadSignature,
+        Outcome::UnknownKey,
+        Outcome::Expired,
+        Outcome::NotYetValid,
+        Outcome::WrongAudience,
+        Outcome::InsufficientScope,
+        Outcome::Revoked,
+        Outcome::Stale,
+    ];
+
+    /// A stable snake_case name (metric labels, logs).
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Valid => "valid",
+            Outcome::Malformed => "malformed",
+            Outcome::BadSignature => "bad_signature",
+            Outcome::UnknownKey => "unknown_key",
+            Outcome::Expired => "expired",
+            Outcome::NotYetValid => "not_yet_valid",
+            Outcome::WrongAudience => "wrong_audience",
+            Outcome::InsufficientScope => "insufficient_scope",
+            Outcome::Revoked => "revoked",
+            Outcome::Stale => "stale",
+        }
+    }
+}
+
 /// The answer to one verify.
 #[derive(Debug, Clone)]
 pub struct Verdict {

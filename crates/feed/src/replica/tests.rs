@@ -233,3 +233,11 @@ fn sweep_drops_expired_entries() {
     .unwrap();
     assert_eq!(r.revocations(), 1);
 }
+
+#[test]
+fn outcome_all_is_indexed_by_discriminant() {
+    for (i, o) in Outcome::ALL.iter().enumerate() {
+        assert_eq!(*o as usize, i);
+        assert!(!o.label().is_empty());
+    }
+}

@@ -2,8 +2,10 @@
 # Installs the system packages veto's build, tests and benchmarks need, only
 # if missing (idempotent). Usage: scripts/deps.sh [build|bench]
 set -euo pipefail
-# prometheus: its promtool validates veto's /metrics output in the tests.
-want=(libclang-dev clang prometheus)
+# prometheus: its promtool validates veto's /metrics output, the scrape
+# config and the alerting rules in the tests.
+# chromium: the dashboard test renders /ui headless.
+want=(libclang-dev clang prometheus chromium)
 if [[ "${1:-build}" == "bench" ]]; then
   want+=(etcd-server)
 fi
@@ -15,6 +17,8 @@ if ((${#missing[@]})); then
   echo "installing: ${missing[*]}" >&2
   SUDO=""
   if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+  # Wait for another apt/dpkg run rather than fail on its lock.
+  apt=(apt-get -o DPkg::Lock::Timeout=600 -q)
+  $SUDO env DEBIAN_FRONTEND=noninteractive "${apt[@]}" update >&2
+  $SUDO env DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "${missing[@]}" >&2
 fi

@@ -75,8 +75,8 @@ impl State {
             return (resp, Vec::new());
         }
         let mut out = Vec::new();
-        match cmd {
-            Command::Issue { .. } | Command::ActivateKey { .. } => {}
+        match cmd.untraced() {
+            Command::Issue { .. } | Command::ActivateKey { .. } | Command::Traced { .. } => {}
             Command::Refresh { predecessor, .. } => {
                 if let Some(r) = self.token_revocation(predecessor) {
                     out.push(EdgeChange::TokenRevoked {

@@ -148,12 +148,21 @@ pub enum Command {
         /// Cutoff, unix seconds (leader's now minus a clock-skew allowance).
         cutoff: i64,
     },
+    /// A command carrying the W3C trace context of the call that caused it,
+    /// so edges can attach their apply to the caller's trace. Applies
+    /// exactly as `command`; the context never influences the result.
+    Traced {
+        /// `traceparent` / `tracestate` as propagated over HTTP.
+        trace: std::collections::BTreeMap<String, String>,
+        /// The command itself.
+        command: Box<Command>,
+    },
 }
 
 impl Command {
     /// A short name for logs and metrics.
     pub fn name(&self) -> &'static str {
-        match self {
+        match self.untraced() {
             Command::Issue { .. } => "issue",
             Command::Refresh { .. } => "refresh",
             Command::RevokeToken { .. } => "revoke_token",
@@ -164,6 +173,24 @@ impl Command {
             Command::RetireKey { .. } => "retire_key",
             Command::RevokeKey { .. } => "revoke_key",
             Command::Sweep { .. } => "sweep",
+            Command::Traced { .. } => "traced",
+        }
+    }
+
+    /// The command without its trace wrapper(s).
+    pub fn untraced(&self) -> &Command {
+        let mut c = self;
+        while let Command::Traced { command, .. } = c {
+            c = command;
+        }
+        c
+    }
+
+    /// The trace context this command carries, if any.
+    pub fn trace_context(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        match self {
+            Command::Traced { trace, .. } => Some(trace),
+            _ => None,
         }
     }
 }
@@ -252,7 +279,7 @@ impl Response {
 impl std::fmt::Display for Command {
     /// Names the command and its ids; never token strings or key material.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
+        match self.untraced() {
             Command::Issue { token, .. } => write!(f, "issue jti={} sub={}", token.jti, token.sub),
             Command::Refresh {
                 predecessor,
@@ -271,6 +298,7 @@ impl std::fmt::Display for Command {
             Command::RetireKey { kid, .. } => write!(f, "retire_key kid={kid}"),
             Command::RevokeKey { kid, .. } => write!(f, "revoke_key kid={kid}"),
             Command::Sweep { cutoff } => write!(f, "sweep cutoff={cutoff}"),
+            Command::Traced { .. } => write!(f, "traced"),
         }
     }
 }

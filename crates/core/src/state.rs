@@ -204,7 +204,7 @@ impl State {
     /// Applies one command at `revision`. Pure: no clock, no randomness, no I/O.
     pub fn apply(&mut self, revision: u64, cmd: &Command) -> Response {
         self.revision = revision;
-        let result = match cmd {
+        let result = match cmd.untraced() {
             Command::Issue { token, actor } => self.issue(revision, token, actor),
             Command::Refresh {
                 predecessor,
@@ -250,6 +250,8 @@ impl State {
             } => self.retire_key(revision, *kid, *force, *at, actor),
             Command::RevokeKey { kid, actor, .. } => self.revoke_key(revision, *kid, actor),
             Command::Sweep { cutoff } => Ok(self.sweep(revision, *cutoff)),
+            // untraced() never returns a Traced command.
+            Command::Traced { .. } => Ok(Response::Applied { revision }),
         };
         result.unwrap_or_else(|rejection| Response::Rejected {
             revision,
@@ -652,7 +654,7 @@ impl State {
     /// applying it, so the leader can refuse it before it reaches the log.
     /// Apply performs the same checks deterministically.
     pub fn precheck(&self, cmd: &Command) -> Result<(), Rejection> {
-        match cmd {
+        match cmd.untraced() {
             Command::ActivateKey { kid, .. } => self.check_activate(kid).map(|_| ()),
             Command::RetireKey { kid, force, at, .. } => self.check_retire(kid, *force, *at),
             Command::RevokeKey { kid, .. } => self

@@ -106,6 +106,8 @@ struct Inner {
     applies: Mutex<Vec<(Instant, u64)>>,
     /// `veto_verify_total` per outcome, resolved once (no allocation per verify).
     verify_counters: Vec<veto_telemetry::metrics::Counter>,
+    /// The same counts, readable (reported to the server in probes).
+    verify_counts: Vec<AtomicU64>,
     opts: Options,
 }
 
@@ -144,6 +146,10 @@ impl EdgeHandle {
                         )
                     })
                     .collect(),
+                verify_counts: veto_feed::Outcome::ALL
+                    .iter()
+                    .map(|_| AtomicU64::new(0))
+                    .collect(),
                 opts,
             }),
         }
@@ -163,8 +169,25 @@ impl EdgeHandle {
         let v = self
             .replica()
             .verify(token, req, Instant::now(), unix_now());
-        self.inner.verify_counters[v.outcome as usize].increment(1);
+        self.count(v.outcome);
         v
+    }
+
+    pub(crate) fn count(&self, o: veto_feed::Outcome) {
+        self.inner.verify_counters[o as usize].increment(1);
+        if let Some(c) = self.inner.verify_counts.get(o as usize) {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Verify answers so far, by outcome label (only outcomes seen).
+    pub fn verify_counts(&self) -> Vec<(&'static str, u64)> {
+        veto_feed::Outcome::ALL
+            .iter()
+            .zip(self.inner.verify_counts.iter())
+            .map(|(o, c)| (o.label(), c.load(std::sync::atomic::Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// Revision applied.

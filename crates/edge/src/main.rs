@@ -35,15 +35,13 @@ struct Flags {
     /// Write the bound addresses as JSON to this file once listening.
     #[arg(long)]
     ready_file: Option<std::path::PathBuf>,
+    /// Export traces over OTLP/gRPC to this endpoint; off unless this or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    #[arg(long, env = "VETO_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let f = Flags::parse();
     let opts = Options {
         edge_id: f.edge_id,
@@ -69,6 +67,7 @@ fn main() -> ExitCode {
         }
     };
     let r = rt.block_on(async move {
+        let traces = veto_telemetry::trace::init("veto-edge", f.otlp_endpoint.as_deref(), "info")?;
         let edge = Edge::start(opts, f.listen_addr, f.http_addr).await?;
         if let Some(p) = f.ready_file {
             let body = serde_json::json!({
@@ -79,6 +78,7 @@ fn main() -> ExitCode {
         }
         tokio::signal::ctrl_c().await?;
         edge.stop().await;
+        traces.shutdown().await;
         anyhow::Ok(())
     });
     match r {

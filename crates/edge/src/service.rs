@@ -179,10 +179,18 @@ pub fn http_router(h: EdgeHandle, metrics: veto_telemetry::Handle) -> axum::Rout
                     let id = h.options().edge_id.clone();
                     gauge!(veto_telemetry::EDGE_APPLIED_REVISION, "edge" => id.clone())
                         .set(h.revision() as f64);
-                    if let Some(age) = h.freshness().age {
-                        gauge!(veto_telemetry::EDGE_FRESH_AGE_SECONDS, "edge" => id)
+                    let f = h.freshness();
+                    if let Some(age) = f.age {
+                        gauge!(veto_telemetry::EDGE_FRESHNESS_AGE_SECONDS, "edge" => id.clone())
                             .set(age.as_secs_f64());
                     }
+                    gauge!(veto_telemetry::EDGE_STALE, "edge" => id.clone()).set(if f.fresh {
+                        0.0
+                    } else {
+                        1.0
+                    });
+                    gauge!(veto_telemetry::EDGE_BOUND_SECONDS, "edge" => id)
+                        .set(h.options().bound_ms as f64 / 1e3);
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,

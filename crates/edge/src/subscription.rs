@@ -122,7 +122,8 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
                 }
                 nonce = nonce.wrapping_add(1);
                 h.replica().probe_sent(nonce, Instant::now());
-                let m = pb::EdgeMessage { msg: Some(pb::edge_message::Msg::Probe(pb::SyncProbe { nonce })) };
+                let verify_counts = h.verify_counts().into_iter().map(|(k, n)| (k.to_string(), n)).collect();
+                let m = pb::EdgeMessage { msg: Some(pb::edge_message::Msg::Probe(pb::SyncProbe { nonce, verify_counts })) };
                 // A full queue only delays this probe's answer; a closed one
                 // ends the session.
                 if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(m) {
@@ -144,10 +145,35 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
                                 Err(e) => return End::Resync(e.to_string()),
                             }
                         }
+                        // A traced change (a revoke whose caller is traced)
+                        // gets a span here, a child of the commit's span.
+                        let spans: Vec<tracing::Span> = if veto_telemetry::trace::enabled() {
+                            b.changes
+                                .iter()
+                                .filter(|c| !c.trace_context.is_empty())
+                                .map(|c| {
+                                    let span = tracing::info_span!(
+                                        "edge.apply",
+                                        otel.name = "edge.apply",
+                                        edge.id = %opts.edge_id,
+                                        revision = c.revision,
+                                        server = %addr,
+                                    );
+                                    veto_telemetry::trace::set_parent(
+                                        &span,
+                                        c.trace_context.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                                    );
+                                    span
+                                })
+                                .collect()
+                        } else {
+                            Vec::new()
+                        };
                         let batch = Batch { from: b.from_revision, to: b.to_revision, changes };
                         if let Err(e) = h.replica().apply(&batch) {
                             return End::Resync(e.to_string());
                         }
+                        drop(spans);
                         Some(batch.to)
                     }
                     Some(pb::feed_message::Msg::Snapshot(c)) => {

@@ -7,7 +7,8 @@
 //! edge therefore never holds memory on the server: it either catches up
 //! from the log or is sent a snapshot.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use veto_core::EdgeChange;
@@ -32,8 +33,13 @@ pub struct ChangeLog {
     head: u64,
     entries: VecDeque<(u64, EdgeChange)>,
     applied_at: VecDeque<(u64, Instant)>,
+    /// W3C trace contexts of traced revisions still in the log.
+    traces: VecDeque<(u64, Arc<BTreeMap<String, String>>)>,
     capacity: usize,
 }
+
+/// Trace contexts kept at most (only traced commands have one).
+const MAX_TRACES: usize = 4096;
 
 impl ChangeLog {
     /// A log starting at `revision` (everything up to it is in the state),
@@ -44,6 +50,7 @@ impl ChangeLog {
             head: revision,
             entries: VecDeque::new(),
             applied_at: VecDeque::new(),
+            traces: VecDeque::new(),
             capacity: capacity.max(1),
         }
     }
@@ -60,8 +67,26 @@ impl ChangeLog {
 
     /// Records revision `revision` applied at `now` with its changes.
     pub fn advance(&mut self, revision: u64, changes: Vec<EdgeChange>, now: Instant) {
+        self.advance_traced(revision, changes, now, None);
+    }
+
+    /// [`ChangeLog::advance`] for a command that carried a trace context:
+    /// the context rides with the revision's changes to every edge.
+    pub fn advance_traced(
+        &mut self,
+        revision: u64,
+        changes: Vec<EdgeChange>,
+        now: Instant,
+        trace: Option<&BTreeMap<String, String>>,
+    ) {
         if revision <= self.head {
             return;
+        }
+        if let Some(t) = trace.filter(|_| !changes.is_empty()) {
+            self.traces.push_back((revision, Arc::new(t.clone())));
+            if self.traces.len() > MAX_TRACES {
+                self.traces.pop_front();
+            }
         }
         self.head = revision;
         for c in changes {
@@ -76,6 +101,9 @@ impl ChangeLog {
                 self.base = r;
             }
         }
+        while self.traces.front().is_some_and(|(r, _)| *r <= self.base) {
+            self.traces.pop_front();
+        }
         self.applied_at.push_back((revision, now));
         while self.applied_at.len() > self.capacity {
             self.applied_at.pop_front();
@@ -86,6 +114,7 @@ impl ChangeLog {
     pub fn reset(&mut self, revision: u64) {
         self.entries.clear();
         self.applied_at.clear();
+        self.traces.clear();
         self.base = revision;
         self.head = revision;
     }
@@ -94,6 +123,17 @@ impl ChangeLog {
     pub fn applied_at(&self, revision: u64) -> Option<Instant> {
         let i = self.applied_at.partition_point(|(r, _)| *r < revision);
         self.applied_at.get(i).map(|(_, t)| *t)
+    }
+
+    /// Trace contexts of the traced revisions in `(from, to]`.
+    pub fn traces(&self, from: u64, to: u64) -> Vec<(u64, Arc<BTreeMap<String, String>>)> {
+        let i = self.traces.partition_point(|(r, _)| *r <= from);
+        self.traces
+            .iter()
+            .skip(i)
+            .take_while(|(r, _)| *r <= to)
+            .cloned()
+            .collect()
     }
 
     /// Reads up to about `max_changes` changes after `cursor`, never
@@ -178,5 +218,29 @@ mod tests {
         log.reset(20);
         assert_eq!(log.read(10, 10), Read::Snapshot);
         assert_eq!(log.read(20, 10), Read::UpToDate);
+    }
+
+    #[test]
+    fn trace_contexts_ride_with_their_revision_and_leave_with_it() {
+        let t = Instant::now();
+        let mut log = ChangeLog::new(0, 2);
+        let tc: BTreeMap<String, String> = [("traceparent".to_string(), "00-ab-cd-01".to_string())]
+            .into_iter()
+            .collect();
+        log.advance_traced(1, vec![rv(1)], t, Some(&tc));
+        log.advance_traced(2, vec![], t, Some(&tc)); // no changes: nothing to carry
+        log.advance(3, vec![rv(3)], t);
+        let got = log.traces(0, 3);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, 1);
+        assert_eq!(
+            got[0].1.get("traceparent").map(String::as_str),
+            Some("00-ab-cd-01")
+        );
+        assert!(log.traces(1, 3).is_empty());
+        // revision 1 falls out of the bounded log: its context goes with it
+        log.advance(4, vec![rv(4)], t);
+        log.advance(5, vec![rv(5)], t);
+        assert!(log.traces(0, 5).is_empty());
     }
 }

@@ -150,6 +150,11 @@ pub struct Flags {
     /// (for tools that start servers on port 0).
     #[arg(long, env = "VETO_READY_FILE")]
     pub ready_file: Option<PathBuf>,
+    /// Export traces over OTLP/gRPC to this endpoint (e.g.
+    /// http://127.0.0.1:4317); off unless this or OTEL_EXPORTER_OTLP_ENDPOINT
+    /// is set.
+    #[arg(long, env = "VETO_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Options {

@@ -48,6 +48,8 @@ pub struct EdgeStat {
     pub answered_at: Option<Instant>,
     /// Streams opened by this edge on this node.
     pub connects: u64,
+    /// The edge's cumulative verify answers by outcome (from its probes).
+    pub verify_counts: HashMap<String, u64>,
 }
 
 /// Shared feed state of a node; cheap to clone.
@@ -64,6 +66,8 @@ struct HubInner {
     acked: tokio::sync::watch::Sender<u64>,
     /// The most recently encoded batch: edges reading the same range share it.
     last_batch: Mutex<Option<(u64, u64, Encoded)>>,
+    /// Recent propagation, per second, for dashboards.
+    propagation: Mutex<crate::propagation::Window>,
 }
 
 impl Hub {
@@ -78,6 +82,7 @@ impl Hub {
                 read_notify: Notify::new(),
                 acked,
                 last_batch: Mutex::new(None),
+                propagation: Mutex::new(Default::default()),
             }),
         }
     }
@@ -114,7 +119,7 @@ impl Hub {
 
     /// The batch encoded once: every edge reading the same `(from, to]`
     /// (all caught-up edges, after each apply) gets the same bytes.
-    fn encoded_batch(&self, b: &veto_feed::Batch) -> Encoded {
+    fn encoded_batch(&self, b: &veto_feed::Batch, traces: &Traces) -> Encoded {
         let mut last = self
             .inner
             .last_batch
@@ -128,7 +133,17 @@ impl Hub {
         let msg = pb::ChangeBatch {
             from_revision: b.from,
             to_revision: b.to,
-            changes: b.changes.iter().map(|(r, c)| change_to_pb(*r, c)).collect(),
+            changes: b
+                .changes
+                .iter()
+                .map(|(r, c)| {
+                    let mut pc = change_to_pb(*r, c);
+                    if let Some((_, t)) = traces.iter().find(|(tr, _)| tr == r) {
+                        pc.trace_context = t.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                    }
+                    pc
+                })
+                .collect(),
         };
         let e = Encoded::of(pb::feed_message::Msg::Changes(msg));
         *last = Some((b.from, b.to, e.clone()));
@@ -166,12 +181,19 @@ impl Hub {
                         .unwrap_or(-1.0),
                     connected: s.connected,
                     ack_age_ms: ms(now.saturating_duration_since(s.acked_at)),
+                    verify_counts: s.verify_counts,
                 }
             })
             .collect();
+        drop(changes);
         pb::EdgesResponse {
             edges,
             commit_index: head,
+            propagation: self
+                .propagation(crate::node::unix_now() - crate::propagation::WINDOW_S as i64)
+                .iter()
+                .map(|s| s.to_pb())
+                .collect(),
         }
     }
 
@@ -180,6 +202,17 @@ impl Hub {
     /// member's report is aged by its own `ack_age_ms`; the estimate is late
     /// by at most the one-way latency of the report).
     pub async fn cluster_edges(&self) -> Vec<(pb::EdgeInfo, Instant)> {
+        self.cluster_view().await.0
+    }
+
+    /// [`Hub::cluster_edges`] and every member's recent propagation
+    /// histograms, merged by second.
+    pub async fn cluster_view(
+        &self,
+    ) -> (
+        Vec<(pb::EdgeInfo, Instant)>,
+        Vec<crate::propagation::Second>,
+    ) {
         let node = &self.inner.node;
         let m = node.metrics();
         let at = |e: pb::EdgeInfo, now: Instant| {
@@ -189,12 +222,13 @@ impl Hub {
             (e, t)
         };
         let now = Instant::now();
-        let mut out: Vec<_> = self
-            .local_edges()
-            .edges
-            .into_iter()
-            .map(|e| at(e, now))
+        let local = self.local_edges();
+        let mut seconds: Vec<crate::propagation::Second> = local
+            .propagation
+            .iter()
+            .map(crate::propagation::Second::from_pb)
             .collect();
+        let mut out: Vec<_> = local.edges.into_iter().map(|e| at(e, now)).collect();
         let mut calls = Vec::new();
         for (id, n) in m.membership_config.membership().nodes() {
             if *id == node.id() {
@@ -214,9 +248,14 @@ impl Hub {
             });
         }
         for (r, t) in futures::future::join_all(calls).await.into_iter().flatten() {
+            seconds.extend(
+                r.propagation
+                    .iter()
+                    .map(crate::propagation::Second::from_pb),
+            );
             out.extend(r.edges.into_iter().map(|e| at(e, t)));
         }
-        out
+        (out, crate::propagation::merge(seconds))
     }
 
     /// Notified on every ack (value: a counter).
@@ -232,6 +271,7 @@ impl Hub {
             acked_at: Instant::now(),
             answered_at: None,
             connects: 0,
+            verify_counts: HashMap::new(),
         });
         s.connected = true;
         s.connects += 1;
@@ -257,11 +297,34 @@ impl Hub {
         if advanced {
             // Apply here -> ack, on this node's clock.
             if let Some(t) = self.inner.node.state().changes().applied_at(applied) {
-                veto_telemetry::metrics::histogram!(veto_telemetry::PROPAGATION_SECONDS)
-                    .record(now.saturating_duration_since(t).as_secs_f64());
+                let d = now.saturating_duration_since(t).as_secs_f64();
+                veto_telemetry::metrics::histogram!(veto_telemetry::PROPAGATION_SECONDS).record(d);
+                self.inner
+                    .propagation
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record(crate::node::unix_now(), d * 1e3);
             }
         }
         self.inner.acked.send_modify(|n| *n += 1);
+    }
+
+    fn probed(&self, edge: &str, counts: HashMap<String, u64>) {
+        if counts.is_empty() || counts.len() > 64 {
+            return;
+        }
+        if let Some(s) = self.edges().get_mut(edge) {
+            s.verify_counts = counts;
+        }
+    }
+
+    /// This node's propagation histograms after `since` (unix s).
+    pub fn propagation(&self, since: i64) -> Vec<crate::propagation::Second> {
+        self.inner
+            .propagation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seconds(since)
     }
 
     fn answered(&self, edge: &str) {
@@ -351,10 +414,13 @@ async fn send_encoded(tx: &Out, m: Encoded) -> Result<(), ()> {
     }
 }
 
+/// Trace contexts of traced revisions in a batch.
+type Traces = Vec<(u64, Arc<std::collections::BTreeMap<String, String>>)>;
+
 enum Step {
     Snapshot(u64, Vec<veto_core::EdgeChange>),
     Cached(Encoded, u64),
-    Batch(veto_feed::Batch),
+    Batch(veto_feed::Batch, Traces),
     Idle,
 }
 
@@ -421,7 +487,10 @@ async fn writer(
                 } else {
                     match log.read(cursor, MAX_BATCH_CHANGES) {
                         Read::Snapshot => None,
-                        Read::Batch(b) => Some(Step::Batch(b)),
+                        Read::Batch(b) => {
+                            let t = log.traces(b.from, b.to);
+                            Some(Step::Batch(b, t))
+                        }
                         Read::UpToDate => Some(Step::Idle),
                     }
                 }
@@ -435,6 +504,11 @@ async fn writer(
             force_snapshot = false;
             let r = match step {
                 Step::Snapshot(rev, changes) => {
+                    if cursor > 0 {
+                        // An edge with state, behind the retained log.
+                        veto_telemetry::metrics::counter!(veto_telemetry::FEED_RESYNCS_TOTAL)
+                            .increment(1);
+                    }
                     let r = send_snapshot(&tx, rev, changes).await;
                     cursor = rev;
                     r
@@ -443,9 +517,9 @@ async fn writer(
                     cursor = to;
                     send_encoded(&tx, e).await
                 }
-                Step::Batch(b) => {
+                Step::Batch(b, traces) => {
                     cursor = b.to;
-                    let bytes = hub.encoded_batch(&b);
+                    let bytes = hub.encoded_batch(&b, &traces);
                     send_encoded(&tx, bytes).await
                 }
                 Step::Idle => break,
@@ -559,6 +633,7 @@ impl Service {
                         // A full queue means probes pile up faster than
                         // rounds finish; dropping one only delays freshness.
                         let _ = probe_in.try_send(p.nonce);
+                        hub.probed(&edge, p.verify_counts);
                     }
                     Ok(Some(pb::EdgeMessage {
                         msg: Some(pb::edge_message::Msg::Ack(a)),

@@ -1,4 +1,6 @@
-//! HTTP endpoints: `/healthz`, `/readyz` and `/.well-known/jwks.json`.
+//! HTTP endpoints: `/healthz`, `/readyz`, `/.well-known/jwks.json`,
+//! `/metrics`, the JSON status (`/api/v1/status`, see docs/status-api.md)
+//! and the dashboard (`/ui`, assets compiled in).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -26,6 +28,11 @@ pub fn router(node: Node, hub: crate::feed::Hub, metrics: veto_telemetry::Handle
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/metrics", get(metrics_text))
+        .route("/api/v1/status", get(status_json))
+        .route("/ui", get(ui_index))
+        .route("/ui/", get(ui_index))
+        .route("/ui/app.js", get(ui_js))
+        .route("/ui/style.css", get(ui_css))
         .with_state(st)
 }
 
@@ -44,7 +51,15 @@ async fn metrics_text(State(h): State<Http>) -> impl IntoResponse {
     gauge!(t::RAFT_COMMIT_INDEX)
         .set(m.local_committed.as_ref().map(|l| l.index).unwrap_or(0) as f64);
     gauge!(t::RAFT_APPLIED_INDEX).set(m.last_applied.as_ref().map(|l| l.index).unwrap_or(0) as f64);
-    for e in h.hub.local_edges().edges {
+    let local = h.hub.local_edges().edges;
+    gauge!(t::EDGES_CONNECTED).set(local.iter().filter(|e| e.connected).count() as f64);
+    let dir = h.node.options().data_dir.clone();
+    if let Ok(bytes) = tokio::task::spawn_blocking(move || dir_size(&dir)).await {
+        gauge!(t::ROCKSDB_SIZE_BYTES).set(bytes as f64);
+    }
+    // Only edges streaming now: a retired edge's series go idle and are
+    // dropped by the exporter (see veto_telemetry::install).
+    for e in local.into_iter().filter(|e| e.connected) {
         gauge!(t::EDGE_LAG_REVISIONS, "edge" => e.edge_id.clone()).set(e.lag_revisions as f64);
         if e.fresh_age_ms >= 0.0 {
             gauge!(t::EDGE_FRESH_AGE_SECONDS, "edge" => e.edge_id).set(e.fresh_age_ms / 1e3);
@@ -54,6 +69,149 @@ async fn metrics_text(State(h): State<Http>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         h.metrics.render(),
     )
+}
+
+const UI_HTML: &str = include_str!("../ui/index.html");
+const UI_JS: &str = include_str!("../ui/app.js");
+const UI_CSS: &str = include_str!("../ui/style.css");
+
+async fn ui_index() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        UI_HTML,
+    )
+}
+
+async fn ui_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        UI_JS,
+    )
+}
+
+async fn ui_css() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        UI_CSS,
+    )
+}
+
+/// The cluster as this node sees it, with every member's edges and the
+/// merged propagation of the last minutes (docs/status-api.md).
+async fn status_json(State(h): State<Http>) -> impl IntoResponse {
+    let m = h.node.metrics();
+    let mem = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = mem.voter_ids().collect();
+    let members: Vec<serde_json::Value> = mem
+        .nodes()
+        .map(|(id, n)| {
+            let voter = voters.contains(id);
+            let state = if m.current_leader == Some(*id) {
+                "leader"
+            } else if *id == h.node.id() && m.state == ServerState::Candidate {
+                "candidate"
+            } else if !voter {
+                "learner"
+            } else if m.current_leader.is_some() {
+                "follower"
+            } else {
+                "unknown"
+            };
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id))
+                .and_then(|l| l.as_ref().map(|l| l.index));
+            serde_json::json!({
+                "id": id, "addr": n.addr, "voter": voter, "state": state,
+                "matched_index": matched,
+            })
+        })
+        .collect();
+    let (edges, seconds) = h.hub.cluster_view().await;
+    let mut totals: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut edges: Vec<serde_json::Value> = edges
+        .into_iter()
+        .map(|(e, _)| {
+            for (k, n) in &e.verify_counts {
+                *totals.entry(k.clone()).or_default() += n;
+            }
+            let verify: std::collections::BTreeMap<_, _> = e.verify_counts.into_iter().collect();
+            serde_json::json!({
+                "edge_id": e.edge_id, "node_id": e.node_id, "connected": e.connected,
+                "applied_revision": e.applied_revision, "lag_revisions": e.lag_revisions,
+                "lag_ms": e.lag_ms, "fresh_age_ms": e.fresh_age_ms, "verify": verify,
+            })
+        })
+        .collect();
+    edges.sort_by(|a, b| a["edge_id"].as_str().cmp(&b["edge_id"].as_str()));
+    let series: Vec<serde_json::Value> = seconds
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "t_ms": s.unix_s * 1000, "count": s.count(),
+                "p50_ms": s.quantile_ms(0.5), "p99_ms": s.quantile_ms(0.99), "max_ms": s.max_ms(),
+            })
+        })
+        .collect();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let body = serde_json::json!({
+        "node_id": h.node.id(),
+        "now_ms": now_ms,
+        "leader": m.current_leader,
+        "term": m.current_term,
+        "members": members,
+        "commit_index": m.local_committed.as_ref().map(|l| l.index).unwrap_or(0),
+        "applied_index": m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
+        "edges": edges,
+        "verify_totals": totals,
+        "propagation": {"window_s": crate::propagation::WINDOW_S, "series": series},
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body.to_string(),
+    )
+}
+
+/// Bytes of the regular files under `dir` (RocksDB files, WAL, snapshots);
+/// unreadable entries count as 0.
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    // Bounded: a data directory is two levels deep.
+    let mut visited = 0;
+    while let Some(d) = stack.pop() {
+        visited += 1;
+        if visited > 64 {
+            break;
+        }
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
 
 /// Live while Raft runs.

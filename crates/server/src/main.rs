@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 use veto_server::config::{Flags, Options};
 use veto_server::Server;
 
@@ -11,13 +10,6 @@ use veto_server::Server;
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let flags = Flags::parse();
     let opts = match Options::load(&flags) {
         Ok(o) => o,
@@ -45,7 +37,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(opts, flags.ready_file)) {
+    let otlp = flags.otlp_endpoint.clone();
+    let served = rt.block_on(async move {
+        // Logs (and spans, when an OTLP endpoint is set) from here on; the
+        // exporter needs the runtime, so it starts inside it.
+        let traces =
+            veto_telemetry::trace::init("veto-server", otlp.as_deref(), "info,openraft=warn")?;
+        let r = run(opts, flags.ready_file).await;
+        traces.shutdown().await;
+        r
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("veto-server: {e:#}");

@@ -44,7 +44,36 @@ pub fn forward<T: Clone>(r: &Request<T>) -> Request<T> {
     if let Some(t) = r.metadata().get("grpc-timeout") {
         out.metadata_mut().insert("grpc-timeout", t.clone());
     }
+    // The leader's span continues this node's trace.
+    for (k, v) in veto_telemetry::trace::current_context().unwrap_or_default() {
+        if let (Ok(k), Ok(v)) = (
+            tonic::metadata::MetadataKey::from_bytes(k.as_bytes()),
+            MetadataValue::try_from(v.as_str()),
+        ) {
+            out.metadata_mut().insert(k, v);
+        }
+    }
     out
+}
+
+/// The server span of one RPC (`veto.v1.TokenService/Revoke`), a child of
+/// the caller's trace when its metadata carries `traceparent`.
+pub fn rpc_span<T>(method: &'static str, r: &Request<T>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = method,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = method,
+        forwarded = is_forwarded(r),
+    );
+    if veto_telemetry::trace::enabled() {
+        let headers = ["traceparent", "tracestate"]
+            .into_iter()
+            .filter_map(|k| Some((k, r.metadata().get(k)?.to_str().ok()?)));
+        veto_telemetry::trace::set_parent(&span, headers);
+    }
+    span
 }
 
 /// Runs `$local` here if this node leads, else forwards `$req` with

@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use veto_core::command::{Actor, Command, NewToken, Response as SmResponse};
 use veto_core::state::TokenStatus;
 use veto_core::{token, validate, Claims, Jti};
@@ -274,7 +275,26 @@ impl Service {
     }
 
     async fn revoke_cmd(&self, cmd: Command, started: Instant) -> Result<pb::RevokeResponse> {
-        match self.node.propose(cmd).await? {
+        // The commit span's context rides inside the command, so every
+        // edge's apply joins this trace.
+        let span = tracing::info_span!(
+            "raft.commit",
+            otel.name = "raft.commit",
+            command = cmd.name(),
+            revision = tracing::field::Empty,
+        );
+        let cmd = match span.in_scope(veto_telemetry::trace::current_context) {
+            Some(trace) => Command::Traced {
+                trace,
+                command: Box::new(cmd),
+            },
+            None => cmd,
+        };
+        let resp = self.node.propose(cmd).instrument(span.clone()).await?;
+        if let SmResponse::Revoked { revision, .. } = &resp {
+            span.record("revision", *revision);
+        }
+        match resp {
             SmResponse::Revoked { revision, already } => Ok(pb::RevokeResponse {
                 revision,
                 already_revoked: already,
@@ -499,65 +519,90 @@ impl TokenService for Service {
         &self,
         req: Request<pb::IssueRequest>,
     ) -> Result<Response<pb::IssueResponse>, Status> {
-        routed!(
-            self.node,
-            req,
-            TokenServiceClient,
-            issue,
-            self.issue_local(req.get_ref(), actor(&req))
-        )
+        let span = crate::routing::rpc_span("veto.v1.TokenService/Issue", &req);
+        async {
+            routed!(
+                self.node,
+                req,
+                TokenServiceClient,
+                issue,
+                self.issue_local(req.get_ref(), actor(&req))
+            )
+        }
+        .instrument(span)
+        .await
     }
 
     async fn refresh(
         &self,
         req: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
-        routed!(
-            self.node,
-            req,
-            TokenServiceClient,
-            refresh,
-            self.refresh_local(req.get_ref(), actor(&req))
-        )
+        let span = crate::routing::rpc_span("veto.v1.TokenService/Refresh", &req);
+        async {
+            routed!(
+                self.node,
+                req,
+                TokenServiceClient,
+                refresh,
+                self.refresh_local(req.get_ref(), actor(&req))
+            )
+        }
+        .instrument(span)
+        .await
     }
 
     async fn revoke(
         &self,
         req: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
-        routed!(
-            self.node,
-            req,
-            TokenServiceClient,
-            revoke,
-            self.revoke_local(req.get_ref(), actor(&req))
-        )
+        let span = crate::routing::rpc_span("veto.v1.TokenService/Revoke", &req);
+        async {
+            routed!(
+                self.node,
+                req,
+                TokenServiceClient,
+                revoke,
+                self.revoke_local(req.get_ref(), actor(&req))
+            )
+        }
+        .instrument(span)
+        .await
     }
 
     async fn revoke_subject(
         &self,
         req: Request<pb::RevokeSubjectRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
-        routed!(
-            self.node,
-            req,
-            TokenServiceClient,
-            revoke_subject,
-            self.revoke_subject_local(req.get_ref(), actor(&req))
-        )
+        let span = crate::routing::rpc_span("veto.v1.TokenService/RevokeSubject", &req);
+        async {
+            routed!(
+                self.node,
+                req,
+                TokenServiceClient,
+                revoke_subject,
+                self.revoke_subject_local(req.get_ref(), actor(&req))
+            )
+        }
+        .instrument(span)
+        .await
     }
 
     async fn revoke_family(
         &self,
         req: Request<pb::RevokeFamilyRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
-        routed!(
-            self.node,
-            req,
-            TokenServiceClient,
-            revoke_family,
-            self.revoke_family_local(req.get_ref(), actor(&req))
-        )
+        let span = crate::routing::rpc_span("veto.v1.TokenService/RevokeFamily", &req);
+        async {
+            routed!(
+                self.node,
+                req,
+                TokenServiceClient,
+                revoke_family,
+                self.revoke_family_local(req.get_ref(), actor(&req))
+            )
+        }
+        .instrument(span)
+        .await
     }
 
     async fn get(

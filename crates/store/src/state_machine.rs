@@ -293,7 +293,11 @@ impl RaftStateMachine<C> for StateMachineStore {
                     }
                 };
                 g.last_applied = Some(entry.log_id);
-                lock(&self.shared.changes).advance(index, changes, Instant::now());
+                let trace = match &entry.payload {
+                    EntryPayload::Normal(cmd) => cmd.trace_context(),
+                    _ => None,
+                };
+                lock(&self.shared.changes).advance_traced(index, changes, Instant::now(), trace);
                 r
             };
             self.shared.applied_tx.send_replace(index);

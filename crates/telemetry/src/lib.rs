@@ -6,6 +6,8 @@
 
 use std::sync::OnceLock;
 
+pub mod trace;
+
 pub use metrics;
 pub use metrics_exporter_prometheus::PrometheusHandle as Handle;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -47,6 +49,19 @@ pub const EDGE_FEED_CONNECTS_TOTAL: &str = "veto_edge_feed_connects_total";
 /// Snapshot resyncs at an edge.
 pub const EDGE_RESYNCS_TOTAL: &str = "veto_edge_resyncs_total";
 
+/// Edges a node told to resync from a snapshot (they fell too far behind).
+pub const FEED_RESYNCS_TOTAL: &str = "veto_feed_resyncs_total";
+/// Edges streaming from this node now.
+pub const EDGES_CONNECTED: &str = "veto_edges_connected";
+/// Live and SST file bytes of the node's RocksDB, plus snapshot files.
+pub const ROCKSDB_SIZE_BYTES: &str = "veto_rocksdb_size_bytes";
+/// The edge's own view: seconds since its last answered probe.
+pub const EDGE_FRESHNESS_AGE_SECONDS: &str = "veto_edge_freshness_age_seconds";
+/// 1 while the edge is outside its bound (answers STALE), else 0.
+pub const EDGE_STALE: &str = "veto_edge_stale";
+/// The edge's configured propagation bound B.
+pub const EDGE_BOUND_SECONDS: &str = "veto_edge_bound_seconds";
+
 /// Could not install the recorder.
 #[derive(Debug, thiserror::Error)]
 #[error("metrics recorder: {0}")]
@@ -68,6 +83,12 @@ pub fn install() -> Result<PrometheusHandle, Error> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
         .map_err(|e| Error(e.to_string()))?
+        // Per-edge gauges of an edge that left stop being set; drop them
+        // after a while instead of exporting a stale value forever.
+        .idle_timeout(
+            metrics_util::MetricKindMask::GAUGE,
+            Some(std::time::Duration::from_secs(120)),
+        )
         .install_recorder()
         .map_err(|e| Error(e.to_string()))?;
     let _ = HANDLE.set(handle.clone());

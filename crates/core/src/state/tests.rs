@@ -365,3 +365,41 @@ fn list_pages() {
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(fx.st.list(None, None, Some(Jti([0xff; 16])), 10).len(), 0);
 }
+
+#[test]
+fn a_traced_command_applies_exactly_as_the_command() {
+    let mut plain = Fx::new();
+    let mut traced = Fx::new();
+    let jti = plain.issue(7, "alice", T0);
+    traced.issue(7, "alice", T0);
+    let cmd = Command::RevokeToken {
+        jti,
+        reason: "leak".into(),
+        at: T0 + 5,
+        actor: op(),
+    };
+    let wrapped = Command::Traced {
+        trace: [(
+            "traceparent".to_string(),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_string(),
+        )]
+        .into_iter()
+        .collect(),
+        command: Box::new(cmd.clone()),
+    };
+    assert_eq!(wrapped.name(), "revoke_token");
+    assert_eq!(wrapped.to_string(), cmd.to_string());
+    assert!(wrapped.trace_context().is_some() && cmd.trace_context().is_none());
+    plain.rev += 1;
+    traced.rev += 1;
+    let (r1, c1) = plain.st.apply_for_edges(plain.rev, &cmd);
+    let (r2, c2) = traced.st.apply_for_edges(traced.rev, &wrapped);
+    assert_eq!(r1, r2);
+    assert_eq!(c1, c2);
+    assert_eq!(c1.len(), 1);
+    assert_eq!(plain.st.digest(), traced.st.digest());
+    // the wrapper survives the log's encoding
+    let bytes = serde_json::to_vec(&wrapped).unwrap();
+    let back: Command = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(back, wrapped);
+}

@@ -127,8 +127,101 @@ async fn metrics_reflect_a_known_workload() -> anyhow::Result<()> {
         value(&text, "veto_edge_applied_revision{edge=\"edge-0\"}").unwrap_or(0.0) >= last as f64
     );
     promtool_check(&text)?;
+
+    // Every metric the alerting rules and the Grafana dashboard query is in
+    // this real output (a server's and an edge's).
+    let (_, feed_node_text) = http_get(&node.http_addr, "/metrics").await?;
+    let (_, leader_text) = http_get(&l.http_addr, "/metrics").await?;
+    let exposed = format!("{leader_text}\n{feed_node_text}\n{text}");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/observability");
+    let mut checked = 0;
+    for f in ["rules.yml", "grafana/veto.json"] {
+        let src = std::fs::read_to_string(root.join(f))?;
+        let names = metric_names(&src);
+        assert!(!names.is_empty(), "{f} queries no veto_ metric");
+        for n in names {
+            assert!(
+                exposed.lines().any(|l| {
+                    let rest = l.strip_prefix(n.as_str()).unwrap_or("#");
+                    let rest = rest.strip_prefix("_bucket").unwrap_or(rest);
+                    rest.starts_with('{') || rest.starts_with(' ')
+                }),
+                "{f} queries {n}, which no node or edge exposes"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10);
     for e in edges {
         e.stop().await;
     }
+    Ok(())
+}
+
+/// `veto_*` metric names in a rules or dashboard file, histogram series
+/// folded to their base name (`_bucket`/`_sum`/`_count`); recording rules
+/// (`veto:...`) are not metrics of ours and never match.
+fn metric_names(src: &str) -> std::collections::BTreeSet<String> {
+    let b = src.as_bytes();
+    let mut out = std::collections::BTreeSet::new();
+    let mut i = 0;
+    while let Some(p) = src[i..].find("veto_") {
+        let start = i + p;
+        let mut end = start;
+        while end < b.len()
+            && (b[end].is_ascii_lowercase() || b[end].is_ascii_digit() || b[end] == b'_')
+        {
+            end += 1;
+        }
+        let word_start = start == 0
+            || !(b[start - 1].is_ascii_alphanumeric()
+                || b[start - 1] == b'_'
+                || b[start - 1] == b':');
+        let next_colon = end < b.len() && b[end] == b':';
+        if word_start && !next_colon && end > start + "veto_".len() {
+            let mut n = &src[start..end];
+            for suf in ["_bucket", "_sum", "_count"] {
+                if let Some(base) = n.strip_suffix(suf) {
+                    n = base;
+                }
+            }
+            out.insert(n.to_string());
+        }
+        i = end.max(start + 1);
+    }
+    out
+}
+
+/// promtool accepts the scrape config and the rules, and the rules' unit
+/// tests pass.
+#[test]
+fn observability_config_and_rules_pass_promtool() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/observability");
+    for args in [
+        vec!["check", "config", "prometheus.yml"],
+        vec!["check", "rules", "rules.yml"],
+        vec!["test", "rules", "rules.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(&args)
+            .current_dir(&root)
+            .output()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "promtool ({e}): scripts/deps.sh installs Debian's prometheus package"
+                )
+            })?;
+        anyhow::ensure!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The dashboard is valid JSON with panels.
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("grafana/veto.json"))?)?;
+    anyhow::ensure!(dash["panels"].as_array().is_some_and(|p| p.len() >= 6));
     Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod demo;
 pub mod edgebench;
+pub mod top;
 
 use std::time::Duration;
 
@@ -51,6 +52,13 @@ pub enum Cmd {
     Keys(KeysCmd),
     /// List edges (every node given in --addr is asked) with their lag.
     Edges,
+    /// Live terminal view of members, edges, propagation and verify rates
+    /// (q to quit).
+    Top {
+        /// Refresh interval in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
     /// Start a local 3-node cluster, issue a token, revoke it and show the numbers.
     Demo(demo::DemoArgs),
     /// Benchmarks against a local cluster (and etcd for comparison).
@@ -334,6 +342,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Demo(args) => return demo::run(args, j).await,
         Cmd::Edges => {}
         Cmd::Bench(args) => return bench::run(args, j).await,
+        Cmd::Top { interval_ms } => {
+            let addrs = cli
+                .addr
+                .split(',')
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect();
+            return top::run(addrs, Duration::from_millis(interval_ms.max(100))).await;
+        }
         _ => {}
     }
     let ch = connect(&cli.addr, timeout).await?;
@@ -685,7 +702,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Demo(_) | Cmd::Bench(_) => {}
+        Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Top { .. } => {}
     }
     Ok(())
 }

@@ -45,6 +45,9 @@ pub struct Options {
     /// Keep (time, revision) of every apply, for benchmarks (off by default;
     /// grows without bound while on).
     pub record_applies: bool,
+    /// Record Prometheus metrics (on by default; off only to measure their
+    /// cost in the verify benchmark).
+    pub metrics: bool,
 }
 
 impl Default for Options {
@@ -60,6 +63,7 @@ impl Default for Options {
             max_batch_items: 1024,
             max_snapshot_bytes: 1 << 30,
             record_applies: false,
+            metrics: true,
         }
     }
 }
@@ -302,7 +306,10 @@ impl Edge {
     pub fn start_embedded(opts: Options) -> Result<Edge, String> {
         opts.validate()?;
         // The recorder first: counters resolved before it would be no-ops.
-        veto_telemetry::install().map_err(|e| e.to_string())?;
+        if opts.metrics {
+            veto_telemetry::install().map_err(|e| e.to_string())?;
+            veto_telemetry::register_edge(&opts.edge_id);
+        }
         let handle = EdgeHandle::new(opts);
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![tokio::spawn(subscription::run(handle.clone(), rx))];

@@ -129,6 +129,7 @@ impl Server {
 
         let mut http_rx = rx.clone();
         let metrics = veto_telemetry::install()?;
+        veto_telemetry::register_server();
         let app = http::router(node.clone(), hub.clone(), metrics);
         tasks.push(tokio::spawn(async move {
             let r = axum::serve(http_listener, app)

@@ -67,6 +67,98 @@ pub const EDGE_BOUND_SECONDS: &str = "veto_edge_bound_seconds";
 #[error("metrics recorder: {0}")]
 pub struct Error(String);
 
+/// Describes every server metric and creates its counters at 0, so each
+/// series exists (with help text) before the first event.
+pub fn register_server() {
+    use metrics::{counter, describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_histogram!(
+        ISSUE_LATENCY_SECONDS,
+        Unit::Seconds,
+        "Issue latency on the serving node, receipt to commit."
+    );
+    describe_histogram!(
+        REVOKE_LATENCY_SECONDS,
+        Unit::Seconds,
+        "Revoke latency on the serving node, receipt to commit."
+    );
+    describe_counter!(REVOKES_TOTAL, "Committed revocations by kind.");
+    describe_counter!(ISSUED_TOTAL, "Tokens issued.");
+    describe_histogram!(
+        PROPAGATION_SECONDS,
+        Unit::Seconds,
+        "Apply on this node to an edge's ack, on this node's clock."
+    );
+    describe_gauge!(
+        EDGE_LAG_REVISIONS,
+        "Per edge streaming from this node: revisions behind this node."
+    );
+    describe_gauge!(
+        EDGE_FRESH_AGE_SECONDS,
+        Unit::Seconds,
+        "Per edge streaming from this node: seconds since this node answered its probe."
+    );
+    describe_counter!(
+        FEED_CONNECTS_TOTAL,
+        "Feed streams opened by edges on this node."
+    );
+    describe_counter!(FEED_SNAPSHOTS_TOTAL, "Snapshots sent to edges.");
+    describe_counter!(
+        FEED_RESYNCS_TOTAL,
+        "Snapshots sent to edges that had state but fell behind the retained log."
+    );
+    describe_gauge!(EDGES_CONNECTED, "Edges streaming from this node now.");
+    describe_gauge!(
+        ROCKSDB_SIZE_BYTES,
+        Unit::Bytes,
+        "Bytes of the node's data directory (RocksDB and snapshots)."
+    );
+    describe_gauge!(RAFT_TERM, "Raft term.");
+    describe_gauge!(RAFT_LEADER, "Current leader id (0 when unknown).");
+    describe_gauge!(RAFT_IS_LEADER, "1 on the leader, else 0.");
+    describe_gauge!(RAFT_COMMIT_INDEX, "Highest committed log index known here.");
+    describe_gauge!(RAFT_APPLIED_INDEX, "Highest applied log index here.");
+    for kind in ["token", "subject", "family", "key"] {
+        counter!(REVOKES_TOTAL, "kind" => kind).increment(0);
+    }
+    for c in [
+        ISSUED_TOTAL,
+        FEED_CONNECTS_TOTAL,
+        FEED_SNAPSHOTS_TOTAL,
+        FEED_RESYNCS_TOTAL,
+    ] {
+        counter!(c).increment(0);
+    }
+}
+
+/// Describes every edge metric and creates the edge's counters at 0.
+pub fn register_edge(edge_id: &str) {
+    use metrics::{counter, describe_counter, describe_gauge, Unit};
+    describe_counter!(VERIFY_TOTAL, "Verifies answered, by outcome.");
+    describe_gauge!(EDGE_APPLIED_REVISION, "The edge's applied revision.");
+    describe_counter!(
+        EDGE_FEED_CONNECTS_TOTAL,
+        "Feed sessions the edge opened (connects and failovers)."
+    );
+    describe_counter!(EDGE_RESYNCS_TOTAL, "Snapshot resyncs at the edge.");
+    describe_gauge!(
+        EDGE_FRESHNESS_AGE_SECONDS,
+        Unit::Seconds,
+        "The edge's own view: seconds since its last answered probe."
+    );
+    describe_gauge!(
+        EDGE_STALE,
+        "1 while the edge is outside its bound (answers STALE), else 0."
+    );
+    describe_gauge!(
+        EDGE_BOUND_SECONDS,
+        Unit::Seconds,
+        "The edge's propagation bound B."
+    );
+    for c in [EDGE_FEED_CONNECTS_TOTAL, EDGE_RESYNCS_TOTAL] {
+        counter!(c, "edge" => edge_id.to_string()).increment(0);
+    }
+}
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 

@@ -138,6 +138,8 @@ pub struct ClusterOptions {
     pub extra_config: String,
     /// Where to put data; a fresh temporary directory if None.
     pub base_dir: Option<PathBuf>,
+    /// Extra environment for every server process (e.g. `VETO_OTLP_ENDPOINT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -146,6 +148,7 @@ impl Default for ClusterOptions {
             nodes: 3,
             extra_config: String::new(),
             base_dir: None,
+            env: Vec::new(),
         }
     }
 }
@@ -158,6 +161,7 @@ pub struct Cluster {
     _tmp: Option<tempfile::TempDir>,
     kek: String,
     extra_config: String,
+    env: Vec<(String, String)>,
     bin: PathBuf,
 }
 
@@ -183,6 +187,7 @@ impl Cluster {
             _tmp: tmp,
             kek,
             extra_config: opts.extra_config,
+            env: opts.env,
             bin: server_bin()?,
         };
         for id in 1..=opts.nodes as u64 {
@@ -249,6 +254,7 @@ impl Cluster {
                 "RUST_LOG",
                 std::env::var("VETO_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))

@@ -28,11 +28,11 @@ async fn top_renders_members_edges_and_propagation() -> anyhow::Result<()> {
     let l = cluster.node(leader)?;
     let servers: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
     let mut edges = Vec::new();
-    for i in 0..2 {
+    // one edge per node, so two members report edges
+    for (i, server) in servers.iter().take(2).enumerate() {
         let opts = veto_edge::Options {
             edge_id: format!("top-edge-{i}"),
-            // one edge per node, so two members report edges
-            servers: vec![servers[i].clone()],
+            servers: vec![server.clone()],
             probe_interval_ms: 100,
             ..Default::default()
         };

@@ -142,6 +142,7 @@ pub async fn run(args: BenchArgs, json_out: bool) -> Result<()> {
         "verify" => return crate::edgebench::verify(&args, json_out).await,
         "propagation" => return crate::edgebench::propagation(&args, json_out).await,
         "scale" => return crate::edgebench::scale(json_out).await,
+        "overhead" => return crate::overhead::run(&args, json_out).await,
         _ => {}
     }
     let dur = Duration::from_secs(args.duration_secs.max(1));

@@ -25,6 +25,28 @@ pub struct DemoArgs {
     /// Edge probe interval H, ms.
     #[arg(long, default_value_t = 100)]
     pub probe_interval_ms: u64,
+    /// Write Prometheus file_sd target files (veto-server.json,
+    /// veto-edge.json) into this directory, for
+    /// deploy/observability/prometheus.yml.
+    #[arg(long, value_name = "DIR")]
+    pub prometheus_targets: Option<std::path::PathBuf>,
+}
+
+/// Writes Prometheus file_sd files for the servers' and edges' HTTP ports.
+fn write_targets(dir: &std::path::Path, servers: &[String], edges: &[String]) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    for (file, job, targets) in [
+        ("veto-server.json", "veto-server", servers),
+        ("veto-edge.json", "veto-edge", edges),
+    ] {
+        let body = serde_json::json!([{ "targets": targets, "labels": { "cluster": "demo", "job": job } }]);
+        let path = dir.join(file);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&body)?)?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(())
 }
 
 fn outcome_name(o: i32) -> &'static str {
@@ -80,8 +102,9 @@ pub async fn run(args: DemoArgs, json_out: bool) -> Result<()> {
         ));
     }
     say(format!(
-        "cluster up with a leader in {:.0} ms",
-        ms(t0.elapsed())
+        "cluster up with a leader in {:.0} ms; dashboard at http://{}/ui",
+        ms(t0.elapsed()),
+        cluster.nodes[0].http_addr
     ));
 
     // Three edges, in this process, each serving VerifierService on its own port.
@@ -115,6 +138,15 @@ pub async fn run(args: DemoArgs, json_out: bool) -> Result<()> {
             e.http_addr.map(|a| a.to_string()).unwrap_or_default(),
             e.handle.server().unwrap_or_default()
         ));
+    }
+    if let Some(dir) = &args.prometheus_targets {
+        let servers: Vec<String> = cluster.nodes.iter().map(|n| n.http_addr.clone()).collect();
+        let edge_http: Vec<String> = edges
+            .iter()
+            .filter_map(|e| e.http_addr.map(|a| a.to_string()))
+            .collect();
+        write_targets(dir, &servers, &edge_http)?;
+        say(format!("Prometheus targets written to {}", dir.display()));
     }
 
     let follower = cluster.follower().await?;
@@ -304,8 +336,13 @@ pub async fn run(args: DemoArgs, json_out: bool) -> Result<()> {
     }
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
     say(format!("\nthe cluster and edges keep running; try:\n  veto --addr {a} cluster status\n  veto --addr {a} edges\n  veto --addr {a} token issue --sub me --scope read\n  veto --addr {a} token revoke <jti> --wait-edges", a = addrs.join(",")));
+    say(format!("  veto --addr {} top", addrs.join(",")));
     say(format!(
         "  curl http://{}/.well-known/jwks.json",
+        cluster.nodes[0].http_addr
+    ));
+    say(format!(
+        "dashboard: http://{}/ui (any node; JSON at /api/v1/status), metrics: http://<node or edge http>/metrics",
         cluster.nodes[0].http_addr
     ));
     say("Ctrl-C stops it and removes its data.".into());

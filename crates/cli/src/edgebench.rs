@@ -51,7 +51,7 @@ pub(crate) async fn cluster_with_key() -> Result<(Cluster, String)> {
 }
 
 /// Issues `n` tokens at concurrency 64; returns (jti, token).
-async fn issue_many(addr: &str, n: usize) -> Result<Vec<(String, String)>> {
+pub(crate) async fn issue_many(addr: &str, n: usize) -> Result<Vec<(String, String)>> {
     let out = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let mut tasks = Vec::new();
     let workers = 64;

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod demo;
 pub mod edgebench;
+pub mod overhead;
 pub mod top;
 
 use std::time::Duration;

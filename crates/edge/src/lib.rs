@@ -143,6 +143,9 @@ impl EdgeHandle {
                 verify_counters: veto_feed::Outcome::ALL
                     .iter()
                     .map(|o| {
+                        if !opts.metrics {
+                            return veto_telemetry::metrics::Counter::noop();
+                        }
                         veto_telemetry::metrics::counter!(
                             veto_telemetry::VERIFY_TOTAL,
                             "edge" => opts.edge_id.clone(),

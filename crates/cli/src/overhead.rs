@@ -1,0 +1,257 @@
+//! `veto bench overhead`: what metrics and tracing cost on the verify hot
+//! path. Two edges on the same cluster, one recording Prometheus metrics and
+//! one not, are measured in alternating rounds, first with tracing off and
+//! then with OTLP span export on (to an in-process OTLP sink, so exports
+//! really happen). Medians of the rounds and their ratios to "all off" are
+//! printed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tonic::{Request, Response, Status};
+use veto_proto as pb;
+use veto_proto::token_service_client::TokenServiceClient;
+use veto_proto::verifier_service_client::VerifierServiceClient;
+use veto_testkit::channel;
+
+use crate::bench::BenchArgs;
+
+/// Counts the spans it receives.
+#[derive(Clone, Default)]
+struct Sink {
+    spans: Arc<AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Sink {
+    async fn export(
+        &self,
+        req: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let n: usize = req
+            .get_ref()
+            .resource_spans
+            .iter()
+            .flat_map(|r| r.scope_spans.iter())
+            .map(|s| s.spans.len())
+            .sum();
+        self.spans.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// One measurement of one edge.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    hit_ns: f64,
+    batch_tps: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+async fn measure(
+    h: &veto_edge::EdgeHandle,
+    grpc: &str,
+    tokens: &Arc<Vec<String>>,
+    batch_for: Duration,
+) -> Result<Round> {
+    let req = veto_core::token::Requirements::default();
+    let passes = 5;
+    let t = Instant::now();
+    for _ in 0..passes {
+        for tok in tokens.iter() {
+            std::hint::black_box(h.verify(tok, &req));
+        }
+    }
+    let hit_ns = t.elapsed().as_nanos() as f64 / (tokens.len() * passes) as f64;
+    let batch = 1000usize;
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..4usize {
+        let mut c = VerifierServiceClient::new(channel(grpc)?);
+        let (tokens, done) = (tokens.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut k = w * batch;
+            while start.elapsed() < batch_for {
+                let items = (0..batch)
+                    .map(|i| pb::VerifyRequest {
+                        token: tokens[(k + i) % tokens.len()].clone(),
+                        ..Default::default()
+                    })
+                    .collect();
+                if let Ok(r) = c.verify_batch(pb::VerifyBatchRequest { items }).await {
+                    let n = r.into_inner().results.iter().filter(|r| r.valid).count();
+                    done.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                k += 4 * batch;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(Round {
+        hit_ns,
+        batch_tps: done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Runs the comparison.
+pub async fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
+    let rounds = 5;
+    let batch_for = Duration::from_secs(args.duration_secs.clamp(1, 10)) / 5;
+    eprintln!("starting a 3-node cluster and two edges (metrics off / on); issuing 10,000 tokens...");
+    let (cluster, addr) = crate::edgebench::cluster_with_key().await?;
+    let tokens: Arc<Vec<String>> = Arc::new(
+        crate::edgebench::issue_many(&addr, 10_000)
+            .await?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect(),
+    );
+    // Revoked one per round, so edges apply (traced) changes meanwhile.
+    let spare = crate::edgebench::issue_many(&addr, 2 * rounds).await?;
+    let servers: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut edges = Vec::new();
+    for (id, metrics) in [("overhead-off", false), ("overhead-on", true)] {
+        let opts = veto_edge::Options {
+            edge_id: id.into(),
+            servers: servers.clone(),
+            bound_ms: 5_000,
+            probe_interval_ms: 200,
+            metrics,
+            ..Default::default()
+        };
+        let e = veto_edge::Edge::start(opts, any, any).await?;
+        anyhow::ensure!(
+            e.handle.wait_fresh(Duration::from_secs(20)).await,
+            "edge {id} never became fresh"
+        );
+        edges.push(e);
+    }
+    let grpc: Vec<String> = edges
+        .iter()
+        .map(|e| e.grpc_addr.map(|a| a.to_string()).unwrap_or_default())
+        .collect();
+    // Warm both signature caches.
+    let req = veto_core::token::Requirements::default();
+    for e in &edges {
+        for t in tokens.iter() {
+            e.handle.verify(t, &req);
+        }
+    }
+    let mut results: Vec<(&str, Vec<Round>)> = Vec::new();
+    let sink = Sink::default();
+    let mut traces = None;
+    let mut server = None;
+    for tracing_on in [false, true] {
+        if tracing_on {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let endpoint = format!("http://{}", listener.local_addr()?);
+            server = Some(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(TraceServiceServer::new(sink.clone()))
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            ));
+            traces = Some(
+                veto_telemetry::trace::init("veto-bench", Some(&endpoint), "warn")
+                    .context("tracing")?,
+            );
+        }
+        let (label_off, label_on) = if tracing_on {
+            ("tracing on, metrics off", "tracing on, metrics on")
+        } else {
+            ("all off", "metrics on, tracing off")
+        };
+        results.push((label_off, Vec::new()));
+        results.push((label_on, Vec::new()));
+        let at = results.len() - 2;
+        let mut tk = TokenServiceClient::new(channel(&addr)?);
+        for r in 0..rounds {
+            // Order alternates so drift in the machine hits both alike.
+            let order: [usize; 2] = if r % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let m = measure(&edges[i].handle, &grpc[i], &tokens, batch_for).await?;
+                results[at + i].1.push(m);
+            }
+            // One revoke per round: edges apply it (with a span when on).
+            let k = usize::from(tracing_on) * rounds + r;
+            let jti = spare.get(k).map(|t| t.0.clone()).unwrap_or_default();
+            let _ = tk
+                .revoke(pb::RevokeRequest {
+                    jti,
+                    ..Default::default()
+                })
+                .await;
+        }
+    }
+    let summary: Vec<(&str, f64, f64)> = results
+        .iter()
+        .map(|(l, rs)| {
+            (
+                *l,
+                median(rs.iter().map(|r| r.hit_ns).collect()),
+                median(rs.iter().map(|r| r.batch_tps).collect()),
+            )
+        })
+        .collect();
+    let base = summary.first().map(|s| (s.1, s.2)).unwrap_or((1.0, 1.0));
+    if let Some(t) = traces {
+        t.shutdown().await;
+    }
+    if json_out {
+        let v: Vec<_> = summary
+            .iter()
+            .map(|(l, hit, tps)| {
+                serde_json::json!({"config": l, "inprocess_hit_ns": hit, "batch_tokens_per_sec": tps,
+                                   "hit_ratio_vs_off": hit / base.0, "batch_ratio_vs_off": tps / base.1})
+            })
+            .collect();
+        println!("{}", serde_json::json!({"rounds": rounds, "results": v, "spans_exported": sink.spans.load(Ordering::Relaxed)}));
+    } else {
+        println!(
+            "\nverify cost with observability on vs off (median of {rounds} alternating rounds, 10,000 tokens)"
+        );
+        println!(
+            "{:<26} {:>14} {:>10} {:>20} {:>10}",
+            "config", "in-proc ns/op", "vs off", "VerifyBatch tok/s", "vs off"
+        );
+        for (l, hit, tps) in &summary {
+            println!(
+                "{:<26} {:>14.0} {:>10.3} {:>20.0} {:>10.3}",
+                l,
+                hit,
+                hit / base.0,
+                tps,
+                tps / base.1
+            );
+        }
+        println!(
+            "spans exported to the OTLP sink while tracing was on: {}",
+            sink.spans.load(Ordering::Relaxed)
+        );
+    }
+    for e in edges {
+        e.stop().await;
+    }
+    if let Some(s) = server {
+        s.abort();
+    }
+    drop(cluster);
+    Ok(())
+}

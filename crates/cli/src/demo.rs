@@ -34,8 +34,7 @@ pub struct DemoArgs {
 
 /// Writes Prometheus file_sd files for the servers' and edges' HTTP ports.
 fn write_targets(dir: &std::path::Path, servers: &[String], edges: &[String]) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for (file, job, targets) in [
         ("veto-server.json", "veto-server", servers),
         ("veto-edge.json", "veto-edge", edges),

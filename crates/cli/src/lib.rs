@@ -1,12 +1,14 @@
 //! The `veto` operator CLI: cluster, token and key commands, `demo` and
 //! `bench`. Human output by default, `--json` for scripts.
 
+pub mod backup;
 pub mod bench;
 pub mod demo;
 pub mod edgebench;
 pub mod overhead;
 pub mod top;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -53,6 +55,9 @@ pub enum Cmd {
     Keys(KeysCmd),
     /// List edges (every node given in --addr is asked) with their lag.
     Edges,
+    /// Backups: save, inspect, restore.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// Live terminal view of members, edges, propagation and verify rates
     /// (q to quit).
     Top {
@@ -102,6 +107,60 @@ pub enum ClusterCmd {
     TransferLeader {
         /// Node id.
         id: u64,
+    },
+    /// QUORUM LOSS ONLY: build a new cluster from one surviving node's data
+    /// directory (offline; the survivor must be stopped). Everything in its
+    /// snapshot and log is kept; the lost members are forgotten. Start
+    /// veto-server on --data-dir afterwards, then add new members as learners.
+    ForceNew {
+        /// The stopped survivor's data directory (read only).
+        #[arg(long)]
+        survivor_data_dir: PathBuf,
+        /// The survivor's node id.
+        #[arg(long)]
+        survivor_node_id: u64,
+        /// New data directory to create (must be empty or absent).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Node id that will run on --data-dir.
+        #[arg(long)]
+        node_id: u64,
+        /// The new cluster's voters, ID=HOST:PORT (usually just this node).
+        #[arg(long = "member", value_parser = parse_member, required = true)]
+        members: Vec<pb::Member>,
+        /// Required: confirms the other members are gone for good.
+        #[arg(long)]
+        i_have_lost_quorum: bool,
+    },
+}
+
+/// `veto snapshot ...`
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// Save a consistent, checksummed backup of the state machine to FILE.
+    Save {
+        /// Output file.
+        file: PathBuf,
+    },
+    /// Check a backup file and print its header.
+    Inspect {
+        /// Backup file.
+        file: PathBuf,
+    },
+    /// Seed a new, empty data directory from a backup (offline; run once per
+    /// node of the new cluster with the same --member list, then start them).
+    Restore {
+        /// Backup file.
+        file: PathBuf,
+        /// Data directory to create (must be empty or absent).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// This node's id.
+        #[arg(long)]
+        node_id: u64,
+        /// Every voter of the new cluster, ID=HOST:PORT.
+        #[arg(long = "member", value_parser = parse_member, required = true)]
+        members: Vec<pb::Member>,
     },
 }
 
@@ -217,6 +276,46 @@ fn parse_member(s: &str) -> Result<pb::Member, String> {
         node_id,
         addr: addr.to_owned(),
     })
+}
+
+async fn snapshot_cmd(c: SnapshotCmd, addr: &str, timeout: Duration, j: bool) -> Result<()> {
+    let show = |h: &backup::Header, what: &str| {
+        if j {
+            println!("{}", serde_json::to_string(h).unwrap_or_default());
+        } else {
+            println!(
+                "{what}: revision {}, {} bytes, sha256 {}, taken {} from {}",
+                h.revision, h.bytes, h.sha256, h.created_unix, h.from
+            );
+        }
+    };
+    match c {
+        SnapshotCmd::Save { file } => {
+            let h = backup::save(addr, &file, timeout).await?;
+            show(&h, &format!("saved {}", file.display()));
+        }
+        SnapshotCmd::Inspect { file } => {
+            let (h, state) = backup::load(&file)?;
+            show(&h, &format!("{} is intact", file.display()));
+            if !j {
+                println!(
+                    "  {} tokens, {} revocations",
+                    state.token_count(),
+                    state.revocation_count()
+                );
+            }
+        }
+        SnapshotCmd::Restore {
+            file,
+            data_dir,
+            node_id,
+            members,
+        } => {
+            let h = backup::restore(&file, &data_dir, node_id, &members)?;
+            show(&h, &format!("restored into {}", data_dir.display()));
+        }
+    }
+    Ok(())
 }
 
 /// Connects to the first address that accepts a connection.
@@ -352,6 +451,43 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .collect();
             return top::run(addrs, Duration::from_millis(interval_ms.max(100))).await;
         }
+        Cmd::Snapshot(c) => return snapshot_cmd(c, &cli.addr, timeout, j).await,
+        Cmd::Cluster(ClusterCmd::ForceNew {
+            survivor_data_dir,
+            survivor_node_id,
+            data_dir,
+            node_id,
+            members,
+            i_have_lost_quorum,
+        }) => {
+            if !i_have_lost_quorum {
+                anyhow::bail!(
+                    "force-new discards the other members and every write only they held; \
+                     run it only when a majority is gone for good, with --i-have-lost-quorum"
+                );
+            }
+            eprintln!(
+                "WARNING: building a new cluster from {} alone; members not listed are forgotten",
+                survivor_data_dir.display()
+            );
+            let rev = backup::force_new(
+                &survivor_data_dir,
+                survivor_node_id,
+                &data_dir,
+                node_id,
+                &members,
+            )?;
+            if j {
+                println!("{}", json!({"revision": rev, "data_dir": data_dir}));
+            } else {
+                println!(
+                    "seeded {} at revision {rev} with {} member(s); start veto-server --node-id {node_id} on it",
+                    data_dir.display(),
+                    members.len()
+                );
+            }
+            return Ok(());
+        }
         _ => {}
     }
     let ch = connect(&cli.addr, timeout).await?;
@@ -447,6 +583,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     .into_inner();
                 print_membership(j, &r);
             }
+            ClusterCmd::ForceNew { .. } => {}
             ClusterCmd::TransferLeader { id } => {
                 let r = admin
                     .transfer_leader(pb::TransferLeaderRequest { to_node_id: id })
@@ -703,7 +840,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Top { .. } => {}
+        Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Top { .. } | Cmd::Snapshot(_) => {}
     }
     Ok(())
 }

@@ -114,7 +114,9 @@ async fn measure(
 pub async fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
     let rounds = 5;
     let batch_for = Duration::from_secs(args.duration_secs.clamp(1, 10)) / 5;
-    eprintln!("starting a 3-node cluster and two edges (metrics off / on); issuing 10,000 tokens...");
+    eprintln!(
+        "starting a 3-node cluster and two edges (metrics off / on); issuing 10,000 tokens..."
+    );
     let (cluster, addr) = crate::edgebench::cluster_with_key().await?;
     let tokens: Arc<Vec<String>> = Arc::new(
         crate::edgebench::issue_many(&addr, 10_000)
@@ -222,7 +224,10 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
                                    "hit_ratio_vs_off": hit / base.0, "batch_ratio_vs_off": tps / base.1})
             })
             .collect();
-        println!("{}", serde_json::json!({"rounds": rounds, "results": v, "spans_exported": sink.spans.load(Ordering::Relaxed)}));
+        println!(
+            "{}",
+            serde_json::json!({"rounds": rounds, "results": v, "spans_exported": sink.spans.load(Ordering::Relaxed)})
+        );
     } else {
         println!(
             "\nverify cost with observability on vs off (median of {rounds} alternating rounds, 10,000 tokens)"

@@ -349,8 +349,71 @@ fn check_member(m: &pb::Member) -> Result<()> {
     Ok(())
 }
 
+/// Chunk size of a backup stream.
+const BACKUP_CHUNK: usize = 1 << 20;
+
+impl Service {
+    /// The state at a revision no older than the leader's commit index at
+    /// the time of the call, serialised, in chunks.
+    async fn backup_chunks(&self) -> Result<Vec<pb::BackupChunk>> {
+        let commit = self.node.leader_read_index().await?;
+        let mut applied = self.node.state().subscribe_applied();
+        tokio::time::timeout(Duration::from_secs(10), applied.wait_for(|a| *a >= commit))
+            .await
+            .map_err(|_| Error::Timeout(format!("not caught up to revision {commit} in 10 s")))?
+            .map_err(|_| Error::Fatal("state machine stopped".into()))?;
+        let (revision, data) = self
+            .node
+            .state()
+            .read(|s| (s.revision, s.to_snapshot_bytes()));
+        let sha = {
+            use sha2::Digest;
+            sha2::Sha256::digest(&data).to_vec()
+        };
+        let total = data.len() as u64;
+        let mut chunks: Vec<pb::BackupChunk> = data
+            .chunks(BACKUP_CHUNK)
+            .enumerate()
+            .map(|(i, c)| pb::BackupChunk {
+                revision,
+                offset: (i * BACKUP_CHUNK) as u64,
+                data: bytes::Bytes::copy_from_slice(c),
+                last: false,
+                sha256: Default::default(),
+                total_bytes: total,
+            })
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(pb::BackupChunk {
+                revision,
+                total_bytes: 0,
+                ..Default::default()
+            });
+        }
+        if let Some(l) = chunks.last_mut() {
+            l.last = true;
+            l.sha256 = sha.into();
+        }
+        Ok(chunks)
+    }
+}
+
 #[tonic::async_trait]
 impl AdminService for Service {
+    type BackupStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = std::result::Result<pb::BackupChunk, Status>> + Send>,
+    >;
+
+    async fn backup(
+        &self,
+        _req: Request<pb::BackupRequest>,
+    ) -> std::result::Result<Response<Self::BackupStream>, Status> {
+        let chunks = self.backup_chunks().await.map_err(Status::from)?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            chunks.into_iter().map(Ok),
+        ))))
+    }
+
     async fn init(
         &self,
         req: Request<pb::InitRequest>,

@@ -17,6 +17,7 @@
 //! latest snapshot, so nothing acknowledged is lost.
 
 mod log_store;
+pub mod offline;
 mod state_machine;
 
 use std::path::Path;

@@ -101,6 +101,28 @@ impl LogStore {
             .map_err(io_err)
     }
 
+    /// Every entry after index `after`, in order (offline recovery).
+    pub(crate) fn entries_after(&self, after: u64) -> io::Result<Vec<EntryOf<C>>> {
+        let cf = self.cf(CF_LOG)?;
+        let start = key(after.saturating_add(1));
+        let mut out = Vec::new();
+        for kv in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (_, v) = kv.map_err(io_err)?;
+            out.push(serde_json::from_slice(&v).map_err(io_err)?);
+        }
+        Ok(out)
+    }
+
+    /// Marks the (empty) log purged up to `log_id` and committed there:
+    /// what a node that installed a snapshot at `log_id` holds (seeding).
+    pub(crate) fn seed_purged(&self, log_id: LogIdOf<C>) -> io::Result<()> {
+        self.put_meta(LAST_PURGED, &log_id)?;
+        self.put_meta(COMMITTED, &Some(log_id))
+    }
+
     /// Index of the last purged entry, if any (for status reports).
     pub fn last_purged_index(&self) -> Option<u64> {
         self.get_meta::<LogIdOf<C>>(LAST_PURGED)

@@ -154,6 +154,11 @@ impl StateMachineStore {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Installs `data` as the current snapshot (offline seeding).
+    pub(crate) fn seed_snapshot(&self, meta: &SnapshotMetaOf<C>, data: &[u8]) -> io::Result<()> {
+        self.save_snapshot(meta, data)
+    }
+
     /// Persists a snapshot: the data as a file (written, fsynced, renamed),
     /// then its record in RocksDB (synced), then older files are removed.
     /// Snapshot data stays out of RocksDB so it never churns the WAL and

@@ -207,6 +207,68 @@ impl Cluster {
         Ok(c)
     }
 
+    /// Starts `members` (node id -> gRPC address, from [`free_addr`]) on data
+    /// directories that `seed(id, db_dir)` fills first (restored backups,
+    /// recovered survivors). No Init: the seeded membership elects a leader.
+    pub async fn start_seeded(
+        members: &std::collections::BTreeMap<u64, String>,
+        kek: Option<&str>,
+        seed: impl Fn(u64, &Path) -> Result<()>,
+    ) -> Result<Self> {
+        let t = tempfile::Builder::new().prefix("veto-cluster-").tempdir()?;
+        let base = t.path().to_path_buf();
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            base,
+            _tmp: Some(t),
+            // Signing keys are sealed with the KEK of the cluster that made them.
+            kek: kek.map(str::to_string).unwrap_or_else(hex_key),
+            extra_config: String::new(),
+            env: Vec::new(),
+            bin: server_bin()?,
+        };
+        for (id, addr) in members {
+            let data_dir = c.base.join(format!("n{id}"));
+            std::fs::create_dir_all(&data_dir)?;
+            seed(*id, &data_dir.join("db"))?;
+            let node = c.launch(*id, &data_dir, addr, "127.0.0.1:0").await?;
+            c.nodes.push(node);
+        }
+        c.wait_leader(Duration::from_secs(20)).await?;
+        Ok(c)
+    }
+
+    /// The key-encryption key every node of this cluster uses.
+    pub fn kek(&self) -> &str {
+        &self.kek
+    }
+
+    /// Stops a node gracefully (SIGTERM) and waits for it to exit.
+    pub async fn stop(&mut self, id: u64) -> Result<()> {
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .ok_or_else(|| anyhow!("no node {id}"))?;
+        if let Some(mut c) = n.child.take() {
+            if let Some(pid) = c.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+            match tokio::time::timeout(Duration::from_secs(15), c.wait()).await {
+                Ok(r) => {
+                    r?;
+                }
+                Err(_) => {
+                    c.start_kill()?;
+                    bail!("node {id} did not stop within 15 s of SIGTERM");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Base directory of the cluster's files.
     pub fn base_dir(&self) -> &Path {
         &self.base
@@ -386,6 +448,13 @@ impl Cluster {
             .find(|n| n.is_running() && n.id != leader)
             .ok_or_else(|| anyhow!("no running follower"))
     }
+}
+
+/// A free 127.0.0.1 port, as `host:port` (bound and released: a seeded
+/// node's address must be known before it starts).
+pub fn free_addr() -> Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.to_string())
 }
 
 /// A minimal HTTP/1.1 GET on loopback: returns the status code and body.

@@ -1,0 +1,123 @@
+//! Offline operations on data directories (no Raft running): read the
+//! state a directory holds, and seed an empty directory with a state and a
+//! membership so a new cluster starts from it.
+//!
+//! Seeding is how a backup is restored and how a cluster is rebuilt from one
+//! surviving node: every seeded node holds the same snapshot at the same log
+//! id (`revision`, under a fixed leader id) with the given voters, and an
+//! empty log purged up to it. Started, they elect a leader among themselves
+//! and continue at `revision + 1`, so revisions stay monotonic for edges.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use openraft::alias::{LogIdOf, SnapshotMetaOf, StoredMembershipOf};
+use openraft::vote::RaftLeaderIdExt;
+use openraft::{BasicNode, EntryPayload, Membership, RaftTypeConfig};
+use veto_core::State;
+
+use crate::{open, Error, TypeConfig};
+
+type C = TypeConfig;
+
+fn corrupt(path: &Path, why: impl std::fmt::Display) -> Error {
+    Error::Corrupt {
+        path: path.display().to_string(),
+        why: why.to_string(),
+    }
+}
+
+/// The state a data directory holds: its latest snapshot with every entry
+/// of its log after it applied, and the revision reached. Entries the node
+/// had only appended (not known committed) are included: after losing a
+/// quorum nobody can tell which of them were acknowledged, and dropping an
+/// acknowledged write is worse than keeping an unacknowledged one.
+pub fn read_state(path: &Path, node_id: u64) -> Result<(State, u64), Error> {
+    if !path.join("CURRENT").exists() {
+        return Err(Error::Foreign {
+            path: path.display().to_string(),
+            why: "no RocksDB database there".into(),
+        });
+    }
+    let (log, sm) = open(path, node_id)?;
+    let (mut state, mut revision) = sm
+        .handle()
+        .read_with_changes(|s, changes| (s.clone(), changes.head()));
+    for entry in log.entries_after(revision).map_err(|e| corrupt(path, e))? {
+        let index = entry.log_id.index;
+        if index != revision + 1 {
+            return Err(corrupt(
+                path,
+                format!("log gap: entry {index} follows revision {revision}"),
+            ));
+        }
+        match &entry.payload {
+            EntryPayload::Normal(cmd) => {
+                state.apply(index, cmd);
+            }
+            _ => {
+                state.apply_noop(index);
+            }
+        }
+        revision = index;
+    }
+    Ok((state, revision))
+}
+
+/// Seeds the empty (or absent) directory `path` for node `node_id` with
+/// `state` at `revision` and `members` (node id -> gRPC address) as voters.
+pub fn seed(
+    path: &Path,
+    node_id: u64,
+    state: &State,
+    revision: u64,
+    members: &BTreeMap<u64, String>,
+) -> Result<(), Error> {
+    if path.exists()
+        && std::fs::read_dir(path)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(Error::Foreign {
+            path: path.display().to_string(),
+            why: "seeding needs an empty directory".into(),
+        });
+    }
+    if !members.contains_key(&node_id) {
+        return Err(corrupt(
+            path,
+            format!("node {node_id} is not among the members it is seeded with"),
+        ));
+    }
+    if state.revision != revision {
+        return Err(corrupt(
+            path,
+            format!(
+                "state is at revision {} but is seeded at {revision}",
+                state.revision
+            ),
+        ));
+    }
+    std::fs::create_dir_all(path).map_err(|e| corrupt(path, e))?;
+    let (log, sm) = open(path, node_id)?;
+    // The same log id on every seeded node: leader id (0, 0), the one
+    // openraft gives the entries of `initialize`.
+    let log_id = LogIdOf::<C>::new(
+        <C as RaftTypeConfig>::LeaderId::new_committed(0, 0),
+        revision,
+    );
+    let voters: BTreeSet<u64> = members.keys().copied().collect();
+    let nodes: BTreeMap<u64, BasicNode> = members
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
+        .collect();
+    let membership = Membership::new(vec![voters], nodes).map_err(|e| corrupt(path, e))?;
+    let meta = SnapshotMetaOf::<C> {
+        last_log_id: Some(log_id),
+        last_membership: StoredMembershipOf::<C>::new(Some(log_id), membership),
+    };
+    sm.seed_snapshot(&meta, &state.to_snapshot_bytes())
+        .map_err(|e| corrupt(path, e))?;
+    log.seed_purged(log_id).map_err(|e| corrupt(path, e))?;
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! Backup and restore, and recovery after losing a quorum, with the
+//! documented commands (`veto snapshot save|inspect|restore`,
+//! `veto cluster force-new`) run as the operator would run them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use veto_proto as pb;
+use veto_testkit::{bin_named, free_addr, Cluster, ClusterOptions, Node};
+use veto_tests::{issue, revoke_all, start_edges, token_status, verify_at};
+
+fn veto(args: &[&str]) -> anyhow::Result<String> {
+    let bin = bin_named("veto", "VETO_CLI_BIN")?;
+    let out = Command::new(bin).args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "veto {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn statuses(node: &Node, jtis: &[String]) -> anyhow::Result<Vec<pb::TokenStatus>> {
+    let mut v = Vec::new();
+    for j in jtis {
+        v.push(token_status(node, j).await?);
+    }
+    Ok(v)
+}
+
+/// Tokens, some revoked by id and a subject revoked whole; returns every
+/// jti and the last revision.
+async fn workload(l: &Node) -> anyhow::Result<(Vec<pb::IssueResponse>, u64)> {
+    let mut toks = Vec::new();
+    for i in 0..12 {
+        toks.push(issue(l, &format!("user:{}", i % 4), 3600).await?);
+    }
+    revoke_all(l, &toks[..3]).await?;
+    let last = l
+        .tokens()?
+        .revoke_subject(pb::RevokeSubjectRequest {
+            sub: "user:3".into(),
+            reason: "offboarded".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .revision;
+    Ok((toks, last))
+}
+
+fn jtis(toks: &[pb::IssueResponse]) -> Vec<String> {
+    toks.iter()
+        .map(|t| t.record.as_ref().map(|r| r.jti.clone()).unwrap_or_default())
+        .collect()
+}
+
+fn member_args(m: &BTreeMap<u64, String>) -> Vec<String> {
+    m.iter()
+        .map(|(id, a)| format!("--member={id}={a}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restores_into_a_new_cluster_with_every_token_status() -> anyhow::Result<()> {
+    let a = Cluster::start(ClusterOptions::default()).await?;
+    let leader = a.wait_leader(Duration::from_secs(20)).await?;
+    let l = a.node(leader)?;
+    let (toks, last) = workload(l).await?;
+    let ids = jtis(&toks);
+    let before = statuses(l, &ids).await?;
+    assert!(
+        before.contains(&pb::TokenStatus::Revoked) && before.contains(&pb::TokenStatus::Active)
+    );
+
+    // Saved through a follower: it confirms with the leader first.
+    let f = a.follower().await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("veto.backup");
+    let file_s = file.display().to_string();
+    let out = veto(&["--addr", &f.grpc_addr, "snapshot", "save", &file_s])?;
+    assert!(out.contains("saved"), "{out}");
+    let out = veto(&["--json", "snapshot", "inspect", &file_s])?;
+    let header: serde_json::Value = serde_json::from_str(out.trim())?;
+    assert!(header["revision"].as_u64().unwrap_or(0) >= last, "{header}");
+
+    // A corrupted copy is refused, by inspect and by restore.
+    let bad = dir.path().join("bad.backup");
+    let mut bytes = std::fs::read(&file)?;
+    let n = bytes.len();
+    bytes[n - 10] ^= 0x55;
+    std::fs::write(&bad, &bytes)?;
+    assert!(veto(&["snapshot", "inspect", &bad.display().to_string()]).is_err());
+
+    // A new cluster on new addresses, every node seeded from the file.
+    let members: BTreeMap<u64, String> = (1..=3)
+        .map(|i| Ok((i, free_addr()?)))
+        .collect::<anyhow::Result<_>>()?;
+    let margs = member_args(&members);
+    let b = Cluster::start_seeded(&members, Some(a.kek()), |id, db: &Path| {
+        let mut args = vec![
+            "snapshot".to_string(),
+            "restore".into(),
+            file_s.clone(),
+            "--data-dir".into(),
+            db.display().to_string(),
+            "--node-id".into(),
+            id.to_string(),
+        ];
+        args.extend(margs.iter().cloned());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        veto(&refs).map(|_| ())
+    })
+    .await?;
+    drop(a);
+    let bl = b.node(b.wait_leader(Duration::from_secs(20)).await?)?;
+    for n in &b.nodes {
+        assert_eq!(statuses(n, &ids).await?, before, "node {}", n.id);
+    }
+    // It carries on: the signing key still opens (same KEK), revisions
+    // continue after the backup's, and edges bootstrap from it.
+    let t = issue(bl, "user:new", 3600).await?;
+    let r = bl
+        .tokens()?
+        .revoke(pb::RevokeRequest {
+            jti: toks[5]
+                .record
+                .as_ref()
+                .map(|r| r.jti.clone())
+                .unwrap_or_default(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .revision;
+    assert!(r > header["revision"].as_u64().unwrap_or(u64::MAX));
+    let edges = start_edges(&b, 1, 2_000, 100).await?;
+    let v = verify_at(&edges[0], &toks[0].token, r).await?;
+    assert!(!v.valid, "revoked before the backup: {v:?}");
+    let v = verify_at(&edges[0], &toks[5].token, r).await?;
+    assert!(!v.valid, "revoked after the restore: {v:?}");
+    let v = verify_at(&edges[0], &t.token, r).await?;
+    assert!(v.valid, "issued after the restore: {v:?}");
+    let v = verify_at(&edges[0], &toks[4].token, r).await?;
+    assert!(v.valid, "never revoked: {v:?}");
+    for e in edges {
+        e.stop().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_rebuilt_from_one_survivor_keeps_what_it_had() -> anyhow::Result<()> {
+    let mut a = Cluster::start(ClusterOptions::default()).await?;
+    let leader = a.wait_leader(Duration::from_secs(20)).await?;
+    let (toks, last) = workload(a.node(leader)?).await?;
+    let ids = jtis(&toks);
+    // The survivor is a follower that has applied everything acknowledged.
+    let survivor = a.follower().await?.id;
+    a.wait_applied(last, Duration::from_secs(10)).await?;
+    let before = statuses(a.node(survivor)?, &ids).await?;
+    for n in a.nodes.iter().map(|n| n.id).collect::<Vec<_>>() {
+        a.kill(n).await?; // two for good; the survivor stops for the rebuild
+    }
+    let old_db = a.node(survivor)?.data_dir.join("db").display().to_string();
+    let addr = free_addr()?;
+    let members: BTreeMap<u64, String> = [(survivor, addr.clone())].into_iter().collect();
+    let member = format!("--member={survivor}={addr}");
+
+    // Refused without the explicit confirmation.
+    let scratch = tempfile::tempdir()?;
+    let denied = veto(&[
+        "cluster",
+        "force-new",
+        "--survivor-data-dir",
+        &old_db,
+        "--survivor-node-id",
+        &survivor.to_string(),
+        "--data-dir",
+        &scratch.path().join("x").display().to_string(),
+        "--node-id",
+        &survivor.to_string(),
+        &member,
+    ]);
+    assert!(denied.is_err());
+
+    let b = Cluster::start_seeded(&members, Some(a.kek()), |id, db: &Path| {
+        veto(&[
+            "cluster",
+            "force-new",
+            "--survivor-data-dir",
+            &old_db,
+            "--survivor-node-id",
+            &survivor.to_string(),
+            "--data-dir",
+            &db.display().to_string(),
+            "--node-id",
+            &id.to_string(),
+            &member,
+            "--i-have-lost-quorum",
+        ])
+        .map(|_| ())
+    })
+    .await?;
+    let n = b.node(survivor)?;
+    assert_eq!(statuses(n, &ids).await?, before);
+    // A single-voter cluster that takes writes again.
+    let t = issue(n, "user:after", 3600).await?;
+    assert_eq!(
+        token_status(n, &t.record.unwrap().jti).await?,
+        pb::TokenStatus::Active
+    );
+    Ok(())
+}

@@ -76,7 +76,12 @@ fn main() -> ExitCode {
             });
             std::fs::write(&p, body.to_string())?;
         }
-        tokio::signal::ctrl_c().await?;
+        // SIGINT or SIGTERM (what container runtimes send) stop it cleanly.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
         edge.stop().await;
         traces.shutdown().await;
         anyhow::Ok(())

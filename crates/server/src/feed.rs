@@ -68,6 +68,8 @@ struct HubInner {
     last_batch: Mutex<Option<(u64, u64, Encoded)>>,
     /// Recent propagation, per second, for dashboards.
     propagation: Mutex<crate::propagation::Window>,
+    /// Set when the node stops: every stream ends so edges move at once.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Hub {
@@ -83,6 +85,7 @@ impl Hub {
                 acked,
                 last_batch: Mutex::new(None),
                 propagation: Mutex::new(Default::default()),
+                closing: tokio::sync::watch::channel(false).0,
             }),
         }
     }
@@ -309,6 +312,13 @@ impl Hub {
         self.inner.acked.send_modify(|n| *n += 1);
     }
 
+    /// Ends every edge stream with UNAVAILABLE and refuses new ones: the
+    /// node is stopping, and an edge should fail over now rather than wait
+    /// for its probes to go unanswered for B.
+    pub fn close_streams(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
     fn probed(&self, edge: &str, counts: HashMap<String, u64>) {
         if counts.is_empty() || counts.len() > 64 {
             return;
@@ -403,6 +413,12 @@ fn valid_edge_id(id: &str) -> bool {
 
 type Out = mpsc::Sender<Result<Encoded, Status>>;
 
+/// Resolves once the hub is closing (the watch guard is not held across
+/// the caller's awaits).
+async fn until_closing(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|c| *c).await;
+}
+
 async fn send(tx: &Out, m: pb::feed_message::Msg) -> Result<(), ()> {
     send_encoded(tx, Encoded::of(m)).await
 }
@@ -469,6 +485,7 @@ async fn writer(
 ) {
     let state = hub.inner.node.state().clone();
     let mut applied = state.subscribe_applied();
+    let mut closing = hub.inner.closing.subscribe();
     let mut replies: VecDeque<(u64, u64)> = VecDeque::new();
     // A new edge (cursor 0) on a cluster with history gets a snapshot, so
     // its view is replaced atomically.
@@ -550,6 +567,12 @@ async fn writer(
                 None => return,
             },
             _ = tx.closed() => return,
+            _ = until_closing(&mut closing) => {
+                let _ = tx
+                    .send(Err(Status::unavailable("this node is stopping; subscribe to another")))
+                    .await;
+                return;
+            }
         }
     }
 }
@@ -593,6 +616,11 @@ impl Service {
                 "hello.edge_id must be 1..=128 bytes of [A-Za-z0-9._-]",
             ));
         }
+        if *self.hub.inner.closing.borrow() {
+            return Err(Status::unavailable(
+                "this node is stopping; subscribe to another",
+            ));
+        }
         let m = self.hub.inner.node.metrics();
         if m.membership_config
             .membership()
@@ -620,11 +648,13 @@ impl Service {
         ));
         tokio::spawn(probe_worker(self.hub.clone(), probe_rx, replies_tx));
         let hub = self.hub.clone();
+        let mut closing = self.hub.inner.closing.subscribe();
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
                     _ = tx.closed() => break,
+                    _ = until_closing(&mut closing) => break,
                 };
                 match msg {
                     Ok(Some(pb::EdgeMessage {

@@ -49,6 +49,50 @@ pub struct Server {
 }
 
 impl Server {
+    async fn hand_off_leadership(&self) {
+        let m = self.node.metrics();
+        if m.state != openraft::ServerState::Leader {
+            return;
+        }
+        let me = self.node.id();
+        let best = m.replication.as_ref().and_then(|r| {
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .filter(|v| *v != me)
+                .max_by_key(|v| r.get(v).and_then(|l| l.as_ref().map(|l| l.index)))
+        });
+        let Some(to) = best else {
+            return;
+        };
+        if self
+            .node
+            .raft()
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let moved = self
+            .node
+            .raft()
+            .wait(Some(Duration::from_secs(3)))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != me),
+                "leadership handed off",
+            )
+            .await;
+        match moved {
+            Ok(m) => info!(
+                to = m.current_leader,
+                "handed leadership off before stopping"
+            ),
+            Err(e) => tracing::warn!(error = %e, "leadership hand-off timed out; stopping anyway"),
+        }
+    }
+
     /// Opens the data directory, starts Raft and binds both listeners.
     pub async fn start(opts: Options) -> anyhow::Result<Server> {
         let kek = opts.load_kek()?;
@@ -155,8 +199,14 @@ impl Server {
         })
     }
 
-    /// Stops serving, shuts Raft down and waits for the tasks.
+    /// Stops serving, shuts Raft down and waits for the tasks. Edge feeds
+    /// are closed first (edges fail over at once instead of after B), and a
+    /// leader hands leadership to the most caught-up voter (up to 3 s), so a
+    /// rolling restart costs no election timeout.
     pub async fn stop(self) {
+        // Edges first: they fail over while this node still serves Raft.
+        self.hub.close_streams();
+        self.hand_off_leadership().await;
         let _ = self.shutdown.send(true);
         if let Err(e) = self.node.raft().shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");

@@ -1,0 +1,179 @@
+//! A rolling restart (what an upgrade does): every server is stopped
+//! gracefully (SIGTERM; a leader hands leadership off first) and started
+//! again on its data directory, one at a time, while tokens are revoked and
+//! edges verify continuously. No valid token is refused, no acknowledged
+//! revoke is lost, and the bound holds (checked from the history).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use veto_proto as pb;
+use veto_testkit::{eventually, http_get, Cluster, ClusterOptions};
+use veto_tests::{check_history, issue, start_edges, token_status, VerifyOp};
+
+const BOUND_MS: u64 = 2_000;
+const PROBE_MS: u64 = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_servers_one_at_a_time_loses_nothing_and_keeps_the_bound() -> anyhow::Result<()>
+{
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await?;
+    let mut toks = Vec::new();
+    for i in 0..120 {
+        let t = issue(cluster.node(leader)?, &format!("user:{i}"), 3600).await?;
+        toks.push((t.record.clone().unwrap_or_default().jti, t.token));
+    }
+    let (to_revoke, keep) = toks.split_at(60);
+    let keep: HashSet<String> = keep.iter().map(|t| t.0.clone()).collect();
+    let edges = start_edges(&cluster, 2, BOUND_MS, PROBE_MS).await?;
+
+    let history: Arc<Mutex<Vec<(VerifyOp, veto_feed::Outcome)>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for e in &edges {
+        let (h, history, stop, toks) = (
+            e.handle.clone(),
+            history.clone(),
+            stop.clone(),
+            toks.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut i = 0usize;
+            let mut local = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let (jti, token) = &toks[(i * 7) % toks.len()];
+                let start = Instant::now();
+                let v = h.verify(token, &Default::default());
+                local.push((
+                    VerifyOp {
+                        edge: h.options().edge_id.clone(),
+                        jti: jti.clone(),
+                        start,
+                        end: Instant::now(),
+                        accepted: v.outcome == veto_feed::Outcome::Valid,
+                        revoked: v.outcome == veto_feed::Outcome::Revoked,
+                    },
+                    v.outcome,
+                ));
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            history.lock().unwrap().extend(local);
+        }));
+    }
+
+    // Revokes at a steady pace through whichever node answers.
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
+    let revoker = {
+        let (stop, targets) = (stop.clone(), to_revoke.to_vec());
+        tokio::spawn(async move {
+            let mut acks: HashMap<String, Instant> = HashMap::new();
+            let mut attempted: HashSet<String> = HashSet::new();
+            for (k, (jti, _)) in targets.iter().enumerate() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                attempted.insert(jti.clone());
+                for a in addrs.iter().cycle().skip(k).take(addrs.len() * 4) {
+                    let Ok(ch) = veto_testkit::channel(a) else {
+                        continue;
+                    };
+                    let mut c = pb::token_service_client::TokenServiceClient::new(ch);
+                    let mut req = tonic::Request::new(pb::RevokeRequest {
+                        jti: jti.clone(),
+                        ..Default::default()
+                    });
+                    req.set_timeout(Duration::from_secs(3));
+                    if c.revoke(req).await.is_ok() {
+                        acks.insert(jti.clone(), Instant::now());
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(80)).await;
+            }
+            (acks, attempted)
+        })
+    };
+
+    // The roll: each server in turn, the leader included.
+    let ids: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
+    let t0 = Instant::now();
+    for id in ids {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.stop(id).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.restart(id).await?;
+        let http = cluster.node(id)?.http_addr.clone();
+        eventually(
+            "restarted node ready",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || {
+                let http = http.clone();
+                async move {
+                    let (code, _) = http_get(&http, "/readyz").await.ok()?;
+                    (code == 200).then_some(())
+                }
+            },
+        )
+        .await?;
+    }
+    let (acks, attempted) = revoker.await?;
+    tokio::time::sleep(Duration::from_millis(BOUND_MS + 500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await?;
+    }
+    let recorded = history.lock().unwrap().clone();
+    let ops: Vec<VerifyOp> = recorded.iter().map(|(op, _)| op.clone()).collect();
+
+    // No valid token refused: a never-revoked token got VALID every time.
+    let refused: Vec<_> = recorded
+        .iter()
+        .filter(|(op, _)| keep.contains(&op.jti) && !op.accepted)
+        .map(|(op, o)| (op.edge.clone(), *o, op.start.saturating_duration_since(t0)))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} refusals of valid tokens, first {:?}, last {:?} (edge, outcome, time into the roll)",
+        refused.len(),
+        refused.first(),
+        refused.last()
+    );
+    // The bound held, and nothing unrevoked was refused as revoked.
+    let violations = check_history(&ops, &acks, &attempted, Duration::from_millis(BOUND_MS));
+    assert!(
+        violations.is_empty(),
+        "{} violations: {:?}",
+        violations.len(),
+        violations.first()
+    );
+    // No acknowledged revoke lost, on any server.
+    assert!(acks.len() >= 30, "only {} revokes acknowledged", acks.len());
+    let last = cluster
+        .node(cluster.wait_leader(Duration::from_secs(20)).await?)?
+        .status()
+        .await
+        .map(|s| s.commit_index)
+        .unwrap_or(0);
+    cluster.wait_applied(last, Duration::from_secs(10)).await?;
+    for n in &cluster.nodes {
+        for jti in acks.keys() {
+            assert_eq!(
+                token_status(n, jti).await?,
+                pb::TokenStatus::Revoked,
+                "node {}",
+                n.id
+            );
+        }
+    }
+    assert!(ops.len() > 1_000, "only {} verifies recorded", ops.len());
+    for e in edges {
+        e.stop().await;
+    }
+    Ok(())
+}

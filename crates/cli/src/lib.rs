@@ -267,6 +267,9 @@ pub enum KeysCmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// KEK rotation: re-seal every private key with the leader's current KEK
+    /// (the leader must also hold the old one via --previous-kek-file).
+    Rewrap,
 }
 
 fn parse_member(s: &str) -> Result<pb::Member, String> {
@@ -756,6 +759,29 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         },
         Cmd::Keys(k) => match k {
+            KeysCmd::Rewrap => {
+                let r = admin
+                    .rewrap_keys(pb::RewrapKeysRequest {})
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                if j {
+                    println!(
+                        "{}",
+                        json!({"rewrapped": r.rewrapped, "kek_fingerprint": r.kek_fingerprint, "revision": r.revision})
+                    );
+                } else if r.rewrapped.is_empty() {
+                    println!("every key is already sealed with KEK {}", r.kek_fingerprint);
+                } else {
+                    println!(
+                        "re-sealed {} key(s) with KEK {} (revision {}): {}",
+                        r.rewrapped.len(),
+                        r.kek_fingerprint,
+                        r.revision,
+                        r.rewrapped.join(", ")
+                    );
+                }
+            }
             KeysCmd::List => {
                 let r = admin
                     .list_keys(pb::ListKeysRequest {})

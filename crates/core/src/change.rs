@@ -76,7 +76,10 @@ impl State {
         }
         let mut out = Vec::new();
         match cmd.untraced() {
-            Command::Issue { .. } | Command::ActivateKey { .. } | Command::Traced { .. } => {}
+            Command::Issue { .. }
+            | Command::ActivateKey { .. }
+            | Command::RewrapKey { .. }
+            | Command::Traced { .. } => {}
             Command::Refresh { predecessor, .. } => {
                 if let Some(r) = self.token_revocation(predecessor) {
                     out.push(EdgeChange::TokenRevoked {

@@ -148,6 +148,18 @@ pub enum Command {
         /// Cutoff, unix seconds (leader's now minus a clock-skew allowance).
         cutoff: i64,
     },
+    /// Replace a key's sealed private key with the same key sealed under
+    /// a new KEK (KEK rotation); the key itself does not change.
+    RewrapKey {
+        /// Key id.
+        kid: Kid,
+        /// The private key sealed with the new KEK.
+        sealed: Vec<u8>,
+        /// Fingerprint of the new KEK (for the audit trail; never the key).
+        kek: String,
+        /// Caller.
+        actor: Actor,
+    },
     /// A command carrying the W3C trace context of the call that caused it,
     /// so edges can attach their apply to the caller's trace. Applies
     /// exactly as `command`; the context never influences the result.
@@ -173,6 +185,7 @@ impl Command {
             Command::RetireKey { .. } => "retire_key",
             Command::RevokeKey { .. } => "revoke_key",
             Command::Sweep { .. } => "sweep",
+            Command::RewrapKey { .. } => "rewrap_key",
             Command::Traced { .. } => "traced",
         }
     }
@@ -298,6 +311,7 @@ impl std::fmt::Display for Command {
             Command::RetireKey { kid, .. } => write!(f, "retire_key kid={kid}"),
             Command::RevokeKey { kid, .. } => write!(f, "revoke_key kid={kid}"),
             Command::Sweep { cutoff } => write!(f, "sweep cutoff={cutoff}"),
+            Command::RewrapKey { kid, kek, .. } => write!(f, "rewrap_key kid={kid} kek={kek}"),
             Command::Traced { .. } => write!(f, "traced"),
         }
     }

@@ -250,6 +250,9 @@ impl State {
             } => self.retire_key(revision, *kid, *force, *at, actor),
             Command::RevokeKey { kid, actor, .. } => self.revoke_key(revision, *kid, actor),
             Command::Sweep { cutoff } => Ok(self.sweep(revision, *cutoff)),
+            Command::RewrapKey {
+                kid, sealed, actor, ..
+            } => self.rewrap_key(revision, *kid, sealed, actor),
             // untraced() never returns a Traced command.
             Command::Traced { .. } => Ok(Response::Applied { revision }),
         };
@@ -590,6 +593,32 @@ impl State {
         Ok(Response::KeyChanged { revision })
     }
 
+    fn rewrap_key(
+        &mut self,
+        revision: u64,
+        kid: Kid,
+        sealed: &[u8],
+        actor: &Actor,
+    ) -> Result<Response, Rejection> {
+        let Some(k) = self.keys.get_mut(&kid) else {
+            return Err(not_found("key", kid));
+        };
+        if k.sealed.is_empty() {
+            return Err(Rejection::FailedPrecondition(format!(
+                "key {kid} is {:?}: its private key is gone, nothing to rewrap",
+                k.state
+            )));
+        }
+        if sealed.is_empty() {
+            return Err(Rejection::FailedPrecondition(
+                "rewrap needs the sealed private key".into(),
+            ));
+        }
+        k.sealed = sealed.to_vec();
+        k.actor = actor.clone();
+        Ok(Response::KeyChanged { revision })
+    }
+
     fn revoke_key(
         &mut self,
         revision: u64,
@@ -657,7 +686,7 @@ impl State {
         match cmd.untraced() {
             Command::ActivateKey { kid, .. } => self.check_activate(kid).map(|_| ()),
             Command::RetireKey { kid, force, at, .. } => self.check_retire(kid, *force, *at),
-            Command::RevokeKey { kid, .. } => self
+            Command::RevokeKey { kid, .. } | Command::RewrapKey { kid, .. } => self
                 .keys
                 .get(kid)
                 .map(|_| ())

@@ -353,6 +353,24 @@ fn check_member(m: &pb::Member) -> Result<()> {
 const BACKUP_CHUNK: usize = 1 << 20;
 
 impl Service {
+    async fn rewrap_local(&self, actor: Actor) -> Result<pb::RewrapKeysResponse> {
+        let mut out = pb::RewrapKeysResponse {
+            kek_fingerprint: self.node.kek_fingerprint().to_string(),
+            ..Default::default()
+        };
+        for (kid, cmd) in self.node.rewrap_commands(&actor)? {
+            match self.node.propose(cmd).await? {
+                SmResponse::KeyChanged { revision } => {
+                    out.rewrapped.push(kid.to_string());
+                    out.revision = revision;
+                }
+                SmResponse::Rejected { rejection, .. } => return Err(rejection.into()),
+                other => return Err(Error::Fatal(format!("unexpected response {other:?}"))),
+            }
+        }
+        Ok(out)
+    }
+
     /// The state at a revision no older than the leader's commit index at
     /// the time of the call, serialised, in chunks.
     async fn backup_chunks(&self) -> Result<Vec<pb::BackupChunk>> {
@@ -403,6 +421,19 @@ impl AdminService for Service {
     type BackupStream = std::pin::Pin<
         Box<dyn futures::Stream<Item = std::result::Result<pb::BackupChunk, Status>> + Send>,
     >;
+
+    async fn rewrap_keys(
+        &self,
+        req: Request<pb::RewrapKeysRequest>,
+    ) -> std::result::Result<Response<pb::RewrapKeysResponse>, Status> {
+        routed!(
+            self.node,
+            req,
+            AdminServiceClient,
+            rewrap_keys,
+            self.rewrap_local(actor(&req))
+        )
+    }
 
     async fn backup(
         &self,

@@ -28,6 +28,12 @@ pub struct Options {
     /// The key-encryption key itself (prefer `kek_file` or the `VETO_KEK` env).
     #[serde(skip_serializing)]
     pub kek: Option<String>,
+    /// Files holding earlier KEKs, used only to open keys sealed before a
+    /// KEK rotation until `veto keys rewrap` has re-sealed them.
+    pub previous_kek_files: Vec<PathBuf>,
+    /// Earlier KEKs themselves (env `VETO_PREVIOUS_KEK`, comma-separated).
+    #[serde(skip_serializing)]
+    pub previous_keks: Vec<String>,
     /// Input limits and token lifetimes.
     pub limits: Limits,
     /// Raft timings and log compaction.
@@ -81,6 +87,8 @@ impl Default for Options {
             data_dir: PathBuf::from("./veto-data"),
             kek_file: None,
             kek: None,
+            previous_kek_files: Vec::new(),
+            previous_keks: Vec::new(),
             limits: Limits::default(),
             raft: RaftOptions::default(),
             sweep_interval_seconds: 60,
@@ -146,6 +154,10 @@ pub struct Flags {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub dump_config: bool,
+    /// A file with an earlier KEK (repeatable), to open keys sealed before a
+    /// KEK rotation until `veto keys rewrap` re-seals them.
+    #[arg(long)]
+    pub previous_kek_file: Vec<PathBuf>,
     /// Write the bound gRPC and HTTP addresses as JSON to this file once listening
     /// (for tools that start servers on port 0).
     #[arg(long, env = "VETO_READY_FILE")]
@@ -193,6 +205,17 @@ impl Options {
         }
         if let Ok(v) = std::env::var("VETO_KEK") {
             o.kek = Some(v);
+        }
+        if !flags.previous_kek_file.is_empty() {
+            o.previous_kek_files = flags.previous_kek_file.clone();
+        }
+        if let Ok(v) = std::env::var("VETO_PREVIOUS_KEK") {
+            o.previous_keks = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
         }
         o.validate()?;
         Ok(o)
@@ -261,6 +284,26 @@ impl Options {
             }
         };
         veto_core::Kek::parse(&text).map_err(|e| ConfigError::Invalid(format!("kek: {e}")))
+    }
+
+    /// The earlier KEKs (files and `VETO_PREVIOUS_KEK`), oldest last.
+    pub fn load_previous_keks(&self) -> Result<Vec<veto_core::Kek>, ConfigError> {
+        let mut out = Vec::new();
+        for p in &self.previous_kek_files {
+            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            out.push(veto_core::Kek::parse(&text).map_err(|e| {
+                ConfigError::Invalid(format!("previous_kek_files {}: {e}", p.display()))
+            })?);
+        }
+        for (i, t) in self.previous_keks.iter().enumerate() {
+            out.push(veto_core::Kek::parse(t).map_err(|e| {
+                ConfigError::Invalid(format!("VETO_PREVIOUS_KEK item {}: {e}", i + 1))
+            })?);
+        }
+        Ok(out)
     }
 }
 

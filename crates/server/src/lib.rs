@@ -96,6 +96,7 @@ impl Server {
     /// Opens the data directory, starts Raft and binds both listeners.
     pub async fn start(opts: Options) -> anyhow::Result<Server> {
         let kek = opts.load_kek()?;
+        let previous_keks = opts.load_previous_keks()?;
         std::fs::create_dir_all(&opts.data_dir)
             .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
         let (log, sm) = veto_store::open(&opts.data_dir, opts.node_id)?;
@@ -132,7 +133,12 @@ impl Server {
         let http_addr = http_listener.local_addr()?;
         let advertised = opts.advertised(grpc_addr);
         let max_msg = opts.max_message_bytes;
-        let node = Node::new(raft.clone(), state, log, kek, opts);
+        info!(
+            kek = kek.fingerprint(),
+            previous = previous_keks.len(),
+            "key-encryption key loaded"
+        );
+        let node = Node::new(raft.clone(), state, log, kek, previous_keks, opts);
 
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = Vec::new();

@@ -38,6 +38,8 @@ struct Inner {
     state: StateHandle,
     log: LogStore,
     kek: Kek,
+    /// Earlier KEKs: open keys sealed before a rotation until rewrapped.
+    previous_keks: Vec<Kek>,
     opts: Options,
     signer: Mutex<Option<(Kid, SigningKey)>>,
     peers: Mutex<HashMap<String, Channel>>,
@@ -54,7 +56,14 @@ pub fn unix_now() -> i64 {
 
 impl Node {
     /// Wraps a started Raft instance.
-    pub fn new(raft: Raft, state: StateHandle, log: LogStore, kek: Kek, opts: Options) -> Self {
+    pub fn new(
+        raft: Raft,
+        state: StateHandle,
+        log: LogStore,
+        kek: Kek,
+        previous_keks: Vec<Kek>,
+        opts: Options,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 id: opts.node_id,
@@ -62,6 +71,7 @@ impl Node {
                 state,
                 log,
                 kek,
+                previous_keks,
                 opts,
                 signer: Mutex::new(None),
                 peers: Mutex::new(HashMap::new()),
@@ -239,10 +249,66 @@ impl Node {
                 return Ok((kid, sk.clone()));
             }
         }
-        let secret = self.inner.kek.open(kid, &sealed)?;
+        let secret = self.open_sealed(kid, &sealed)?;
         let sk = SigningKey::from_bytes(&secret);
         *cache = Some((kid, sk.clone()));
         Ok((kid, sk))
+    }
+
+    /// Opens a sealed private key with the KEK, or an earlier one.
+    fn open_sealed(&self, kid: Kid, sealed: &[u8]) -> Result<[u8; 32]> {
+        match self.inner.kek.open(kid, sealed) {
+            Ok(k) => Ok(k),
+            Err(e) => self
+                .inner
+                .previous_keks
+                .iter()
+                .find_map(|k| k.open(kid, sealed).ok())
+                .ok_or_else(|| e.into()),
+        }
+    }
+
+    /// Fingerprint of the current KEK (safe to show).
+    pub fn kek_fingerprint(&self) -> &str {
+        self.inner.kek.fingerprint()
+    }
+
+    /// KEK rotation: a `RewrapKey` for every key whose private half is not
+    /// sealed with the current KEK yet, re-sealed with it. Fails, naming the
+    /// key, if a key opens with none of this node's KEKs.
+    pub fn rewrap_commands(&self, actor: &Actor) -> Result<Vec<(Kid, Command)>> {
+        let keys: Vec<(Kid, Vec<u8>)> = self.inner.state.read(|s| {
+            s.keys()
+                .filter(|k| !k.sealed.is_empty())
+                .map(|k| (k.kid, k.sealed.clone()))
+                .collect()
+        });
+        let mut out = Vec::new();
+        for (kid, sealed) in keys {
+            if self.inner.kek.open(kid, &sealed).is_ok() {
+                continue;
+            }
+            let secret = self
+                .inner
+                .previous_keks
+                .iter()
+                .find_map(|k| k.open(kid, &sealed).ok())
+                .ok_or_else(|| {
+                    Error::FailedPrecondition(format!(
+                        "key {kid} opens with none of this node's KEKs; start the leader with the KEK that sealed it as --previous-kek-file"
+                    ))
+                })?;
+            out.push((
+                kid,
+                Command::RewrapKey {
+                    kid,
+                    sealed: self.inner.kek.seal(kid, &secret),
+                    kek: self.inner.kek.fingerprint().to_string(),
+                    actor: actor.clone(),
+                },
+            ));
+        }
+        Ok(out)
     }
 
     /// Generates a key pair and returns the publish command (on the leader,

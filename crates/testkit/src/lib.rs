@@ -238,6 +238,20 @@ impl Cluster {
         Ok(c)
     }
 
+    /// Nodes (re)started from now on use this KEK (KEK rotation).
+    pub fn set_kek(&mut self, kek: &str) {
+        self.kek = kek.to_string();
+    }
+
+    /// Sets (Some) or removes (None) an environment variable for nodes
+    /// (re)started from now on.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_string(), v.to_string()));
+        }
+    }
+
     /// The key-encryption key every node of this cluster uses.
     pub fn kek(&self) -> &str {
         &self.kek
@@ -499,6 +513,11 @@ fn dechunk(mut body: &str) -> String {
         body = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// A fresh random key-encryption key (64 hex characters).
+pub fn new_kek() -> String {
+    hex_key()
 }
 
 fn hex_key() -> String {

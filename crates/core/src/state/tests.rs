@@ -403,3 +403,51 @@ fn a_traced_command_applies_exactly_as_the_command() {
     let back: Command = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(back, wrapped);
 }
+
+#[test]
+fn rewrap_replaces_only_the_sealed_key() {
+    let mut fx = Fx::new();
+    let kid = fx.kid;
+    let before = fx.st.keys().find(|k| k.kid == kid).cloned().unwrap();
+    let r = fx.apply(Command::RewrapKey {
+        kid,
+        sealed: vec![9, 9, 9],
+        kek: "feedface".into(),
+        actor: op(),
+    });
+    assert!(matches!(r, Response::KeyChanged { .. }), "{r:?}");
+    let after = fx.st.keys().find(|k| k.kid == kid).cloned().unwrap();
+    assert_eq!(after.sealed, vec![9, 9, 9]);
+    assert_eq!(
+        (after.public, after.state, after.published_revision),
+        (before.public, before.state, before.published_revision)
+    );
+    // unknown keys and empty blobs are refused, and change nothing
+    let r = fx.apply(Command::RewrapKey {
+        kid: Kid([7; 16]),
+        sealed: vec![1],
+        kek: "x".into(),
+        actor: op(),
+    });
+    assert!(
+        matches!(
+            r,
+            Response::Rejected {
+                rejection: Rejection::NotFound { .. },
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    let r = fx.apply(Command::RewrapKey {
+        kid,
+        sealed: vec![],
+        kek: "x".into(),
+        actor: op(),
+    });
+    assert!(matches!(r, Response::Rejected { .. }), "{r:?}");
+    assert_eq!(
+        fx.st.keys().find(|k| k.kid == kid).unwrap().sealed,
+        vec![9, 9, 9]
+    );
+}

@@ -94,7 +94,21 @@ async fn a_backup_restores_into_a_new_cluster_with_every_token_status() -> anyho
     let n = bytes.len();
     bytes[n - 10] ^= 0x55;
     std::fs::write(&bad, &bytes)?;
-    assert!(veto(&["snapshot", "inspect", &bad.display().to_string()]).is_err());
+    let bad_s = bad.display().to_string();
+    assert!(veto(&["snapshot", "inspect", &bad_s]).is_err());
+    let refused_dir = dir.path().join("refused");
+    let refused = veto(&[
+        "snapshot",
+        "restore",
+        &bad_s,
+        "--data-dir",
+        &refused_dir.display().to_string(),
+        "--node-id",
+        "1",
+        "--member=1=127.0.0.1:1",
+    ]);
+    assert!(refused.is_err_and(|e| e.to_string().contains("checksum")));
+    assert!(!refused_dir.join("CURRENT").exists(), "nothing seeded from a corrupt file");
 
     // A new cluster on new addresses, every node seeded from the file.
     let members: BTreeMap<u64, String> = (1..=3)

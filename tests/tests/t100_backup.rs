@@ -108,7 +108,10 @@ async fn a_backup_restores_into_a_new_cluster_with_every_token_status() -> anyho
         "--member=1=127.0.0.1:1",
     ]);
     assert!(refused.is_err_and(|e| e.to_string().contains("checksum")));
-    assert!(!refused_dir.join("CURRENT").exists(), "nothing seeded from a corrupt file");
+    assert!(
+        !refused_dir.join("CURRENT").exists(),
+        "nothing seeded from a corrupt file"
+    );
 
     // A new cluster on new addresses, every node seeded from the file.
     let members: BTreeMap<u64, String> = (1..=3)

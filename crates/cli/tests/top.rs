@@ -48,15 +48,28 @@ async fn top_renders_members_edges_and_propagation() -> anyhow::Result<()> {
     let mut last = 0;
     let mut issued = Vec::new();
     for i in 0..4 {
-        let t = tokens
-            .issue(pb::IssueRequest {
-                sub: format!("top:{i}"),
-                scopes: vec!["read".into()],
-                ttl_seconds: 3600,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
+        // The leader creates the first signing key just after its election.
+        let t = veto_testkit::eventually(
+            "an issued token",
+            Duration::from_secs(15),
+            Duration::from_millis(50),
+            || {
+                let mut tokens = tokens.clone();
+                async move {
+                    tokens
+                        .issue(pb::IssueRequest {
+                            sub: format!("top:{i}"),
+                            scopes: vec!["read".into()],
+                            ttl_seconds: 3600,
+                            ..Default::default()
+                        })
+                        .await
+                        .ok()
+                        .map(|r| r.into_inner())
+                }
+            },
+        )
+        .await?;
         issued.push(t);
     }
     for t in &issued[..2] {

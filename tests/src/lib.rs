@@ -172,6 +172,33 @@ pub async fn verify_at(
     c.verify(req).await.map(|r| r.into_inner())
 }
 
+/// Revokes `jti` through whichever of `addrs` answers (starting at the
+/// `start`-th, trying each up to `rounds` times, 3 s per call); returns the
+/// time of the acknowledgement, or None if no node acknowledged it.
+pub async fn revoke_via_any(
+    addrs: &[String],
+    jti: &str,
+    start: usize,
+    rounds: usize,
+) -> Option<std::time::Instant> {
+    for a in addrs.iter().cycle().skip(start).take(addrs.len() * rounds) {
+        let Ok(ch) = veto_testkit::channel(a) else {
+            continue;
+        };
+        let mut c = pb::token_service_client::TokenServiceClient::new(ch);
+        let mut req = tonic::Request::new(pb::RevokeRequest {
+            jti: jti.to_string(),
+            ..Default::default()
+        });
+        req.set_timeout(Duration::from_secs(3));
+        if c.revoke(req).await.is_ok() {
+            return Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
 /// One verify in a recorded history.
 #[derive(Debug, Clone)]
 pub struct VerifyOp {

@@ -190,37 +190,31 @@ async fn a_cluster_rebuilt_from_one_survivor_keeps_what_it_had() -> anyhow::Resu
 
     // Refused without the explicit confirmation.
     let scratch = tempfile::tempdir()?;
-    let denied = veto(&[
-        "cluster",
-        "force-new",
-        "--survivor-data-dir",
-        &old_db,
-        "--survivor-node-id",
-        &survivor.to_string(),
-        "--data-dir",
-        &scratch.path().join("x").display().to_string(),
-        "--node-id",
-        &survivor.to_string(),
-        &member,
-    ]);
+    let force_new = |data_dir: &Path, node: u64, confirm: bool| {
+        let mut args = vec![
+            "cluster".to_string(),
+            "force-new".into(),
+            "--survivor-data-dir".into(),
+            old_db.clone(),
+            "--survivor-node-id".into(),
+            survivor.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--node-id".into(),
+            node.to_string(),
+            member.clone(),
+        ];
+        if confirm {
+            args.push("--i-have-lost-quorum".into());
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        veto(&refs).map(|_| ())
+    };
+    let denied = force_new(&scratch.path().join("x"), survivor, false);
     assert!(denied.is_err());
 
     let b = Cluster::start_seeded(&members, Some(a.kek()), |id, db: &Path| {
-        veto(&[
-            "cluster",
-            "force-new",
-            "--survivor-data-dir",
-            &old_db,
-            "--survivor-node-id",
-            &survivor.to_string(),
-            "--data-dir",
-            &db.display().to_string(),
-            "--node-id",
-            &id.to_string(),
-            &member,
-            "--i-have-lost-quorum",
-        ])
-        .map(|_| ())
+        force_new(db, id, true)
     })
     .await?;
     let n = b.node(survivor)?;

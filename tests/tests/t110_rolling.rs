@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use veto_proto as pb;
 use veto_testkit::{eventually, http_get, Cluster, ClusterOptions};
-use veto_tests::{check_history, issue, start_edges, token_status, VerifyOp};
+use veto_tests::{check_history, issue, revoke_via_any, start_edges, token_status, VerifyOp};
 
 const BOUND_MS: u64 = 2_000;
 const PROBE_MS: u64 = 100;
@@ -77,21 +77,8 @@ async fn restarting_servers_one_at_a_time_loses_nothing_and_keeps_the_bound() ->
                     break;
                 }
                 attempted.insert(jti.clone());
-                for a in addrs.iter().cycle().skip(k).take(addrs.len() * 4) {
-                    let Ok(ch) = veto_testkit::channel(a) else {
-                        continue;
-                    };
-                    let mut c = pb::token_service_client::TokenServiceClient::new(ch);
-                    let mut req = tonic::Request::new(pb::RevokeRequest {
-                        jti: jti.clone(),
-                        ..Default::default()
-                    });
-                    req.set_timeout(Duration::from_secs(3));
-                    if c.revoke(req).await.is_ok() {
-                        acks.insert(jti.clone(), Instant::now());
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                if let Some(t) = revoke_via_any(&addrs, jti, k, 4).await {
+                    acks.insert(jti.clone(), t);
                 }
                 tokio::time::sleep(Duration::from_millis(80)).await;
             }

@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use veto_proto as pb;
 use veto_testkit::{Cluster, ClusterOptions};
-use veto_tests::{check_history, issue, start_edges, VerifyOp};
+use veto_tests::{check_history, issue, revoke_via_any, start_edges, VerifyOp};
 
 const BOUND_MS: u64 = 1_000;
 const PROBE_MS: u64 = 100;
@@ -87,21 +86,8 @@ async fn no_edge_accepts_a_revoked_token_after_ack_plus_bound_under_kills() -> a
         }
         attempted.insert(jti.clone());
         // Send through any node that answers; count only acknowledged revokes.
-        for a in addrs.iter().cycle().skip(k).take(addrs.len() * 3) {
-            let Ok(ch) = veto_testkit::channel(a) else {
-                continue;
-            };
-            let mut c = veto_proto::token_service_client::TokenServiceClient::new(ch);
-            let mut req = tonic::Request::new(pb::RevokeRequest {
-                jti: jti.clone(),
-                ..Default::default()
-            });
-            req.set_timeout(Duration::from_secs(3));
-            if c.revoke(req).await.is_ok() {
-                acks.insert(jti.clone(), Instant::now());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Some(t) = revoke_via_any(&addrs, jti, k, 3).await {
+            acks.insert(jti.clone(), t);
         }
         tokio::time::sleep(Duration::from_millis(40)).await;
     }

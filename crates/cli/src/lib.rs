@@ -119,15 +119,10 @@ pub enum ClusterCmd {
         /// The survivor's node id.
         #[arg(long)]
         survivor_node_id: u64,
-        /// New data directory to create (must be empty or absent).
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// Node id that will run on --data-dir.
-        #[arg(long)]
-        node_id: u64,
-        /// The new cluster's voters, ID=HOST:PORT (usually just this node).
-        #[arg(long = "member", value_parser = parse_member, required = true)]
-        members: Vec<pb::Member>,
+        /// The new directory, this node and the new cluster's voters
+        /// (usually just this node).
+        #[command(flatten)]
+        seed: SeedArgs,
         /// Required: confirms the other members are gone for good.
         #[arg(long)]
         i_have_lost_quorum: bool,
@@ -152,16 +147,24 @@ pub enum SnapshotCmd {
     Restore {
         /// Backup file.
         file: PathBuf,
-        /// Data directory to create (must be empty or absent).
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// This node's id.
-        #[arg(long)]
-        node_id: u64,
-        /// Every voter of the new cluster, ID=HOST:PORT.
-        #[arg(long = "member", value_parser = parse_member, required = true)]
-        members: Vec<pb::Member>,
+        /// The new directory, this node and every voter of the new cluster.
+        #[command(flatten)]
+        seed: SeedArgs,
     },
+}
+
+/// Where and as whom an offline command seeds a new data directory.
+#[derive(Debug, clap::Args)]
+pub struct SeedArgs {
+    /// Data directory to create (must be empty or absent).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Node id that will run on --data-dir.
+    #[arg(long)]
+    pub node_id: u64,
+    /// The new cluster's voters, ID=HOST:PORT.
+    #[arg(long = "member", value_parser = parse_member, required = true)]
+    pub members: Vec<pb::Member>,
 }
 
 /// `veto token ...`
@@ -310,9 +313,12 @@ async fn snapshot_cmd(c: SnapshotCmd, addr: &str, timeout: Duration, j: bool) ->
         }
         SnapshotCmd::Restore {
             file,
-            data_dir,
-            node_id,
-            members,
+            seed:
+                SeedArgs {
+                    data_dir,
+                    node_id,
+                    members,
+                },
         } => {
             let h = backup::restore(&file, &data_dir, node_id, &members)?;
             show(&h, &format!("restored into {}", data_dir.display()));
@@ -458,9 +464,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Cluster(ClusterCmd::ForceNew {
             survivor_data_dir,
             survivor_node_id,
-            data_dir,
-            node_id,
-            members,
+            seed:
+                SeedArgs {
+                    data_dir,
+                    node_id,
+                    members,
+                },
             i_have_lost_quorum,
         }) => {
             if !i_have_lost_quorum {

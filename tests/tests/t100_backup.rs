@@ -227,3 +227,63 @@ async fn a_cluster_rebuilt_from_one_survivor_keeps_what_it_had() -> anyhow::Resu
     );
     Ok(())
 }
+
+/// An edge that followed a history longer than the cluster it meets (its
+/// cluster was restored from an older backup, or rebuilt from a survivor
+/// that lagged) must be given a snapshot, never answered "fresh" at a
+/// revision the cluster has not reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_ahead_of_the_cluster_is_replaced_by_a_snapshot() -> anyhow::Result<()> {
+    use tokio_stream::StreamExt;
+    let a = Cluster::start(ClusterOptions::default()).await?;
+    let leader = a.wait_leader(Duration::from_secs(20)).await?;
+    let (_, last) = workload(a.node(leader)?).await?;
+    let ahead = last + 1_000;
+    for n in &a.nodes {
+        let ch = veto_testkit::channel(&n.grpc_addr)?;
+        let mut feed = pb::feed_service_client::FeedServiceClient::new(ch);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(pb::EdgeMessage {
+            msg: Some(pb::edge_message::Msg::Hello(pb::Hello {
+                edge_id: format!("from-another-history-{}", n.id),
+                applied_revision: ahead,
+            })),
+        })
+        .await?;
+        tx.send(pb::EdgeMessage {
+            msg: Some(pb::edge_message::Msg::Probe(pb::SyncProbe {
+                nonce: 7,
+                ..Default::default()
+            })),
+        })
+        .await?;
+        let mut inbound = feed
+            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("stream ended"))??;
+        match first.msg {
+            Some(pb::feed_message::Msg::Snapshot(c)) => {
+                assert!(
+                    c.revision >= last && c.revision < ahead,
+                    "snapshot at {}",
+                    c.revision
+                )
+            }
+            other => panic!("node {}: expected a snapshot first, got {other:?}", n.id),
+        }
+        // And no answer ever claims the edge's own revision.
+        while let Ok(Some(Ok(m))) =
+            tokio::time::timeout(Duration::from_millis(500), inbound.next()).await
+        {
+            if let Some(pb::feed_message::Msg::SyncReply(r)) = m.msg {
+                assert!(r.revision < ahead, "answered fresh at {}", r.revision);
+                break;
+            }
+        }
+        drop(tx);
+    }
+    Ok(())
+}

@@ -138,11 +138,25 @@ pub async fn collect(addrs: &[String]) -> Result<View> {
     }
     view.members = members;
     view.edges.sort_by(|a, b| a.edge_id.cmp(&b.edge_id));
+    // An edge that moved is also listed, disconnected, by its old node:
+    // count each edge once, preferring its connected entry.
+    let mut once: BTreeMap<&str, &pb::EdgeInfo> = BTreeMap::new();
     for e in &view.edges {
-        for (k, n) in &e.verify_counts {
-            *view.verify_totals.entry(k.clone()).or_default() += n;
+        let keep = once
+            .get(e.edge_id.as_str())
+            .is_some_and(|p| p.connected && !e.connected);
+        if !keep {
+            once.insert(e.edge_id.as_str(), e);
         }
     }
+    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+    for e in once.values() {
+        for (k, n) in &e.verify_counts {
+            let t = totals.entry(k.clone()).or_default();
+            *t = t.saturating_add(*n);
+        }
+    }
+    view.verify_totals = totals;
     view.propagation = propagation::merge(seconds)
         .iter()
         .map(|s| (s.unix_s, s.quantile_ms(0.5), s.quantile_ms(0.99), s.count()))

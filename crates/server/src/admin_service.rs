@@ -364,6 +364,13 @@ impl Service {
                     out.rewrapped.push(kid.to_string());
                     out.revision = revision;
                 }
+                // Revoked or retired meanwhile: nothing left to re-seal.
+                SmResponse::Rejected {
+                    rejection:
+                        veto_core::command::Rejection::NotFound { .. }
+                        | veto_core::command::Rejection::FailedPrecondition(_),
+                    ..
+                } => {}
                 SmResponse::Rejected { rejection, .. } => return Err(rejection.into()),
                 other => return Err(Error::Fatal(format!("unexpected response {other:?}"))),
             }
@@ -380,10 +387,12 @@ impl Service {
             .await
             .map_err(|_| Error::Timeout(format!("not caught up to revision {commit} in 10 s")))?
             .map_err(|_| Error::Fatal("state machine stopped".into()))?;
-        let (revision, data) = self
-            .node
-            .state()
-            .read(|s| (s.revision, s.to_snapshot_bytes()));
+        // Clone under the lock, serialise off the async workers.
+        let state = self.node.state().read(|s| s.clone());
+        let revision = state.revision;
+        let data = tokio::task::spawn_blocking(move || state.to_snapshot_bytes())
+            .await
+            .map_err(|e| Error::Fatal(format!("backup serialisation: {e}")))?;
         let sha = {
             use sha2::Digest;
             sha2::Sha256::digest(&data).to_vec()

@@ -319,8 +319,9 @@ impl Hub {
         self.inner.closing.send_replace(true);
     }
 
-    fn probed(&self, edge: &str, counts: HashMap<String, u64>) {
-        if counts.is_empty() || counts.len() > 64 {
+    fn probed(&self, edge: &str, mut counts: HashMap<String, u64>) {
+        counts.retain(|k, _| veto_feed::Outcome::ALL.iter().any(|o| o.label() == k));
+        if counts.is_empty() {
             return;
         }
         if let Some(s) = self.edges().get_mut(edge) {
@@ -490,6 +491,28 @@ async fn writer(
     // A new edge (cursor 0) on a cluster with history gets a snapshot, so
     // its view is replaced atomically.
     let mut force_snapshot = cursor == 0;
+    // An edge ahead of this node's log meets either a node that lags (it
+    // catches up below) or a cluster whose history restarted lower (restored
+    // from a backup, rebuilt after a quorum loss). Ask the leader: ahead of
+    // the cluster's commit index means its view is from another history and
+    // must be replaced, or revisions up to its cursor would never be sent
+    // while its probes were answered.
+    if cursor > state.changes().head() {
+        match hub.read_index().await {
+            Ok(commit) if cursor > commit => {
+                tracing::warn!(%edge, cursor, commit, "edge is ahead of the cluster; replacing its view with a snapshot");
+                force_snapshot = true;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::info!(%edge, error = %e, "no leader to place an edge ahead of this node; closing its stream");
+                let _ = tx.try_send(Err(Status::unavailable(
+                    "no leader; subscribe to another node",
+                )));
+                return;
+            }
+        }
+    }
     loop {
         loop {
             // Fast path: the change log alone (its own lock), and the batch
@@ -568,9 +591,8 @@ async fn writer(
             },
             _ = tx.closed() => return,
             _ = until_closing(&mut closing) => {
-                let _ = tx
-                    .send(Err(Status::unavailable("this node is stopping; subscribe to another")))
-                    .await;
+                // Never wait on a stalled edge while the node stops.
+                let _ = tx.try_send(Err(Status::unavailable("this node is stopping; subscribe to another")));
                 return;
             }
         }

@@ -11,6 +11,7 @@ use openraft::ServerState;
 
 use crate::convert;
 use crate::node::Node;
+use veto_proto as pb;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -139,12 +140,31 @@ async fn status_json(State(h): State<Http>) -> impl IntoResponse {
         .collect();
     let (edges, seconds) = h.hub.cluster_view().await;
     let mut totals: std::collections::BTreeMap<String, u64> = Default::default();
+    // An edge that moved is listed by its old node too (disconnected, with
+    // older counts): count each edge once, from its connected entry.
+    let counted: std::collections::HashMap<&str, &pb::EdgeInfo> = {
+        let mut m: std::collections::HashMap<&str, &pb::EdgeInfo> = Default::default();
+        for (e, _) in &edges {
+            // Prefer the connected entry, then the most recently acked.
+            let better = m.get(e.edge_id.as_str()).is_none_or(|prev| {
+                (e.connected && !prev.connected)
+                    || (e.connected == prev.connected && e.ack_age_ms < prev.ack_age_ms)
+            });
+            if better {
+                m.insert(e.edge_id.as_str(), e);
+            }
+        }
+        m
+    };
+    for e in counted.values() {
+        for (k, n) in &e.verify_counts {
+            let t = totals.entry(k.clone()).or_default();
+            *t = t.saturating_add(*n);
+        }
+    }
     let mut edges: Vec<serde_json::Value> = edges
         .into_iter()
         .map(|(e, _)| {
-            for (k, n) in &e.verify_counts {
-                *totals.entry(k.clone()).or_default() += n;
-            }
             let verify: std::collections::BTreeMap<_, _> = e.verify_counts.into_iter().collect();
             serde_json::json!({
                 "edge_id": e.edge_id, "node_id": e.node_id, "connected": e.connected,

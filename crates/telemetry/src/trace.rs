@@ -26,6 +26,9 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
+/// Largest `tracestate` carried into the log (bytes).
+const MAX_TRACESTATE: usize = 256;
+
 /// Tracing could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -166,6 +169,9 @@ pub fn current_context() -> Option<BTreeMap<String, String>> {
     }
     let mut map: HashMap<String, String> = HashMap::new();
     TraceContextPropagator::new().inject_context(&cx, &mut map);
+    // This rides in the replicated log and in every edge's feed: keep the
+    // caller's tracestate only while it is small.
+    map.retain(|k, v| k == "traceparent" || v.len() <= MAX_TRACESTATE);
     (!map.is_empty()).then(|| map.into_iter().collect())
 }
 

@@ -184,7 +184,8 @@ async fn a_cluster_rebuilt_from_one_survivor_keeps_what_it_had() -> anyhow::Resu
         a.kill(n).await?; // two for good; the survivor stops for the rebuild
     }
     let old_db = a.node(survivor)?.data_dir.join("db").display().to_string();
-    let addr = free_addr()?;
+    // Rebuilt on the survivor's own address: the lost members still know it.
+    let addr = a.node(survivor)?.grpc_addr.clone();
     let members: BTreeMap<u64, String> = [(survivor, addr.clone())].into_iter().collect();
     let member = format!("--member={survivor}={addr}");
 
@@ -222,9 +223,48 @@ async fn a_cluster_rebuilt_from_one_survivor_keeps_what_it_had() -> anyhow::Resu
     // A single-voter cluster that takes writes again.
     let t = issue(n, "user:after", 3600).await?;
     assert_eq!(
-        token_status(n, &t.record.unwrap().jti).await?,
+        token_status(n, &t.record.clone().unwrap_or_default().jti).await?,
         pb::TokenStatus::Active
     );
+
+    // The "lost" members come back after all: they hold a majority of the
+    // old membership and elect a leader among themselves, but the rebuilt
+    // node refuses every message from the old cluster, so it keeps its own
+    // history, membership and leadership.
+    for id in a
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|id| *id != survivor)
+        .collect::<Vec<_>>()
+    {
+        a.restart(id).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let st = n
+        .status()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("rebuilt node gone"))?;
+    assert_eq!(st.leader_id, survivor, "{st:?}");
+    let voters: Vec<u64> = st
+        .membership
+        .as_ref()
+        .map(|m| m.voters.iter().map(|v| v.node_id).collect())
+        .unwrap_or_default();
+    assert_eq!(voters, vec![survivor]);
+    assert_eq!(
+        token_status(n, &t.record.unwrap_or_default().jti).await?,
+        pb::TokenStatus::Active
+    );
+    assert_eq!(statuses(n, &ids).await?, before);
+    let log = std::fs::read_to_string(&n.log_file).unwrap_or_default();
+    let refused = a
+        .nodes
+        .iter()
+        .filter(|o| o.id != survivor)
+        .map(|o| std::fs::read_to_string(&o.log_file).unwrap_or_default())
+        .any(|l| l.contains("but this node belongs to cluster"));
+    assert!(refused, "the old members never met the rebuilt node: {log}");
     Ok(())
 }
 

@@ -175,7 +175,8 @@ pub fn restore(
 ) -> Result<Header> {
     let members = member_map(members, node_id)?;
     let (header, state) = load(file)?;
-    veto_store::offline::seed(data_dir, node_id, &state, header.revision, &members)?;
+    let id = derived_cluster_id(&["restore", &header.sha256], &members);
+    veto_store::offline::seed(data_dir, node_id, &state, header.revision, &members, &id)?;
     Ok(header)
 }
 
@@ -190,8 +191,28 @@ pub fn force_new(
     members: &[pb::Member],
 ) -> Result<u64> {
     let members = member_map(members, node_id)?;
+    let old_id = veto_store::offline::cluster_id_of(survivor_dir, survivor_id)
+        .with_context(|| format!("reading {}", survivor_dir.display()))?
+        .unwrap_or_default();
     let (state, revision) = veto_store::offline::read_state(survivor_dir, survivor_id)
         .with_context(|| format!("reading {}", survivor_dir.display()))?;
-    veto_store::offline::seed(data_dir, node_id, &state, revision, &members)?;
+    let id = derived_cluster_id(&["force-new", &old_id, &revision.to_string()], &members);
+    veto_store::offline::seed(data_dir, node_id, &state, revision, &members, &id)?;
     Ok(revision)
+}
+
+/// The id of a seeded cluster: derived from what seeds it (so every node
+/// seeded with the same inputs agrees without talking) and never equal to
+/// the id of the cluster the state came from.
+fn derived_cluster_id(parts: &[&str], members: &BTreeMap<u64, String>) -> String {
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    for (id, addr) in members {
+        h.update(format!("{id}={addr}").as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
 }

@@ -481,6 +481,23 @@ impl AdminService for Service {
                 self.node.id()
             )));
         }
+        // A new cluster gets a new id; every member adopts it from the first
+        // Raft message and refuses messages from any other cluster.
+        let uninitialised = self
+            .node
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .next()
+            .is_none();
+        if uninitialised {
+            let id = veto_core::Jti(rand::random()).to_string();
+            self.node
+                .cluster_id()
+                .set_if_unset(&id)
+                .map_err(|e| Status::internal(format!("cannot record the cluster id: {e}")))?;
+        }
         match self.node.raft().initialize(members).await {
             Ok(()) => {}
             Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {

@@ -116,8 +116,10 @@ impl Server {
         }
         .validate()
         .context("raft configuration")?;
+        let cluster = log.cluster_id().context("reading the cluster id")?;
         let factory = raft::network::Factory {
             max_message_bytes: opts.max_message_bytes.max(64 << 20),
+            cluster: cluster.clone(),
         };
         let raft = veto_store::Raft::new(opts.node_id, Arc::new(config), factory, log.clone(), sm)
             .await
@@ -138,14 +140,23 @@ impl Server {
             previous = previous_keks.len(),
             "key-encryption key loaded"
         );
-        let node = Node::new(raft.clone(), state, log, kek, previous_keks, opts);
+        let node = Node::new(
+            raft.clone(),
+            state,
+            log,
+            kek,
+            previous_keks,
+            cluster.clone(),
+            opts,
+        );
 
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = Vec::new();
 
-        let raft_svc = RaftServiceServer::new(raft::service::Service::new(raft.clone(), 1 << 30))
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
+        let raft_svc =
+            RaftServiceServer::new(raft::service::Service::new(raft.clone(), 1 << 30, cluster))
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20);
         let hub = feed::Hub::new(node.clone());
         let token_svc =
             TokenServiceServer::new(token_service::Service::new(node.clone(), hub.clone()))

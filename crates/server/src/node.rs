@@ -40,6 +40,7 @@ struct Inner {
     kek: Kek,
     /// Earlier KEKs: open keys sealed before a rotation until rewrapped.
     previous_keks: Vec<Kek>,
+    cluster: veto_store::ClusterId,
     opts: Options,
     signer: Mutex<Option<(Kid, SigningKey)>>,
     peers: Mutex<HashMap<String, Channel>>,
@@ -62,6 +63,7 @@ impl Node {
         log: LogStore,
         kek: Kek,
         previous_keks: Vec<Kek>,
+        cluster: veto_store::ClusterId,
         opts: Options,
     ) -> Self {
         Self {
@@ -72,6 +74,7 @@ impl Node {
                 log,
                 kek,
                 previous_keks,
+                cluster,
                 opts,
                 signer: Mutex::new(None),
                 peers: Mutex::new(HashMap::new()),
@@ -222,6 +225,7 @@ impl Node {
                     self.channel_to(&addr)?,
                 );
                 let mut req = tonic::Request::new(veto_proto::RaftPayload::default());
+                crate::raft::network::tag(&self.inner.cluster, &mut req);
                 req.set_timeout(Duration::from_secs(2));
                 let p = c
                     .read_index(req)
@@ -266,6 +270,11 @@ impl Node {
                 .find_map(|k| k.open(kid, sealed).ok())
                 .ok_or_else(|| e.into()),
         }
+    }
+
+    /// The cluster id handle (shared with the Raft network and service).
+    pub fn cluster_id(&self) -> &veto_store::ClusterId {
+        &self.inner.cluster
     }
 
     /// Fingerprint of the current KEK (safe to show).

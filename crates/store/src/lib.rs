@@ -16,6 +16,7 @@
 //! snapshots; after a restart openraft replays the committed log behind the
 //! latest snapshot, so nothing acknowledged is lost.
 
+mod cluster_id;
 mod log_store;
 pub mod offline;
 mod state_machine;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
+pub use cluster_id::{ClusterId, Mismatch};
 pub use log_store::LogStore;
 pub use state_machine::{StateHandle, StateMachineStore};
 

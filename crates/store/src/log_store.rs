@@ -101,6 +101,11 @@ impl LogStore {
             .map_err(io_err)
     }
 
+    /// The cluster id handle of this data directory.
+    pub fn cluster_id(&self) -> io::Result<crate::ClusterId> {
+        crate::ClusterId::load(self.db.clone())
+    }
+
     /// Every entry after index `after`, in order (offline recovery).
     pub(crate) fn entries_after(&self, after: u64) -> io::Result<Vec<EntryOf<C>>> {
         let cf = self.cf(CF_LOG)?;

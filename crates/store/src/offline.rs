@@ -64,14 +64,23 @@ pub fn read_state(path: &Path, node_id: u64) -> Result<(State, u64), Error> {
     Ok((state, revision))
 }
 
+/// The cluster id of a data directory (None before Init), read offline.
+pub fn cluster_id_of(path: &Path, node_id: u64) -> Result<Option<String>, Error> {
+    let (log, _) = open(path, node_id)?;
+    Ok(log.cluster_id().map_err(|e| corrupt(path, e))?.get())
+}
+
 /// Seeds the empty (or absent) directory `path` for node `node_id` with
-/// `state` at `revision` and `members` (node id -> gRPC address) as voters.
+/// `state` at `revision`, `members` (node id -> gRPC address) as voters and
+/// `cluster_id` (the same on every node seeded together; a new id, so
+/// members of the cluster the state came from cannot join it).
 pub fn seed(
     path: &Path,
     node_id: u64,
     state: &State,
     revision: u64,
     members: &BTreeMap<u64, String>,
+    cluster_id: &str,
 ) -> Result<(), Error> {
     if path.exists()
         && std::fs::read_dir(path)
@@ -119,5 +128,8 @@ pub fn seed(
     sm.seed_snapshot(&meta, &state.to_snapshot_bytes())
         .map_err(|e| corrupt(path, e))?;
     log.seed_purged(log_id).map_err(|e| corrupt(path, e))?;
+    log.cluster_id()
+        .and_then(|c| c.set_if_unset(cluster_id))
+        .map_err(|e| corrupt(path, e))?;
     Ok(())
 }

@@ -25,10 +25,25 @@ type C = TypeConfig;
 pub struct Factory {
     /// Largest message to send or accept.
     pub max_message_bytes: usize,
+    /// This node's cluster id, sent with every message.
+    pub cluster: veto_store::ClusterId,
+}
+
+/// Metadata key carrying the sender's cluster id on Raft RPCs.
+pub const CLUSTER_HEADER: &str = "x-veto-cluster";
+
+/// Marks `req` with the cluster id, if this node has one.
+pub fn tag<T>(cluster: &veto_store::ClusterId, req: &mut tonic::Request<T>) {
+    if let Some(id) = cluster.get() {
+        if let Ok(v) = tonic::metadata::MetadataValue::try_from(id.as_str()) {
+            req.metadata_mut().insert(CLUSTER_HEADER, v);
+        }
+    }
 }
 
 /// A connection to one peer.
 pub struct Client {
+    cluster: veto_store::ClusterId,
     target: u64,
     client: Option<RaftServiceClient<Channel>>,
     addr: String,
@@ -51,6 +66,7 @@ impl RaftNetworkFactory<C> for Factory {
                 .max_encoding_message_size(self.max_message_bytes)
             });
         Client {
+            cluster: self.cluster.clone(),
             target,
             client,
             addr: node.addr.clone(),
@@ -99,6 +115,7 @@ impl RaftNetworkV2<C> for Client {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
         let mut req = tonic::Request::new(enc(&rpc)?);
+        tag(&self.cluster, &mut req);
         req.set_timeout(option.soft_ttl());
         dec(self
             .client()?
@@ -114,6 +131,7 @@ impl RaftNetworkV2<C> for Client {
         option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
         let mut req = tonic::Request::new(enc(&rpc)?);
+        tag(&self.cluster, &mut req);
         req.set_timeout(option.soft_ttl());
         dec(self
             .client()?
@@ -129,6 +147,7 @@ impl RaftNetworkV2<C> for Client {
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
         let mut req = tonic::Request::new(enc(&rpc)?);
+        tag(&self.cluster, &mut req);
         req.set_timeout(option.soft_ttl());
         dec(self
             .client()?
@@ -162,6 +181,7 @@ impl RaftNetworkV2<C> for Client {
             off = end;
         }
         let mut req = tonic::Request::new(futures::stream::iter(parts));
+        tag(&self.cluster, &mut req);
         req.set_timeout(option.hard_ttl());
         let c = self.client()?;
         tokio::select! {

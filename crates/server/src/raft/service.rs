@@ -12,15 +12,30 @@ use super::{Snapshot, SnapshotMeta, Vote};
 pub struct Service {
     raft: Raft,
     max_snapshot_bytes: usize,
+    cluster: veto_store::ClusterId,
 }
 
 impl Service {
-    /// Serves RPCs for `raft`; snapshots larger than `max_snapshot_bytes` are refused.
-    pub fn new(raft: Raft, max_snapshot_bytes: usize) -> Self {
+    /// Serves RPCs for `raft`; snapshots larger than `max_snapshot_bytes` are
+    /// refused, and so is every message from another cluster.
+    pub fn new(raft: Raft, max_snapshot_bytes: usize, cluster: veto_store::ClusterId) -> Self {
         Self {
             raft,
             max_snapshot_bytes,
+            cluster,
         }
+    }
+
+    /// Refuses a message from another cluster (a member of the cluster this
+    /// one was restored or rebuilt from); adopts the id on a new member.
+    fn check<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        let peer = r
+            .metadata()
+            .get(super::network::CLUSTER_HEADER)
+            .and_then(|v| v.to_str().ok());
+        self.cluster
+            .check(peer)
+            .map_err(|e| Status::failed_precondition(e.to_string()))
     }
 }
 
@@ -41,11 +56,13 @@ impl RaftService for Service {
         &self,
         r: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check(&r)?;
         let rpc = decode(r.get_ref())?;
         encode(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, r: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check(&r)?;
         let rpc = decode(r.get_ref())?;
         encode(&self.raft.vote(rpc).await)
     }
@@ -54,6 +71,7 @@ impl RaftService for Service {
         &self,
         r: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check(&r)?;
         let rpc = decode(r.get_ref())?;
         let res = self
             .raft
@@ -63,7 +81,8 @@ impl RaftService for Service {
         encode(&res)
     }
 
-    async fn read_index(&self, _r: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn read_index(&self, r: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check(&r)?;
         let res: Result<u64, String> = match self
             .raft
             .get_read_linearizer(openraft::ReadPolicy::ReadIndex)
@@ -79,6 +98,7 @@ impl RaftService for Service {
         &self,
         r: Request<Streaming<SnapshotPart>>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check(&r)?;
         let mut s = r.into_inner();
         let first = s
             .message()

@@ -24,7 +24,12 @@ fn q(h: &Histogram<u64>, p: f64) -> f64 {
 }
 
 pub(crate) async fn cluster_with_key() -> Result<(Cluster, String)> {
-    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    cluster_with_key_opts(ClusterOptions::default()).await
+}
+
+/// [`cluster_with_key`] with options (e.g. environment for the servers).
+pub(crate) async fn cluster_with_key_opts(opts: ClusterOptions) -> Result<(Cluster, String)> {
+    let cluster = Cluster::start(opts).await?;
     let leader = cluster.wait_leader(Duration::from_secs(20)).await?;
     let addr = cluster.node(leader)?.grpc_addr.clone();
     let probe = TokenServiceClient::new(channel(&addr)?);

@@ -112,12 +112,24 @@ async fn measure(
 
 /// Runs the comparison.
 pub async fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
-    let rounds = 5;
-    let batch_for = Duration::from_secs(args.duration_secs.clamp(1, 10)) / 5;
-    eprintln!(
-        "starting a 3-node cluster and two edges (metrics off / on); issuing 10,000 tokens..."
+    let rounds = 9;
+    let batch_for = Duration::from_secs(args.duration_secs.clamp(1, 20)) / 10;
+    // The OTLP sink first: the servers export their spans to it throughout,
+    // so revokes carry trace context and edges have traced changes to apply.
+    let sink = Sink::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(sink.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let (cluster, addr) = crate::edgebench::cluster_with_key().await?;
+    eprintln!("starting a 3-node cluster (exporting traces) and two edges (metrics off / on); issuing 10,000 tokens...");
+    let (cluster, addr) = crate::edgebench::cluster_with_key_opts(veto_testkit::ClusterOptions {
+        env: vec![("VETO_OTLP_ENDPOINT".into(), endpoint.clone())],
+        ..Default::default()
+    })
+    .await?;
     let tokens: Arc<Vec<String>> = Arc::new(
         crate::edgebench::issue_many(&addr, 10_000)
             .await?
@@ -158,18 +170,11 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
         }
     }
     let mut results: Vec<(&str, Vec<Round>)> = Vec::new();
-    let sink = Sink::default();
     let mut traces = None;
-    let mut server = None;
+    let mut spans_before_tracing = 0;
     for tracing_on in [false, true] {
         if tracing_on {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let endpoint = format!("http://{}", listener.local_addr()?);
-            server = Some(tokio::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(TraceServiceServer::new(sink.clone()))
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-            ));
+            spans_before_tracing = sink.spans.load(Ordering::Relaxed);
             traces = Some(
                 veto_telemetry::trace::init("veto-bench", Some(&endpoint), "warn")
                     .context("tracing")?,
@@ -226,11 +231,11 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
             .collect();
         println!(
             "{}",
-            serde_json::json!({"rounds": rounds, "results": v, "spans_exported": sink.spans.load(Ordering::Relaxed)})
+            serde_json::json!({"rounds": rounds, "results": v, "spans_received": sink.spans.load(Ordering::Relaxed), "spans_before_edge_tracing": spans_before_tracing})
         );
     } else {
         println!(
-            "\nverify cost with observability on vs off (median of {rounds} alternating rounds, 10,000 tokens)"
+            "\nverify cost with observability on vs off (median of {rounds} alternating rounds, 10,000 tokens; servers export spans throughout)"
         );
         println!(
             "{:<26} {:>14} {:>10} {:>20} {:>10}",
@@ -247,16 +252,15 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
             );
         }
         println!(
-            "spans exported to the OTLP sink while tracing was on: {}",
+            "spans received by the OTLP sink: {} from the servers before edge tracing, {} in all",
+            spans_before_tracing,
             sink.spans.load(Ordering::Relaxed)
         );
     }
     for e in edges {
         e.stop().await;
     }
-    if let Some(s) = server {
-        s.abort();
-    }
+    server.abort();
     drop(cluster);
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! `veto bench overhead`: what metrics and tracing cost on the verify hot
 //! path. Two edges on the same cluster, one recording Prometheus metrics and
-//! one not, are measured in alternating rounds, first with tracing off and
-//! then with OTLP span export on (to an in-process OTLP sink, so exports
-//! really happen). Medians of the rounds and their ratios to "all off" are
-//! printed.
+//! one not; this process exports spans over OTLP (to an in-process sink,
+//! which also receives the servers' spans), switched on and off between
+//! measurements. Every round measures all four combinations in a rotating
+//! order, so drift in a noisy machine hits them alike; medians of the rounds
+//! and their ratios to "all off" are printed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -169,43 +170,38 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
             e.handle.verify(t, &req);
         }
     }
-    let mut results: Vec<(&str, Vec<Round>)> = Vec::new();
-    let mut traces = None;
-    let mut spans_before_tracing = 0;
-    for tracing_on in [false, true] {
-        if tracing_on {
-            spans_before_tracing = sink.spans.load(Ordering::Relaxed);
-            traces = Some(
-                veto_telemetry::trace::init("veto-bench", Some(&endpoint), "warn")
-                    .context("tracing")?,
-            );
+    // This process traces like a traced edge would (OTLP export to the
+    // sink); export is switched on and off between measurements, so every
+    // round measures all four configurations, in a rotating order.
+    let traces =
+        veto_telemetry::trace::init("veto-bench", Some(&endpoint), "warn").context("tracing")?;
+    let configs: [(&str, usize, bool); 4] = [
+        ("all off", 0, false),
+        ("metrics on, tracing off", 1, false),
+        ("tracing on, metrics off", 0, true),
+        ("tracing on, metrics on", 1, true),
+    ];
+    let mut results: Vec<(&str, Vec<Round>)> = configs.iter().map(|c| (c.0, Vec::new())).collect();
+    let spans_before_tracing = sink.spans.load(Ordering::Relaxed);
+    let mut tk = TokenServiceClient::new(channel(&addr)?);
+    for r in 0..rounds {
+        for k in 0..configs.len() {
+            let c = (r + k) % configs.len();
+            let (_, edge, tracing_on) = configs[c];
+            veto_telemetry::trace::set_exporting(tracing_on);
+            let m = measure(&edges[edge].handle, &grpc[edge], &tokens, batch_for).await?;
+            results[c].1.push(m);
         }
-        let (label_off, label_on) = if tracing_on {
-            ("tracing on, metrics off", "tracing on, metrics on")
-        } else {
-            ("all off", "metrics on, tracing off")
-        };
-        results.push((label_off, Vec::new()));
-        results.push((label_on, Vec::new()));
-        let at = results.len() - 2;
-        let mut tk = TokenServiceClient::new(channel(&addr)?);
-        for r in 0..rounds {
-            // Order alternates so drift in the machine hits both alike.
-            let order: [usize; 2] = if r % 2 == 0 { [0, 1] } else { [1, 0] };
-            for i in order {
-                let m = measure(&edges[i].handle, &grpc[i], &tokens, batch_for).await?;
-                results[at + i].1.push(m);
-            }
-            // One revoke per round: edges apply it (with a span when on).
-            let k = usize::from(tracing_on) * rounds + r;
-            let jti = spare.get(k).map(|t| t.0.clone()).unwrap_or_default();
-            let _ = tk
-                .revoke(pb::RevokeRequest {
-                    jti,
-                    ..Default::default()
-                })
-                .await;
-        }
+        // One revoke per round, applied by the edges with tracing on (an
+        // edge.apply span each).
+        veto_telemetry::trace::set_exporting(true);
+        let jti = spare.get(r).map(|t| t.0.clone()).unwrap_or_default();
+        let _ = tk
+            .revoke(pb::RevokeRequest {
+                jti,
+                ..Default::default()
+            })
+            .await;
     }
     let summary: Vec<(&str, f64, f64)> = results
         .iter()
@@ -218,9 +214,7 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
         })
         .collect();
     let base = summary.first().map(|s| (s.1, s.2)).unwrap_or((1.0, 1.0));
-    if let Some(t) = traces {
-        t.shutdown().await;
-    }
+    traces.shutdown().await;
     if json_out {
         let v: Vec<_> = summary
             .iter()
@@ -235,7 +229,7 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
         );
     } else {
         println!(
-            "\nverify cost with observability on vs off (median of {rounds} alternating rounds, 10,000 tokens; servers export spans throughout)"
+            "\nverify cost with observability on vs off (median of {rounds} rounds, each measuring all four in a rotating order; 10,000 tokens; servers export spans throughout)"
         );
         println!(
             "{:<26} {:>14} {:>10} {:>20} {:>10}",
@@ -252,7 +246,7 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
             );
         }
         println!(
-            "spans received by the OTLP sink: {} from the servers before edge tracing, {} in all",
+            "spans received by the OTLP sink: {} from the servers before the rounds, {} in all",
             spans_before_tracing,
             sink.spans.load(Ordering::Relaxed)
         );

@@ -133,12 +133,17 @@ pub fn init(
         .build();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let tracer = provider.tracer("veto");
-    // Only veto's own spans are exported; logs stay on stderr.
+    // Only veto's own spans (and their events) are exported; logs stay on
+    // stderr. A static target filter: callsites of other crates (hyper, h2
+    // and tonic trace on every frame) are never asked again, where a
+    // closure filter would be evaluated on every event.
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(exported_targets(true));
     let spans = tracing_opentelemetry::layer()
         .with_tracer(tracer)
-        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-            m.is_span() && m.target().starts_with("veto")
-        }));
+        .with_filter(filter);
+    let _ = PAUSE.set(Box::new(move |on: bool| {
+        let _ = reload.modify(|t| *t = exported_targets(on));
+    }));
     tracing_subscriber::registry()
         .with(logs)
         .with(spans)
@@ -149,6 +154,28 @@ pub fn init(
     Ok(Guard {
         provider: Some(provider),
     })
+}
+
+/// What the span exporter takes: veto's spans at INFO, or nothing.
+fn exported_targets(on: bool) -> tracing_subscriber::filter::Targets {
+    if on {
+        tracing_subscriber::filter::Targets::new().with_target("veto", tracing::Level::INFO)
+    } else {
+        tracing_subscriber::filter::Targets::new()
+    }
+}
+
+type Switch = Box<dyn Fn(bool) + Send + Sync>;
+static PAUSE: std::sync::OnceLock<Switch> = std::sync::OnceLock::new();
+
+/// Turns span export off and on again at run time (after [`init`] with an
+/// endpoint; a no-op otherwise). For measuring what tracing costs in
+/// alternating rounds (`veto bench overhead`); not needed in operation.
+pub fn set_exporting(on: bool) {
+    if let Some(f) = PAUSE.get() {
+        f(on);
+        ENABLED.store(on, Ordering::Relaxed);
+    }
 }
 
 /// Whether spans are being exported (so callers skip propagation work when

@@ -199,6 +199,47 @@ pub async fn revoke_via_any(
     None
 }
 
+/// Verifies continuously at every edge (in-process, `pause` between calls,
+/// the k-th call on token `(k * stride) % toks.len()`) until `stop` is set;
+/// each task returns its history with every outcome.
+pub fn spawn_verifiers(
+    edges: &[veto_edge::Edge],
+    toks: &[(String, String)],
+    stride: usize,
+    pause: Duration,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<(VerifyOp, veto_feed::Outcome)>>> {
+    edges
+        .iter()
+        .map(|e| {
+            let (h, stop, toks) = (e.handle.clone(), stop.clone(), toks.to_vec());
+            tokio::spawn(async move {
+                let mut i = 0usize;
+                let mut local = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (jti, token) = &toks[(i * stride) % toks.len()];
+                    let start = std::time::Instant::now();
+                    let v = h.verify(token, &Default::default());
+                    local.push((
+                        VerifyOp {
+                            edge: h.options().edge_id.clone(),
+                            jti: jti.clone(),
+                            start,
+                            end: std::time::Instant::now(),
+                            accepted: v.outcome == veto_feed::Outcome::Valid,
+                            revoked: v.outcome == veto_feed::Outcome::Revoked,
+                        },
+                        v.outcome,
+                    ));
+                    i += 1;
+                    tokio::time::sleep(pause).await;
+                }
+                local
+            })
+        })
+        .collect()
+}
+
 /// One verify in a recorded history.
 #[derive(Debug, Clone)]
 pub struct VerifyOp {

@@ -6,12 +6,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use veto_proto as pb;
 use veto_testkit::{eventually, http_get, Cluster, ClusterOptions};
-use veto_tests::{check_history, issue, revoke_via_any, start_edges, token_status, VerifyOp};
+use veto_tests::{
+    check_history, issue, revoke_via_any, spawn_verifiers, start_edges, token_status, VerifyOp,
+};
 
 const BOUND_MS: u64 = 2_000;
 const PROBE_MS: u64 = 100;
@@ -30,40 +32,8 @@ async fn restarting_servers_one_at_a_time_loses_nothing_and_keeps_the_bound() ->
     let keep: HashSet<String> = keep.iter().map(|t| t.0.clone()).collect();
     let edges = start_edges(&cluster, 2, BOUND_MS, PROBE_MS).await?;
 
-    let history: Arc<Mutex<Vec<(VerifyOp, veto_feed::Outcome)>>> = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for e in &edges {
-        let (h, history, stop, toks) = (
-            e.handle.clone(),
-            history.clone(),
-            stop.clone(),
-            toks.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            let mut i = 0usize;
-            let mut local = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let (jti, token) = &toks[(i * 7) % toks.len()];
-                let start = Instant::now();
-                let v = h.verify(token, &Default::default());
-                local.push((
-                    VerifyOp {
-                        edge: h.options().edge_id.clone(),
-                        jti: jti.clone(),
-                        start,
-                        end: Instant::now(),
-                        accepted: v.outcome == veto_feed::Outcome::Valid,
-                        revoked: v.outcome == veto_feed::Outcome::Revoked,
-                    },
-                    v.outcome,
-                ));
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            history.lock().unwrap().extend(local);
-        }));
-    }
+    let workers = spawn_verifiers(&edges, &toks, 7, Duration::from_millis(2), &stop);
 
     // Revokes at a steady pace through whichever node answers.
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
@@ -112,10 +82,10 @@ async fn restarting_servers_one_at_a_time_loses_nothing_and_keeps_the_bound() ->
     let (acks, attempted) = revoker.await?;
     tokio::time::sleep(Duration::from_millis(BOUND_MS + 500)).await;
     stop.store(true, Ordering::Relaxed);
+    let mut recorded = Vec::new();
     for w in workers {
-        w.await?;
+        recorded.extend(w.await?);
     }
-    let recorded = history.lock().unwrap().clone();
     let ops: Vec<VerifyOp> = recorded.iter().map(|(op, _)| op.clone()).collect();
 
     // No valid token refused: a never-revoked token got VALID every time.

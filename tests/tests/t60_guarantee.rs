@@ -6,11 +6,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use veto_testkit::{Cluster, ClusterOptions};
-use veto_tests::{check_history, issue, revoke_via_any, start_edges, VerifyOp};
+use veto_tests::{check_history, issue, revoke_via_any, spawn_verifiers, start_edges};
 
 const BOUND_MS: u64 = 1_000;
 const PROBE_MS: u64 = 100;
@@ -26,37 +26,8 @@ async fn no_edge_accepts_a_revoked_token_after_ack_plus_bound_under_kills() -> a
         toks.push((t.record.clone().unwrap().jti, t.token));
     }
     let edges = start_edges(&cluster, 3, BOUND_MS, PROBE_MS).await?;
-    let history: Arc<Mutex<Vec<VerifyOp>>> = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for e in &edges {
-        let (h, history, stop, toks) = (
-            e.handle.clone(),
-            history.clone(),
-            stop.clone(),
-            toks.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            let mut i = 0usize;
-            let mut local = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let (jti, token) = &toks[i % toks.len()];
-                let start = Instant::now();
-                let v = h.verify(token, &Default::default());
-                local.push(VerifyOp {
-                    edge: h.options().edge_id.clone(),
-                    jti: jti.clone(),
-                    start,
-                    end: Instant::now(),
-                    accepted: v.outcome == veto_feed::Outcome::Valid,
-                    revoked: v.outcome == veto_feed::Outcome::Revoked,
-                });
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            history.lock().unwrap().extend(local);
-        }));
-    }
+    let workers = spawn_verifiers(&edges, &toks, 1, Duration::from_millis(1), &stop);
 
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
     let mut acks: HashMap<String, Instant> = HashMap::new();
@@ -94,10 +65,10 @@ async fn no_edge_accepts_a_revoked_token_after_ack_plus_bound_under_kills() -> a
     // Keep verifying well past the bound of the last revoke.
     tokio::time::sleep(Duration::from_millis(BOUND_MS + 500)).await;
     stop.store(true, Ordering::Relaxed);
+    let mut ops = Vec::new();
     for w in workers {
-        w.await?;
+        ops.extend(w.await?.into_iter().map(|(op, _)| op));
     }
-    let ops = history.lock().unwrap().clone();
     let violations = check_history(&ops, &acks, &attempted, Duration::from_millis(BOUND_MS));
     assert!(
         violations.is_empty(),

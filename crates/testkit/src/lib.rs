@@ -259,12 +259,7 @@ impl Cluster {
 
     /// Stops a node gracefully (SIGTERM) and waits for it to exit.
     pub async fn stop(&mut self, id: u64) -> Result<()> {
-        let n = self
-            .nodes
-            .iter_mut()
-            .find(|n| n.id == id)
-            .ok_or_else(|| anyhow!("no node {id}"))?;
-        if let Some(mut c) = n.child.take() {
+        if let Some(mut c) = self.take_child(id)? {
             if let Some(pid) = c.id() {
                 let _ = std::process::Command::new("kill")
                     .args(["-TERM", &pid.to_string()])
@@ -383,14 +378,20 @@ impl Cluster {
             .ok_or_else(|| anyhow!("no node {id}"))
     }
 
-    /// Kills a node with SIGKILL and waits for it to exit.
-    pub async fn kill(&mut self, id: u64) -> Result<()> {
-        let n = self
+    /// The process of node `id`, taken out of it (None if not running).
+    fn take_child(&mut self, id: u64) -> Result<Option<Child>> {
+        Ok(self
             .nodes
             .iter_mut()
             .find(|n| n.id == id)
-            .ok_or_else(|| anyhow!("no node {id}"))?;
-        if let Some(mut c) = n.child.take() {
+            .ok_or_else(|| anyhow!("no node {id}"))?
+            .child
+            .take())
+    }
+
+    /// Kills a node with SIGKILL and waits for it to exit.
+    pub async fn kill(&mut self, id: u64) -> Result<()> {
+        if let Some(mut c) = self.take_child(id)? {
             c.start_kill()?;
             tokio::time::timeout(Duration::from_secs(10), c.wait()).await??;
         }

@@ -61,6 +61,20 @@ pub const EDGE_FRESHNESS_AGE_SECONDS: &str = "veto_edge_freshness_age_seconds";
 pub const EDGE_STALE: &str = "veto_edge_stale";
 /// The edge's configured propagation bound B.
 pub const EDGE_BOUND_SECONDS: &str = "veto_edge_bound_seconds";
+/// Calls refused by authentication, authorisation or a write rate limit.
+pub const AUTH_DENIED_TOTAL: &str = "veto_auth_denied_total";
+/// The reasons [`AUTH_DENIED_TOTAL`] is labelled with.
+pub const AUTH_DENIED_REASONS: [&str; 3] = ["unauthenticated", "permission_denied", "rate_limited"];
+
+fn register_auth() {
+    metrics::describe_counter!(
+        AUTH_DENIED_TOTAL,
+        "Calls refused: no identity, wrong role, or over the per-client write rate."
+    );
+    for r in AUTH_DENIED_REASONS {
+        metrics::counter!(AUTH_DENIED_TOTAL, "reason" => r).increment(0);
+    }
+}
 
 /// Could not install the recorder.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +131,7 @@ pub fn register_server() {
     describe_gauge!(RAFT_IS_LEADER, "1 on the leader, else 0.");
     describe_gauge!(RAFT_COMMIT_INDEX, "Highest committed log index known here.");
     describe_gauge!(RAFT_APPLIED_INDEX, "Highest applied log index here.");
+    register_auth();
     for kind in ["token", "subject", "family", "key"] {
         counter!(REVOKES_TOTAL, "kind" => kind).increment(0);
     }
@@ -154,6 +169,7 @@ pub fn register_edge(edge_id: &str) {
         Unit::Seconds,
         "The edge's propagation bound B."
     );
+    register_auth();
     for c in [EDGE_FEED_CONNECTS_TOTAL, EDGE_RESYNCS_TOTAL] {
         counter!(c, "edge" => edge_id.to_string()).increment(0);
     }

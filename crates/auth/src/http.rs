@@ -1,0 +1,168 @@
+//! Serving an axum router over TLS.
+//!
+//! Client certificates are verified when presented but optional at the
+//! handshake, so load balancers and Kubernetes probes can reach the health
+//! paths; every other path answers 401 without a verified certificate.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::serve::IncomingStream;
+use axum::Router;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+
+use crate::{Identity, Transport};
+
+/// Paths served without a client certificate.
+pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz"];
+
+/// The peer of one HTTPS connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// Whether it presented a certificate the CA signed.
+    pub verified: bool,
+    /// The identity that certificate names.
+    pub identity: Option<Identity>,
+}
+
+/// Accepts TCP connections and completes TLS handshakes concurrently (a
+/// slow client does not hold up the others), each bounded to 10 s.
+pub struct TlsListener {
+    rx: mpsc::Receiver<(TlsStream<TcpStream>, Peer)>,
+    local: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsListener {
+    /// Wraps `tcp` with `config`.
+    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let (tx, rx) = mpsc::channel(64);
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, addr) = match tcp.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "HTTP accept");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let hs = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    let tls = match hs.await {
+                        Ok(Ok(t)) => t,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%addr, error = %e, "HTTPS handshake refused");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let certs = tls.get_ref().1.peer_certificates();
+                    let first = certs.and_then(|c| c.first());
+                    let peer = Peer {
+                        addr,
+                        verified: first.is_some(),
+                        identity: first.and_then(|c| Identity::from_der(c)),
+                    };
+                    let _ = tx.send((tls, peer)).await;
+                });
+            }
+        });
+        Ok(TlsListener { rx, local, task })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(x) => x,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Peer> {
+        Ok(Peer {
+            addr: self.local,
+            verified: false,
+            identity: None,
+        })
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(s: IncomingStream<'_, TlsListener>) -> Self {
+        s.remote_addr().clone()
+    }
+}
+
+async fn require_cert(
+    State(open): State<&'static [&'static str]>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if peer.verified || open.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    metrics::counter!(veto_telemetry::AUTH_DENIED_TOTAL, "reason" => "unauthenticated")
+        .increment(1);
+    (
+        StatusCode::UNAUTHORIZED,
+        "a client certificate signed by the veto CA is required\n",
+    )
+        .into_response()
+}
+
+/// Serves `app` on `listener` until `shutdown`: plaintext for an insecure
+/// transport, else TLS with [`OPEN_PATHS`] open and the rest requiring a
+/// client certificate.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    transport: &Transport,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let cfg = transport
+        .http_server_config()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    match cfg {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(cfg) => {
+            let app = app.layer(axum::middleware::from_fn_with_state(OPEN_PATHS, require_cert));
+            axum::serve(
+                TlsListener::new(listener, cfg)?,
+                app.into_make_service_with_connect_info::<Peer>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! TLS material and the transports built from it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, ServerTlsConfig};
+
+use crate::{Error, Identity};
+
+/// Where a process finds its TLS material: the CA that signs every veto
+/// certificate, its own certificate (PEM, leaf first) and private key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsFiles {
+    /// CA certificate(s) trusted for peers and clients.
+    pub ca: Option<PathBuf>,
+    /// This process's certificate chain.
+    pub cert: Option<PathBuf>,
+    /// This process's private key (PKCS#8, SEC1 or PKCS#1 PEM).
+    pub key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// The three files of `dir/{ca.pem, <name>.pem, <name>.key}`, the
+    /// layout `veto certs init` writes.
+    pub fn in_dir(dir: &Path, name: &str) -> TlsFiles {
+        TlsFiles {
+            ca: Some(dir.join("ca.pem")),
+            cert: Some(dir.join(format!("{name}.pem"))),
+            key: Some(dir.join(format!("{name}.key"))),
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+}
+
+/// How a process talks to its peers and clients.
+#[derive(Clone)]
+pub enum Transport {
+    /// Plaintext, chosen explicitly with `--insecure`.
+    Insecure,
+    /// Mutual TLS with this material.
+    Tls(Arc<Material>),
+}
+
+/// Loaded, validated TLS material.
+pub struct Material {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+    identity: Option<Identity>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Insecure => f.write_str("Transport::Insecure"),
+            Transport::Tls(m) => write!(f, "Transport::Tls({:?})", m.identity),
+        }
+    }
+}
+
+fn read(what: &'static str, p: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(p).map_err(|source| Error::Read {
+        what,
+        path: p.to_owned(),
+        source,
+    })
+}
+
+impl Transport {
+    /// The transport a process was configured for: TLS when all three
+    /// files are given, plaintext only when `insecure` is set and no TLS
+    /// file is, an error otherwise (no silent fallback to plaintext).
+    pub fn from_config(files: &TlsFiles, insecure: bool) -> Result<Transport, Error> {
+        match (files, insecure) {
+            (f, true) if f.any() => Err(Error::Choice(
+                "both TLS files and --insecure given; choose one".into(),
+            )),
+            (_, true) => Ok(Transport::Insecure),
+            (
+                TlsFiles {
+                    ca: Some(ca),
+                    cert: Some(cert),
+                    key: Some(key),
+                },
+                false,
+            ) => Transport::from_pem(
+                read("CA certificate", ca)?,
+                read("certificate", cert)?,
+                read("private key", key)?,
+            ),
+            (f, false) if f.any() => Err(Error::Choice(
+                "TLS needs all three of the CA (--tls-ca), certificate (--tls-cert) and key (--tls-key)".into(),
+            )),
+            _ => Err(Error::Choice(
+                "no transport security configured: give --tls-ca, --tls-cert and --tls-key \
+                 (`veto certs init` makes a development set), or --insecure for plaintext"
+                    .into(),
+            )),
+        }
+    }
+
+    /// TLS from PEM text; checks that each part parses and that the key
+    /// belongs with the certificate (rustls refuses a mismatch).
+    pub fn from_pem(ca_pem: String, cert_pem: String, key_pem: String) -> Result<Transport, Error> {
+        let ca = certs("CA certificate", &ca_pem)?;
+        let chain = certs("certificate", &cert_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| Error::Pem {
+            what: "private key",
+            detail: format!("no PEM private key: {e}"),
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in ca {
+            roots
+                .add(c)
+                .map_err(|e| Error::Config(format!("CA certificate: {e}")))?;
+        }
+        let identity = chain.first().and_then(|c| Identity::from_der(c));
+        // Building a server config checks the key against the certificate.
+        rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| Error::Config(format!("certificate and key: {e}")))?;
+        Ok(Transport::Tls(Arc::new(Material {
+            ca_pem,
+            cert_pem,
+            key_pem,
+            identity,
+        })))
+    }
+
+    /// Whether this is TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
+    /// The identity this process's own certificate names, if any.
+    pub fn own_identity(&self) -> Option<&Identity> {
+        match self {
+            Transport::Tls(m) => m.identity.as_ref(),
+            Transport::Insecure => None,
+        }
+    }
+
+    /// A client endpoint for `addr` (`host:port`, or a URL whose scheme is
+    /// replaced): `https` with this process's certificate, or `http`.
+    pub fn endpoint(&self, addr: &str) -> Result<Endpoint, Error> {
+        let hostport = addr.split_once("://").map(|(_, r)| r).unwrap_or(addr);
+        let bad = |detail: String| Error::Address {
+            addr: addr.to_owned(),
+            detail,
+        };
+        match self {
+            Transport::Insecure => {
+                Endpoint::from_shared(format!("http://{hostport}")).map_err(|e| bad(e.to_string()))
+            }
+            Transport::Tls(m) => {
+                let ep = Endpoint::from_shared(format!("https://{hostport}"))
+                    .map_err(|e| bad(e.to_string()))?;
+                let tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&m.ca_pem))
+                    .identity(tonic::transport::Identity::from_pem(&m.cert_pem, &m.key_pem))
+                    .timeout(Duration::from_secs(5));
+                ep.tls_config(tls).map_err(|e| bad(e.to_string()))
+            }
+        }
+    }
+
+    /// The gRPC server's TLS: this certificate, and a client certificate
+    /// signed by the CA required on every connection.
+    pub fn server_tls(&self) -> Option<ServerTlsConfig> {
+        match self {
+            Transport::Insecure => None,
+            Transport::Tls(m) => Some(
+                ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(&m.cert_pem, &m.key_pem))
+                    .client_ca_root(Certificate::from_pem(&m.ca_pem))
+                    .client_auth_optional(false)
+                    .timeout(Duration::from_secs(10)),
+            ),
+        }
+    }
+
+    /// A rustls server config for the HTTP port: client certificates are
+    /// verified when presented but optional, so health probes work; the
+    /// HTTP layer then refuses every other path without one.
+    pub fn http_server_config(&self) -> Result<Option<Arc<rustls::ServerConfig>>, Error> {
+        let Transport::Tls(m) = self else {
+            return Ok(None);
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs("CA certificate", &m.ca_pem)? {
+            roots
+                .add(c)
+                .map_err(|e| Error::Config(format!("CA certificate: {e}")))?;
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| Error::Config(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(m.key_pem.as_bytes()).map_err(|e| Error::Pem {
+            what: "private key",
+            detail: e.to_string(),
+        })?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs("certificate", &m.cert_pem)?, key)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Some(Arc::new(cfg)))
+    }
+}
+
+/// The crypto provider of every rustls config here (ring, as tonic's).
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let v = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Pem {
+            what,
+            detail: e.to_string(),
+        })?;
+    if v.is_empty() {
+        return Err(Error::Pem {
+            what,
+            detail: "no PEM CERTIFICATE block".into(),
+        });
+    }
+    Ok(v)
+}

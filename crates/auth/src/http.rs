@@ -156,7 +156,10 @@ pub async fn serve(
                 .await
         }
         Some(cfg) => {
-            let app = app.layer(axum::middleware::from_fn_with_state(OPEN_PATHS, require_cert));
+            let app = app.layer(axum::middleware::from_fn_with_state(
+                OPEN_PATHS,
+                require_cert,
+            ));
             axum::serve(
                 TlsListener::new(listener, cfg)?,
                 app.into_make_service_with_connect_info::<Peer>(),

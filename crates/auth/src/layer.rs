@@ -129,7 +129,9 @@ impl Shared {
             let Some(der) = der else {
                 return Err(deny(
                     "unauthenticated",
-                    Status::unauthenticated("a client certificate signed by the veto CA is required"),
+                    Status::unauthenticated(
+                        "a client certificate signed by the veto CA is required",
+                    ),
                 ));
             };
             (

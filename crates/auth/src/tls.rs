@@ -168,7 +168,10 @@ impl Transport {
                     .map_err(|e| bad(e.to_string()))?;
                 let tls = ClientTlsConfig::new()
                     .ca_certificate(Certificate::from_pem(&m.ca_pem))
-                    .identity(tonic::transport::Identity::from_pem(&m.cert_pem, &m.key_pem))
+                    .identity(tonic::transport::Identity::from_pem(
+                        &m.cert_pem,
+                        &m.key_pem,
+                    ))
                     .timeout(Duration::from_secs(5));
                 ep.tls_config(tls).map_err(|e| bad(e.to_string()))
             }
@@ -182,7 +185,10 @@ impl Transport {
             Transport::Insecure => None,
             Transport::Tls(m) => Some(
                 ServerTlsConfig::new()
-                    .identity(tonic::transport::Identity::from_pem(&m.cert_pem, &m.key_pem))
+                    .identity(tonic::transport::Identity::from_pem(
+                        &m.cert_pem,
+                        &m.key_pem,
+                    ))
                     .client_ca_root(Certificate::from_pem(&m.ca_pem))
                     .client_auth_optional(false)
                     .timeout(Duration::from_secs(10)),
@@ -203,11 +209,13 @@ impl Transport {
                 .add(c)
                 .map_err(|e| Error::Config(format!("CA certificate: {e}")))?;
         }
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| Error::Config(e.to_string()))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| Error::Config(e.to_string()))?;
         let key = PrivateKeyDer::from_pem_slice(m.key_pem.as_bytes()).map_err(|e| Error::Pem {
             what: "private key",
             detail: e.to_string(),

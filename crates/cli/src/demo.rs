@@ -86,6 +86,8 @@ pub async fn run(args: DemoArgs, json_out: bool) -> Result<()> {
         }
     };
     say("starting 3 veto-server nodes on 127.0.0.1 (temporary data, fsync on)...".into());
+    tracing::warn!("the demo runs every process with --insecure: plaintext, no authentication");
+    say("WARNING: the demo runs --insecure (plaintext gRPC and HTTP, no client certificates);\n         for a secured cluster see docs/security.md (veto certs init)".into());
     let t0 = Instant::now();
     let cluster = Cluster::start(ClusterOptions::default())
         .await
@@ -334,8 +336,8 @@ pub async fn run(args: DemoArgs, json_out: bool) -> Result<()> {
         return Ok(());
     }
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
-    say(format!("\nthe cluster and edges keep running; try:\n  veto --addr {a} cluster status\n  veto --addr {a} edges\n  veto --addr {a} token issue --sub me --scope read\n  veto --addr {a} token revoke <jti> --wait-edges", a = addrs.join(",")));
-    say(format!("  veto --addr {} top", addrs.join(",")));
+    say(format!("\nthe cluster and edges keep running; try:\n  veto --insecure --addr {a} cluster status\n  veto --insecure --addr {a} edges\n  veto --insecure --addr {a} token issue --sub me --scope read\n  veto --insecure --addr {a} token revoke <jti> --wait-edges", a = addrs.join(",")));
+    say(format!("  veto --insecure --addr {} top", addrs.join(",")));
     say(format!(
         "  curl http://{}/.well-known/jwks.json",
         cluster.nodes[0].http_addr

@@ -37,6 +37,18 @@ pub struct Cli {
     /// Per-call timeout in seconds.
     #[arg(long, global = true, default_value_t = 15)]
     pub timeout: u64,
+    /// CA certificate (PEM) that signs the servers' certificates.
+    #[arg(long, global = true, env = "VETO_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Your client certificate (PEM; role `operator` for writes and admin calls).
+    #[arg(long, global = true, env = "VETO_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Your private key (PEM).
+    #[arg(long, global = true, env = "VETO_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Talk plaintext to servers started with --insecure.
+    #[arg(long, global = true, env = "VETO_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -69,6 +81,58 @@ pub enum Cmd {
     Demo(demo::DemoArgs),
     /// Benchmarks against a local cluster (and etcd for comparison).
     Bench(bench::BenchArgs),
+    /// Certificates: a development CA and every process's certificate.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+/// `veto certs ...`
+#[derive(Debug, Subcommand)]
+pub enum CertsCmd {
+    /// Create DIR with a new CA (ca.pem, ca.key) and certificates for
+    /// server-1..N, edge-1..N, operators and verify clients.
+    Init {
+        /// Output directory (must not hold a CA yet).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Server certificates to create.
+        #[arg(long, default_value_t = 3)]
+        servers: u32,
+        /// Edge certificates to create.
+        #[arg(long, default_value_t = 3)]
+        edges: u32,
+        /// Operator certificate names (repeatable).
+        #[arg(long = "operator", default_values_t = ["operator".to_string()])]
+        operators: Vec<String>,
+        /// Verify-client certificate names (repeatable).
+        #[arg(long = "client", default_values_t = ["client".to_string()])]
+        clients: Vec<String>,
+        /// Extra DNS names or IPs for server and edge certificates
+        /// (localhost, 127.0.0.1 and ::1 are always included).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Validity of each certificate, in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// Issue one more certificate with the CA in DIR (ca.pem, ca.key).
+    Issue {
+        /// Directory holding the CA; the new files go there too.
+        #[arg(long)]
+        dir: PathBuf,
+        /// server | edge | operator | client
+        #[arg(long)]
+        role: String,
+        /// Name (certificate CN; an edge's name is its edge id).
+        #[arg(long)]
+        name: String,
+        /// DNS names or IPs it serves as (servers and edges).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
 }
 
 /// `veto cluster ...`
@@ -275,6 +339,62 @@ pub enum KeysCmd {
     Rewrap,
 }
 
+fn certs_cmd(c: CertsCmd, j: bool) -> Result<()> {
+    use veto_auth::certs;
+    let written = match c {
+        CertsCmd::Init {
+            dir,
+            servers,
+            edges,
+            operators,
+            clients,
+            hosts,
+            days,
+        } => {
+            let mut spec = certs::InitSpec {
+                servers,
+                edges,
+                operators,
+                clients,
+                days,
+                ..certs::InitSpec::default()
+            };
+            for h in hosts {
+                if !spec.hosts.contains(&h) {
+                    spec.hosts.push(h);
+                }
+            }
+            certs::init_dir(&dir, &spec)?
+        }
+        CertsCmd::Issue {
+            dir,
+            role,
+            name,
+            hosts,
+            days,
+        } => {
+            let role = veto_auth::Role::parse(&role).with_context(|| {
+                format!("unknown role {role:?}: server, edge, operator or client")
+            })?;
+            let read = |f: &str| {
+                std::fs::read_to_string(dir.join(f))
+                    .with_context(|| format!("cannot read {}", dir.join(f).display()))
+            };
+            let ca = certs::Ca::load(&read("ca.pem")?, &read("ca.key")?)?;
+            let leaf = ca.issue(&certs::LeafSpec::new(&name, role, &hosts, days))?;
+            certs::write_leaf(&dir, &name, &leaf)?
+        }
+    };
+    if j {
+        println!("{}", json!({ "written": written }));
+    } else {
+        for w in &written {
+            println!("wrote {}", w.display());
+        }
+    }
+    Ok(())
+}
+
 fn parse_member(s: &str) -> Result<pb::Member, String> {
     let (id, addr) = s.split_once('=').ok_or("expected ID=HOST:PORT")?;
     let node_id = id.parse().map_err(|_| format!("bad node id {id:?}"))?;
@@ -327,11 +447,40 @@ async fn snapshot_cmd(c: SnapshotCmd, addr: &str, timeout: Duration, j: bool) ->
     Ok(())
 }
 
+static TRANSPORT: std::sync::OnceLock<std::result::Result<veto_auth::Transport, String>> =
+    std::sync::OnceLock::new();
+
+/// Chooses how this process connects (from --tls-* or --insecure); the
+/// first call wins.
+pub fn set_transport(files: &veto_auth::TlsFiles, insecure: bool) {
+    let _ = TRANSPORT
+        .set(veto_auth::Transport::from_config(files, insecure).map_err(|e| e.to_string()));
+}
+
+fn transport() -> Result<&'static veto_auth::Transport> {
+    match TRANSPORT.get() {
+        Some(Ok(t)) => Ok(t),
+        Some(Err(e)) => bail!("{e}"),
+        None => bail!("no transport chosen: give --tls-ca/--tls-cert/--tls-key or --insecure"),
+    }
+}
+
+/// A lazily connecting channel to `addr` with the chosen transport.
+pub fn lazy_channel(addr: &str) -> Result<Channel> {
+    Ok(transport()?
+        .endpoint(addr)?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .connect_lazy())
+}
+
 /// Connects to the first address that accepts a connection.
 pub async fn connect(addrs: &str, timeout: Duration) -> Result<Channel> {
+    let t = transport()?;
     let mut last = None;
     for a in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-        let ep = tonic::transport::Endpoint::from_shared(format!("http://{a}"))
+        let ep = t
+            .endpoint(a)
             .with_context(|| format!("bad address {a:?}"))?
             .connect_timeout(Duration::from_secs(2))
             .timeout(timeout);
@@ -447,7 +596,16 @@ fn print_revoke(json_out: bool, r: &pb::RevokeResponse) {
 pub async fn run(cli: Cli) -> Result<()> {
     let timeout = Duration::from_secs(cli.timeout.max(1));
     let j = cli.json;
+    set_transport(
+        &veto_auth::TlsFiles {
+            ca: cli.tls_ca.clone(),
+            cert: cli.tls_cert.clone(),
+            key: cli.tls_key.clone(),
+        },
+        cli.insecure,
+    );
     match cli.cmd {
+        Cmd::Certs(c) => return certs_cmd(c, j),
         Cmd::Demo(args) => return demo::run(args, j).await,
         Cmd::Edges => {}
         Cmd::Bench(args) => return bench::run(args, j).await,
@@ -875,7 +1033,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Top { .. } | Cmd::Snapshot(_) => {}
+        Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Top { .. } | Cmd::Snapshot(_) | Cmd::Certs(_) => {}
     }
     Ok(())
 }

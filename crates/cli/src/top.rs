@@ -62,7 +62,7 @@ fn unix_now() -> i64 {
 }
 
 async fn admin(addr: &str) -> Result<AdminServiceClient<tonic::transport::Channel>> {
-    Ok(AdminServiceClient::new(veto_testkit::channel(addr)?))
+    Ok(AdminServiceClient::new(crate::lazy_channel(addr)?))
 }
 
 fn timed<T>(m: T) -> Request<T> {

@@ -48,6 +48,10 @@ pub struct Options {
     /// Record Prometheus metrics (on by default; off only to measure their
     /// cost in the verify benchmark).
     pub metrics: bool,
+    /// TLS toward the servers and on the edge's own ports, or plaintext.
+    /// The library defaults to plaintext; the `veto-edge` binary makes the
+    /// choice explicit (`--tls-*` or `--insecure`).
+    pub transport: veto_auth::Transport,
 }
 
 impl Default for Options {
@@ -64,6 +68,7 @@ impl Default for Options {
             max_snapshot_bytes: 1 << 30,
             record_applies: false,
             metrics: true,
+            transport: veto_auth::Transport::Insecure,
         }
     }
 }
@@ -336,9 +341,18 @@ impl Edge {
         edge.http_addr = Some(hl.local_addr()?);
         let svc = service::server(edge.handle.clone());
         let mut rx = edge.shutdown.subscribe();
+        let transport = edge.handle.options().transport.clone();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = transport.server_tls() {
+            builder = builder.tls_config(tls)?;
+        }
+        let mut builder = builder.tcp_nodelay(true).layer(veto_auth::AuthLayer::new(
+            service::policy,
+            transport.is_tls(),
+            None,
+        ));
         edge.tasks.push(tokio::spawn(async move {
-            let r = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
+            let r = builder
                 .add_service(svc)
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(gl).with_nodelay(Some(true)),
@@ -355,11 +369,13 @@ impl Edge {
         let app = service::http_router(edge.handle.clone(), metrics);
         let mut rx = edge.shutdown.subscribe();
         edge.tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(hl, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await;
+            let r = veto_auth::http::serve(hl, app, &transport, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "edge HTTP server failed");
+            }
         }));
         Ok(edge)
     }

@@ -39,11 +39,37 @@ struct Flags {
     /// OTEL_EXPORTER_OTLP_ENDPOINT is set.
     #[arg(long, env = "VETO_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// CA certificate (PEM) that signs every veto certificate.
+    #[arg(long, env = "VETO_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// This edge's certificate (PEM, role `edge`, CN = the edge id).
+    #[arg(long, env = "VETO_TLS_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// This edge's private key (PEM).
+    #[arg(long, env = "VETO_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Plaintext toward servers and clients, no client authentication
+    /// (local demos and tests only; a warning is logged).
+    #[arg(long, env = "VETO_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    insecure: bool,
 }
 
 fn main() -> ExitCode {
     let f = Flags::parse();
+    let files = veto_auth::TlsFiles {
+        ca: f.tls_ca.clone(),
+        cert: f.tls_cert.clone(),
+        key: f.tls_key.clone(),
+    };
+    let transport = match veto_auth::Transport::from_config(&files, f.insecure) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("veto-edge: invalid configuration: {e}");
+            return ExitCode::from(64);
+        }
+    };
     let opts = Options {
+        transport,
         edge_id: f.edge_id,
         servers: f.servers,
         bound_ms: f.bound_ms,
@@ -68,6 +94,12 @@ fn main() -> ExitCode {
     };
     let r = rt.block_on(async move {
         let traces = veto_telemetry::trace::init("veto-edge", f.otlp_endpoint.as_deref(), "info")?;
+        if !opts.transport.is_tls() {
+            tracing::warn!(
+                "--insecure: the feed and VerifierService are plaintext with no client authentication; \
+                 for local demos and tests only"
+            );
+        }
         let edge = Edge::start(opts, f.listen_addr, f.http_addr).await?;
         if let Some(p) = f.ready_file {
             let body = serde_json::json!({

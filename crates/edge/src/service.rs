@@ -17,6 +17,17 @@ pub const DEFAULT_MIN_REVISION_WAIT: Duration = Duration::from_secs(5);
 /// Most required scopes per item.
 pub const MAX_REQUIRED_SCOPES: usize = 64;
 
+/// Who may call what on an edge: any client whose certificate the CA
+/// signed may verify (no role needed); nothing else is served.
+pub fn policy(path: &str) -> veto_auth::Access {
+    match path {
+        "/veto.v1.VerifierService/Verify" | "/veto.v1.VerifierService/VerifyBatch" => {
+            veto_auth::Access::Authenticated
+        }
+        _ => veto_auth::Access::Deny,
+    }
+}
+
 /// The gRPC service for `h`.
 pub fn server(h: EdgeHandle) -> VerifierServiceServer<Service> {
     VerifierServiceServer::new(Service { h }).max_decoding_message_size(8 << 20)

@@ -7,7 +7,6 @@ use prost::Message;
 use sha2::Digest;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use veto_feed::Batch;
 use veto_proto as pb;
 use veto_proto::feed::change_from_pb;
@@ -76,7 +75,7 @@ pub async fn run(h: EdgeHandle, mut shutdown: watch::Receiver<bool>) {
 
 async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
     let opts = h.options().clone();
-    let ep = match Endpoint::from_shared(format!("http://{addr}")) {
+    let ep = match opts.transport.endpoint(addr) {
         Ok(e) => e
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true),

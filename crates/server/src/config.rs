@@ -44,6 +44,14 @@ pub struct Options {
     pub sweep_grace_seconds: u64,
     /// Largest gRPC message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// TLS material: the CA, this node's certificate (role `server`) and key.
+    pub tls: veto_auth::TlsFiles,
+    /// Serve plaintext without TLS or authorisation (local demos only).
+    pub insecure: bool,
+    /// Writes per second each client may send (0 = no limit).
+    pub write_rate_per_second: u32,
+    /// Burst of writes above that rate.
+    pub write_burst: u32,
 }
 
 /// Raft timing and compaction.
@@ -94,6 +102,10 @@ impl Default for Options {
             sweep_interval_seconds: 60,
             sweep_grace_seconds: 300,
             max_message_bytes: 4 * 1024 * 1024,
+            tls: veto_auth::TlsFiles::default(),
+            insecure: false,
+            write_rate_per_second: 5_000,
+            write_burst: 10_000,
         }
     }
 }
@@ -167,6 +179,22 @@ pub struct Flags {
     /// is set.
     #[arg(long, env = "VETO_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// CA certificate (PEM) that signs every veto certificate.
+    #[arg(long, env = "VETO_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM, role `server`).
+    #[arg(long, env = "VETO_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "VETO_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plaintext gRPC and HTTP with no client authentication.
+    /// Only for local demos and tests; a warning is logged.
+    #[arg(long, env = "VETO_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure: bool,
+    /// Writes per second each client may send (0 = no limit).
+    #[arg(long, env = "VETO_WRITE_RATE")]
+    pub write_rate_per_second: Option<u32>,
 }
 
 impl Options {
@@ -208,6 +236,21 @@ impl Options {
         }
         if !flags.previous_kek_file.is_empty() {
             o.previous_kek_files = flags.previous_kek_file.clone();
+        }
+        for (dst, src) in [
+            (&mut o.tls.ca, &flags.tls_ca),
+            (&mut o.tls.cert, &flags.tls_cert),
+            (&mut o.tls.key, &flags.tls_key),
+        ] {
+            if let Some(v) = src {
+                *dst = Some(v.clone());
+            }
+        }
+        if flags.insecure {
+            o.insecure = true;
+        }
+        if let Some(v) = flags.write_rate_per_second {
+            o.write_rate_per_second = v;
         }
         if let Ok(v) = std::env::var("VETO_PREVIOUS_KEK") {
             o.previous_keks = v
@@ -256,10 +299,35 @@ impl Options {
         if self.sweep_interval_seconds == 0 {
             return bad("sweep_interval_seconds must be greater than 0".into());
         }
+        if let Err(e) = self.transport_choice() {
+            return bad(e);
+        }
         if !(64 * 1024..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
             return bad("max_message_bytes must be between 65536 and 67108864".into());
         }
         Ok(())
+    }
+
+    fn transport_choice(&self) -> Result<(), String> {
+        let t = &self.tls;
+        let any = t.ca.is_some() || t.cert.is_some() || t.key.is_some();
+        let all = t.ca.is_some() && t.cert.is_some() && t.key.is_some();
+        match (any, all, self.insecure) {
+            (true, _, true) => Err("tls and insecure are both set; choose one".into()),
+            (true, false, false) => {
+                Err("tls needs ca, cert and key (--tls-ca, --tls-cert, --tls-key)".into())
+            }
+            (false, _, false) => Err("no transport security: set tls (--tls-ca, --tls-cert, \
+                 --tls-key; `veto certs init` makes a development set) or insecure (--insecure)"
+                .into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Loads the TLS material (or plaintext when `insecure`).
+    pub fn transport(&self) -> Result<veto_auth::Transport, ConfigError> {
+        veto_auth::Transport::from_config(&self.tls, self.insecure)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
     /// The address peers and clients use for this node.
@@ -316,6 +384,7 @@ mod tests {
         let mut o = Options {
             node_id: 1,
             kek: Some("00".repeat(32)),
+            insecure: true,
             ..Options::default()
         };
         assert!(o.validate().is_ok());

@@ -7,6 +7,7 @@
 //! `main.rs` only wires configuration and signals to [`Server`].
 
 pub mod admin_service;
+pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -95,6 +96,18 @@ impl Server {
 
     /// Opens the data directory, starts Raft and binds both listeners.
     pub async fn start(opts: Options) -> anyhow::Result<Server> {
+        let transport = opts.transport()?;
+        if !transport.is_tls() {
+            tracing::warn!(
+                "--insecure: gRPC and HTTP are plaintext and every caller may do everything; \
+                 for local demos and tests only"
+            );
+        } else if transport.own_identity().map(|i| i.role) != Some(veto_auth::Role::Server) {
+            tracing::warn!(
+                identity = ?transport.own_identity(),
+                "this node's certificate does not carry the server role; peers will refuse its Raft calls"
+            );
+        }
         let kek = opts.load_kek()?;
         let previous_keks = opts.load_previous_keks()?;
         std::fs::create_dir_all(&opts.data_dir)
@@ -120,6 +133,7 @@ impl Server {
         let factory = raft::network::Factory {
             max_message_bytes: opts.max_message_bytes.max(64 << 20),
             cluster: cluster.clone(),
+            transport: transport.clone(),
         };
         let raft = veto_store::Raft::new(opts.node_id, Arc::new(config), factory, log.clone(), sm)
             .await
@@ -147,6 +161,7 @@ impl Server {
             kek,
             previous_keks,
             cluster.clone(),
+            transport.clone(),
             opts,
         );
 
@@ -169,9 +184,23 @@ impl Server {
         ))
         .max_decoding_message_size(max_msg);
         let mut grpc_rx = rx.clone();
-        let grpc = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = transport.server_tls() {
+            builder = builder.tls_config(tls).context("gRPC TLS configuration")?;
+        }
+        let limit = (node.options().write_rate_per_second > 0).then(|| veto_auth::WriteLimit {
+            per_second: node.options().write_rate_per_second,
+            burst: node.options().write_burst,
+            is_write: auth::is_write,
+        });
+        let grpc = builder
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .layer(veto_auth::AuthLayer::new(
+                auth::policy,
+                transport.is_tls(),
+                limit,
+            ))
             .add_service(raft_svc)
             .add_service(token_svc)
             .add_service(admin_svc)
@@ -192,12 +221,12 @@ impl Server {
         let metrics = veto_telemetry::install()?;
         veto_telemetry::register_server();
         let app = http::router(node.clone(), hub.clone(), metrics);
+        let http_transport = transport.clone();
         tasks.push(tokio::spawn(async move {
-            let r = axum::serve(http_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_rx.wait_for(|s| *s).await;
-                })
-                .await;
+            let r = veto_auth::http::serve(http_listener, app, &http_transport, async move {
+                let _ = http_rx.wait_for(|s| *s).await;
+            })
+            .await;
             if let Err(e) = r {
                 tracing::error!(error = %e, "HTTP server failed");
             }

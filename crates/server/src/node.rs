@@ -9,7 +9,7 @@ use ed25519_dalek::SigningKey;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{RaftMetrics, ServerState};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{info, warn};
 use veto_core::command::{Actor, Command, Response};
 use veto_core::{Kek, Kid, Limits};
@@ -41,6 +41,7 @@ struct Inner {
     /// Earlier KEKs: open keys sealed before a rotation until rewrapped.
     previous_keks: Vec<Kek>,
     cluster: veto_store::ClusterId,
+    transport: veto_auth::Transport,
     opts: Options,
     signer: Mutex<Option<(Kid, SigningKey)>>,
     peers: Mutex<HashMap<String, Channel>>,
@@ -64,6 +65,7 @@ impl Node {
         kek: Kek,
         previous_keks: Vec<Kek>,
         cluster: veto_store::ClusterId,
+        transport: veto_auth::Transport,
         opts: Options,
     ) -> Self {
         Self {
@@ -75,6 +77,7 @@ impl Node {
                 kek,
                 previous_keks,
                 cluster,
+                transport,
                 opts,
                 signer: Mutex::new(None),
                 peers: Mutex::new(HashMap::new()),
@@ -132,8 +135,11 @@ impl Node {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::Fatal(format!("bad peer address {addr:?}: {e}")))?
+        let ep = self
+            .inner
+            .transport
+            .endpoint(addr)
+            .map_err(|e| Error::Fatal(format!("peer endpoint: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(30));

@@ -17,13 +17,25 @@ pub fn is_forwarded<T>(r: &Request<T>) -> bool {
     r.metadata().contains_key(FORWARDED)
 }
 
-/// The caller as recorded in the audit trail: the `x-veto-actor` header if
-/// present and sane, else `anonymous@<peer address>`.
+/// The caller as recorded in the audit trail. With TLS it is the client
+/// certificate's identity (`operator:alice`); the `x-veto-actor` header is
+/// believed only from a peer server forwarding a write (or on an
+/// `--insecure` node, which has no identities). Else
+/// `anonymous@<peer address>`.
 pub fn actor<T>(r: &Request<T>) -> veto_core::Actor {
+    let identity = r.extensions().get::<veto_auth::Identity>();
+    if let Some(id) = identity {
+        if id.role != veto_auth::Role::Server {
+            return veto_core::Actor(id.actor());
+        }
+    }
     if let Some(a) = r.metadata().get(ACTOR).and_then(|v| v.to_str().ok()) {
         if !a.is_empty() && a.len() <= 128 && a.chars().all(|c| c.is_ascii_graphic()) {
             return veto_core::Actor(a.to_owned());
         }
+    }
+    if let Some(id) = identity {
+        return veto_core::Actor(id.actor());
     }
     let peer = r
         .remote_addr()

@@ -89,6 +89,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     /// Log file of the process (stdout and stderr).
     pub log_file: PathBuf,
+    /// How test clients reach it (the operator certificate under TLS).
+    pub client: veto_auth::Transport,
     child: Option<Child>,
 }
 
@@ -100,12 +102,23 @@ impl Node {
 
     /// TokenService client.
     pub fn tokens(&self) -> Result<TokenServiceClient<Channel>> {
-        Ok(TokenServiceClient::new(channel(&self.grpc_addr)?))
+        Ok(TokenServiceClient::new(self.channel()?))
     }
 
     /// AdminService client.
     pub fn admin(&self) -> Result<AdminServiceClient<Channel>> {
-        Ok(AdminServiceClient::new(channel(&self.grpc_addr)?))
+        Ok(AdminServiceClient::new(self.channel()?))
+    }
+
+    /// A lazily connecting channel to this node as the test operator.
+    pub fn channel(&self) -> Result<Channel> {
+        Ok(self
+            .client
+            .endpoint(&self.grpc_addr)?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .connect_lazy())
     }
 
     /// This node's status with the state digest, if it answers.
@@ -140,6 +153,9 @@ pub struct ClusterOptions {
     pub base_dir: Option<PathBuf>,
     /// Extra environment for every server process (e.g. `VETO_OTLP_ENDPOINT`).
     pub env: Vec<(String, String)>,
+    /// Run with TLS from this `veto certs init` directory (node N uses
+    /// `server-N`, test clients `operator`); None = `--insecure`.
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -149,6 +165,7 @@ impl Default for ClusterOptions {
             extra_config: String::new(),
             base_dir: None,
             env: Vec::new(),
+            tls_dir: None,
         }
     }
 }
@@ -162,6 +179,7 @@ pub struct Cluster {
     kek: String,
     extra_config: String,
     env: Vec<(String, String)>,
+    tls_dir: Option<PathBuf>,
     bin: PathBuf,
 }
 
@@ -188,6 +206,7 @@ impl Cluster {
             kek,
             extra_config: opts.extra_config,
             env: opts.env,
+            tls_dir: opts.tls_dir,
             bin: server_bin()?,
         };
         for id in 1..=opts.nodes as u64 {
@@ -225,6 +244,7 @@ impl Cluster {
             kek: kek.map(str::to_string).unwrap_or_else(hex_key),
             extra_config: String::new(),
             env: Vec::new(),
+            tls_dir: None,
             bin: server_bin()?,
         };
         for (id, addr) in members {
@@ -250,6 +270,17 @@ impl Cluster {
         if let Some(v) = value {
             self.env.push((key.to_string(), v.to_string()));
         }
+    }
+
+    /// How test clients connect: the operator certificate under TLS.
+    pub fn client_transport(&self) -> Result<veto_auth::Transport> {
+        Ok(match &self.tls_dir {
+            Some(d) => veto_auth::Transport::from_config(
+                &veto_auth::TlsFiles::in_dir(d, "operator"),
+                false,
+            )?,
+            None => veto_auth::Transport::Insecure,
+        })
     }
 
     /// The key-encryption key every node of this cluster uses.
@@ -296,8 +327,25 @@ impl Cluster {
 
     async fn launch(&self, id: u64, data_dir: &Path, grpc: &str, http: &str) -> Result<Node> {
         let cfg = data_dir.with_extension("toml");
+        let security = match &self.tls_dir {
+            Some(d) => {
+                let f = veto_auth::TlsFiles::in_dir(d, &format!("server-{id}"));
+                let show = |p: &Option<PathBuf>| {
+                    p.as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                };
+                format!(
+                    "tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}",
+                    show(&f.ca),
+                    show(&f.cert),
+                    show(&f.key)
+                )
+            }
+            None => "insecure = true".to_string(),
+        };
         let text = format!(
-            "node_id = {id}\nlisten_addr = \"{grpc}\"\nhttp_addr = \"{http}\"\ndata_dir = \"{}\"\n{}\n",
+            "node_id = {id}\nlisten_addr = \"{grpc}\"\nhttp_addr = \"{http}\"\ndata_dir = \"{}\"\n{security}\n{}\n",
             data_dir.join("db").display(),
             self.extra_config
         );
@@ -366,6 +414,7 @@ impl Cluster {
             http_addr: get("http")?,
             data_dir: data_dir.to_path_buf(),
             log_file,
+            client: self.client_transport()?,
             child,
         })
     }

@@ -11,7 +11,7 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, RaftNetworkV2};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use veto_proto::raft_service_client::RaftServiceClient;
 use veto_proto::{RaftPayload, SnapshotPart};
 use veto_store::TypeConfig;
@@ -27,6 +27,8 @@ pub struct Factory {
     pub max_message_bytes: usize,
     /// This node's cluster id, sent with every message.
     pub cluster: veto_store::ClusterId,
+    /// TLS (this node's server certificate) or plaintext.
+    pub transport: veto_auth::Transport,
 }
 
 /// Metadata key carrying the sender's cluster id on Raft RPCs.
@@ -53,18 +55,16 @@ impl RaftNetworkFactory<C> for Factory {
     type Network = Client;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Client {
-        let client = Endpoint::from_shared(format!("http://{}", node.addr))
-            .ok()
-            .map(|ep| {
-                RaftServiceClient::new(
-                    ep.connect_timeout(std::time::Duration::from_secs(1))
-                        .tcp_nodelay(true)
-                        .http2_keep_alive_interval(std::time::Duration::from_secs(5))
-                        .connect_lazy(),
-                )
-                .max_decoding_message_size(self.max_message_bytes)
-                .max_encoding_message_size(self.max_message_bytes)
-            });
+        let client = self.transport.endpoint(&node.addr).ok().map(|ep| {
+            RaftServiceClient::new(
+                ep.connect_timeout(std::time::Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(std::time::Duration::from_secs(5))
+                    .connect_lazy(),
+            )
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes)
+        });
         Client {
             cluster: self.cluster.clone(),
             target,

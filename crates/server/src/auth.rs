@@ -1,0 +1,136 @@
+//! Who may call what on a control-plane node (DESIGN §6).
+//!
+//! Applied by [`veto_auth::AuthLayer`] to every gRPC call when the node runs
+//! with TLS. Peers (`server`) may call everything: that is how Raft and
+//! forwarding work. Operators write tokens and run admin calls. Edges may
+//! only subscribe to the feed. A verify client needs no rights here at
+//! all (it verifies at an edge); it may only refresh a token it holds.
+//! Unknown methods are refused.
+
+use veto_auth::{Access, Role};
+
+const PEERS: &[Role] = &[Role::Server];
+const OPERATORS: &[Role] = &[Role::Operator, Role::Server];
+const FEED: &[Role] = &[Role::Edge, Role::Server];
+const REFRESH: &[Role] = &[Role::Operator, Role::Client, Role::Server];
+
+const ADMIN_METHODS: &[&str] = &[
+    "Init",
+    "AddLearner",
+    "Promote",
+    "ChangeMembership",
+    "Remove",
+    "TransferLeader",
+    "Status",
+    "RotateSigningKey",
+    "ListKeys",
+    "Edges",
+    "Backup",
+    "RewrapKeys",
+    "Audit",
+];
+const TOKEN_METHODS: &[&str] = &[
+    "Issue",
+    "Refresh",
+    "Revoke",
+    "RevokeSubject",
+    "RevokeFamily",
+    "Get",
+    "List",
+];
+const RAFT_METHODS: &[&str] = &[
+    "AppendEntries",
+    "Vote",
+    "InstallSnapshot",
+    "TransferLeader",
+    "ReadIndex",
+];
+
+fn split(path: &str) -> Option<(&str, &str)> {
+    path.strip_prefix('/')?.split_once('/')
+}
+
+/// The access rule of a gRPC path on a server.
+pub fn policy(path: &str) -> Access {
+    let Some((svc, method)) = split(path) else {
+        return Access::Deny;
+    };
+    match svc {
+        "veto.v1.RaftService" if RAFT_METHODS.contains(&method) => Access::Roles(PEERS),
+        "veto.v1.FeedService" if method == "Subscribe" => Access::Roles(FEED),
+        "veto.v1.TokenService" if method == "Refresh" => Access::Roles(REFRESH),
+        "veto.v1.TokenService" if TOKEN_METHODS.contains(&method) => Access::Roles(OPERATORS),
+        "veto.v1.AdminService" if ADMIN_METHODS.contains(&method) => Access::Roles(OPERATORS),
+        _ => Access::Deny,
+    }
+}
+
+/// Whether a path changes state (counted against the per-client write
+/// rate limit).
+pub fn is_write(path: &str) -> bool {
+    match split(path) {
+        Some(("veto.v1.TokenService", m)) => !matches!(m, "Get" | "List"),
+        Some(("veto.v1.AdminService", m)) => {
+            !matches!(m, "Status" | "ListKeys" | "Edges" | "Backup" | "Audit")
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edges_may_only_subscribe_and_unknown_paths_are_denied() {
+        let allows = |path: &str, role: Role| match policy(path) {
+            Access::Roles(r) => r.contains(&role),
+            Access::Authenticated => true,
+            Access::Deny => false,
+        };
+        assert!(allows("/veto.v1.FeedService/Subscribe", Role::Edge));
+        for m in TOKEN_METHODS {
+            assert!(
+                !allows(&format!("/veto.v1.TokenService/{m}"), Role::Edge),
+                "{m}"
+            );
+            assert!(
+                allows(&format!("/veto.v1.TokenService/{m}"), Role::Operator),
+                "{m}"
+            );
+        }
+        for m in ADMIN_METHODS {
+            assert!(
+                !allows(&format!("/veto.v1.AdminService/{m}"), Role::Edge),
+                "{m}"
+            );
+            assert!(
+                !allows(&format!("/veto.v1.AdminService/{m}"), Role::Client),
+                "{m}"
+            );
+            assert!(
+                allows(&format!("/veto.v1.AdminService/{m}"), Role::Operator),
+                "{m}"
+            );
+        }
+        for m in RAFT_METHODS {
+            assert!(allows(&format!("/veto.v1.RaftService/{m}"), Role::Server));
+            assert!(!allows(
+                &format!("/veto.v1.RaftService/{m}"),
+                Role::Operator
+            ));
+        }
+        assert!(allows("/veto.v1.TokenService/Refresh", Role::Client));
+        assert!(!allows("/veto.v1.TokenService/Issue", Role::Client));
+        assert_eq!(policy("/veto.v1.TokenService/Nope"), Access::Deny);
+        assert_eq!(
+            policy("/grpc.reflection.v1.ServerReflection/X"),
+            Access::Deny
+        );
+        assert_eq!(policy("nonsense"), Access::Deny);
+        assert!(is_write("/veto.v1.TokenService/Revoke"));
+        assert!(!is_write("/veto.v1.TokenService/Get"));
+        assert!(is_write("/veto.v1.AdminService/ChangeMembership"));
+        assert!(!is_write("/veto.v1.AdminService/Audit"));
+    }
+}

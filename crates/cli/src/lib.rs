@@ -84,6 +84,34 @@ pub enum Cmd {
     /// Certificates: a development CA and every process's certificate.
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// The audit trail: who issued, revoked and rotated what, and when.
+    Audit(AuditArgs),
+}
+
+/// Arguments of `veto audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only events about this token subject.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Only events by this actor, e.g. operator:alice.
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only events at or after this unix time.
+    #[arg(long, default_value_t = 0)]
+    pub since: i64,
+    /// Only events at or before this unix time.
+    #[arg(long, default_value_t = 0)]
+    pub until: i64,
+    /// Events per page (1..=1000).
+    #[arg(long, default_value_t = 100)]
+    pub page_size: u32,
+    /// Start after this page token (from a previous --json page).
+    #[arg(long, default_value = "")]
+    pub page_token: String,
+    /// Follow next_page_token to the end instead of printing one page.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// `veto certs ...`
@@ -989,6 +1017,55 @@ pub async fn run(cli: Cli) -> Result<()> {
                 print_keys(j, &r.keys, r.revision);
             }
         },
+        Cmd::Audit(a) => {
+            let mut token = a.page_token.clone();
+            loop {
+                let r = admin
+                    .audit(pb::AuditRequest {
+                        subject: a.subject.clone().unwrap_or_default(),
+                        actor: a.actor.clone().unwrap_or_default(),
+                        since_unix: a.since,
+                        until_unix: a.until,
+                        page_size: a.page_size,
+                        page_token: token.clone(),
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                for e in &r.events {
+                    if j {
+                        println!(
+                            "{}",
+                            json!({"revision": e.revision, "at_unix": e.at_unix, "actor": e.actor,
+                                "action": e.action, "subject": e.subject, "target": e.target,
+                                "reason": e.reason})
+                        );
+                    } else {
+                        println!(
+                            "{:>8}  {:>10}  {:<24} {:<15} {:<20} {}{}",
+                            e.revision,
+                            e.at_unix,
+                            e.actor,
+                            e.action,
+                            e.subject,
+                            e.target,
+                            if e.reason.is_empty() {
+                                String::new()
+                            } else {
+                                format!("  ({})", e.reason)
+                            }
+                        );
+                    }
+                }
+                token = r.next_page_token;
+                if token.is_empty() || !a.all {
+                    if !token.is_empty() && !j {
+                        println!("more: --page-token {token}");
+                    }
+                    break;
+                }
+            }
+        }
         Cmd::Edges => {
             let mut all = Vec::new();
             for a in cli.addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {

@@ -8,6 +8,7 @@
 //! Randomness is used only by helpers the leader calls *before* proposing
 //! (fresh jti, key generation, KEK encryption).
 
+pub mod audit;
 pub mod change;
 pub mod claims;
 pub mod command;

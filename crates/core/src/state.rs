@@ -155,6 +155,8 @@ pub struct State {
     revoked_tokens: BTreeMap<Jti, Revocation>,
     revoked_subjects: BTreeMap<String, Cutoff>,
     revoked_families: BTreeMap<Jti, Cutoff>,
+    #[serde(default)]
+    audit: crate::audit::AuditLog,
     #[serde(skip)]
     by_subject: BTreeSet<(String, Jti)>,
     #[serde(skip)]
@@ -256,10 +258,23 @@ impl State {
             // untraced() never returns a Traced command.
             Command::Traced { .. } => Ok(Response::Applied { revision }),
         };
-        result.unwrap_or_else(|rejection| Response::Rejected {
-            revision,
-            rejection,
-        })
+        match result {
+            Ok(r) => {
+                if let Some(e) = crate::audit::event_of(self, revision, cmd) {
+                    self.audit.push(e);
+                }
+                r
+            }
+            Err(rejection) => Response::Rejected {
+                revision,
+                rejection,
+            },
+        }
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> &crate::audit::AuditLog {
+        &self.audit
     }
 
     fn issue(&mut self, revision: u64, t: &NewToken, actor: &Actor) -> Result<Response, Rejection> {

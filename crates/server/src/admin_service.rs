@@ -326,6 +326,65 @@ impl Service {
         }
     }
 
+    async fn audit_local(&self, r: &pb::AuditRequest) -> Result<pb::AuditResponse> {
+        let l = self.node.limits();
+        if !r.subject.is_empty() {
+            veto_core::validate::subject("subject", &r.subject, l)?;
+        }
+        if r.actor.len() > 200 || r.actor.chars().any(|c| c.is_control()) {
+            return Err(Invalid::new("actor", "must be at most 200 printable characters").into());
+        }
+        if r.since_unix < 0 || r.until_unix < 0 {
+            return Err(Invalid::new("since_unix", "times must not be negative").into());
+        }
+        let limit = match r.page_size {
+            0 => 100,
+            n if n > 1000 => return Err(Invalid::new("page_size", "must be at most 1000").into()),
+            n => n as usize,
+        };
+        let after_revision = match r.page_token.as_str() {
+            "" => 0,
+            t => t
+                .parse::<u64>()
+                .map_err(|_| Invalid::new("page_token", "not a token this API returned"))?,
+        };
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let (subject, actor) = (nonempty(&r.subject), nonempty(&r.actor));
+        let q = veto_core::audit::AuditQuery {
+            subject: subject.as_deref(),
+            actor: actor.as_deref(),
+            since: (r.since_unix > 0).then_some(r.since_unix),
+            until: (r.until_unix > 0).then_some(r.until_unix),
+            after_revision,
+            limit,
+        };
+        self.node.linearize().await?;
+        Ok(self.node.state().read(|s| {
+            let (page, more) = s.audit().query(&q);
+            let next = match (more, page.last()) {
+                (true, Some(e)) => e.revision.to_string(),
+                _ => String::new(),
+            };
+            pb::AuditResponse {
+                events: page
+                    .into_iter()
+                    .map(|e| pb::AuditEvent {
+                        revision: e.revision,
+                        at_unix: e.at.unwrap_or(0),
+                        actor: e.actor.clone(),
+                        action: e.action.clone(),
+                        subject: e.subject.clone().unwrap_or_default(),
+                        target: e.target.clone(),
+                        reason: e.reason.clone(),
+                    })
+                    .collect(),
+                next_page_token: next,
+                revision: s.revision,
+                oldest_retained_revision: s.audit().oldest(),
+            }
+        }))
+    }
+
     async fn list_keys_local(&self) -> Result<pb::ListKeysResponse> {
         self.node.linearize().await?;
         Ok(self.node.state().read(|s| pb::ListKeysResponse {
@@ -666,6 +725,19 @@ impl AdminService for Service {
             AdminServiceClient,
             list_keys,
             self.list_keys_local()
+        )
+    }
+
+    async fn audit(
+        &self,
+        req: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditResponse>, Status> {
+        routed!(
+            self.node,
+            req,
+            AdminServiceClient,
+            audit,
+            self.audit_local(req.get_ref())
         )
     }
 

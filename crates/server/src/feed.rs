@@ -625,6 +625,13 @@ impl Service {
         &self,
         req: Request<Streaming<pb::EdgeMessage>>,
     ) -> Result<Response<EncodedStream>, Status> {
+        // Under TLS an edge may only speak for itself: its certificate's
+        // name is its edge id, so it cannot ack (or hide) for another edge.
+        let caller = req
+            .extensions()
+            .get::<veto_auth::Identity>()
+            .filter(|i| i.role == veto_auth::Role::Edge)
+            .map(|i| i.name.clone());
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
@@ -637,6 +644,16 @@ impl Service {
             return Err(Status::invalid_argument(
                 "hello.edge_id must be 1..=128 bytes of [A-Za-z0-9._-]",
             ));
+        }
+        if let Some(name) = caller {
+            if name != hello.edge_id {
+                veto_telemetry::metrics::counter!(veto_telemetry::AUTH_DENIED_TOTAL, "reason" => "permission_denied")
+                    .increment(1);
+                return Err(Status::permission_denied(format!(
+                    "edge certificate {name:?} may not subscribe as edge {:?}",
+                    hello.edge_id
+                )));
+            }
         }
         if *self.hub.inner.closing.borrow() {
             return Err(Status::unavailable(

@@ -11,7 +11,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use time::{Duration, OffsetDateTime};
+pub use time::{Duration, OffsetDateTime};
 
 use crate::{Error, Role};
 
@@ -116,13 +116,26 @@ impl Ca {
 
     /// Signs a leaf for `spec`.
     pub fn issue(&self, spec: &LeafSpec) -> Result<Leaf, Error> {
+        self.sign(spec, true)
+    }
+
+    /// Signs a leaf that names no role (`spec.role` is ignored): veto
+    /// accepts its TLS handshake and then refuses every role-checked call.
+    /// For testing that refusal, and for CAs shared with other systems.
+    pub fn issue_without_role(&self, spec: &LeafSpec) -> Result<Leaf, Error> {
+        self.sign(spec, false)
+    }
+
+    fn sign(&self, spec: &LeafSpec, with_role: bool) -> Result<Leaf, Error> {
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, spec.name.as_str());
         dn.push(DnType::OrganizationName, "veto");
-        dn.push(DnType::OrganizationalUnitName, spec.role.as_str());
         p.distinguished_name = dn;
-        let mut sans = vec![SanType::URI(spec.role.uri().try_into().map_err(gen)?)];
+        let mut sans = Vec::new();
+        if with_role {
+            sans.push(SanType::URI(spec.role.uri().try_into().map_err(gen)?));
+        }
         for h in &spec.hosts {
             sans.push(match h.parse::<std::net::IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),

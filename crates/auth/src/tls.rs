@@ -138,6 +138,14 @@ impl Transport {
         })))
     }
 
+    /// The CA, certificate and key PEM text (TLS only).
+    pub fn pem(&self) -> Option<(&str, &str, &str)> {
+        match self {
+            Transport::Tls(m) => Some((&m.ca_pem, &m.cert_pem, &m.key_pem)),
+            Transport::Insecure => None,
+        }
+    }
+
     /// Whether this is TLS.
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))

@@ -10,7 +10,8 @@
 # and, when the tool is on this machine:
 #   promtool check config              deploy/compose/prometheus.yml + ../observability/rules.yml
 #   kubectl kustomize                  deploy/k8s rendered, then validated the same way
-#   veto-server --dump-config          the TOML in the image and in the ConfigMap
+#   veto-server --dump-config          the TOML in the image and in the ConfigMap, with
+#                                      VETO_TLS_* set as compose and k8s set them
 #                                      (needs target/{release,debug}/veto-server; never builds)
 #
 # The Python tools live in two venvs under
@@ -118,8 +119,16 @@ run "shellcheck scripts/check-deploy.sh" "$vbin/shellcheck" scripts/check-deploy
 [[ -x deploy/docker/veto-init-cluster.sh ]] || fail "deploy/docker/veto-init-cluster.sh is not executable"
 
 if command -v promtool >/dev/null 2>&1; then
-    sed "s#/etc/prometheus/rules.yml#$tmp/rules.yml#" deploy/compose/prometheus.yml >"$tmp/prometheus.yml"
-    cp deploy/observability/rules.yml "$tmp/rules.yml"
+    # Container paths (/etc/prometheus/...) move under $tmp/prom: the rules
+    # file, and empty stand-ins for the TLS files, which promtool only checks
+    # exist (the real ones are made by the compose `certs` service).
+    mkdir -p "$tmp/prom"
+    sed "s#/etc/prometheus/#$tmp/prom/#g" deploy/compose/prometheus.yml >"$tmp/prometheus.yml"
+    cp deploy/observability/rules.yml "$tmp/prom/rules.yml"
+    sed -nE 's/^ *(ca|cert|key)_file: *//p' "$tmp/prometheus.yml" | sort -u | while read -r f; do
+        mkdir -p "$(dirname "$f")"
+        : >"$f"
+    done
     run "promtool check config deploy/compose/prometheus.yml" promtool check config "$tmp/prometheus.yml"
 fi
 
@@ -139,8 +148,11 @@ with open(sys.argv[2], "w") as f:
     f.write(cm["data"]["server.toml"])
 EOF
     for cfg in deploy/docker/server.toml "$tmp/configmap.toml"; do
+        # TLS comes from the environment in compose and Kubernetes (the
+        # files are only read at start, not by --dump-config).
         run "veto-server --dump-config with $cfg" env -i PATH="$PATH" \
             VETO_KEK="$(printf '0%.0s' {1..64})" \
+            VETO_TLS_CA=/certs/ca.pem VETO_TLS_CERT=/certs/server-1.pem VETO_TLS_KEY=/certs/server-1.key \
             "$server_bin" --config "$cfg" --node-id 1 --dump-config
     done
 fi

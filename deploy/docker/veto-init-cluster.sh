@@ -6,6 +6,10 @@
 #
 # Environment:
 #   VETO_ADDR                    servers to talk to, comma-separated (the veto CLI reads it too)
+#   VETO_TLS_CA, VETO_TLS_CERT, VETO_TLS_KEY
+#                                read by the veto CLI: the CA and an operator certificate
+#                                (role operator) with its key; or VETO_INSECURE=1 for
+#                                servers started with --insecure
 #   VETO_INIT_MEMBERS            initial voters, space-separated ID=HOST:PORT, e.g.
 #                                "1=server1:7400 2=server2:7400 3=server3:7400"; the addresses
 #                                are stored in the Raft membership: use what peers can dial

@@ -4,6 +4,9 @@
 //! build the binaries first (`cargo build --bins`, which the README's test
 //! command does).
 
+pub mod otlp;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -339,4 +342,52 @@ mod tests {
         let v = check_history(&bad, &acks, &attempted, b);
         assert_eq!(v.len(), 2, "{v:?}");
     }
+}
+
+/// GET `path` over HTTPS (HTTP/1.1), trusting `t`'s CA and presenting
+/// its certificate when `present`; returns the status code and response.
+pub async fn https_get(
+    addr: &str,
+    path: &str,
+    t: &veto_auth::Transport,
+    present: bool,
+) -> anyhow::Result<(u16, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ca, c, k) = t.pem().ok_or_else(|| anyhow::anyhow!("not TLS"))?;
+    let chain_key = present.then_some((c, k));
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let cfg = match chain_key {
+        Some((c, k)) => b.with_client_auth_cert(
+            CertificateDer::pem_slice_iter(c.as_bytes()).collect::<Result<Vec<_>, _>>()?,
+            PrivateKeyDer::from_pem_slice(k.as_bytes())?,
+        )?,
+        None => b.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let ip: std::net::SocketAddr = addr.parse()?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::IpAddress(ip.ip().into()), tcp)
+        .await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no HTTP status in {text:?}"))?;
+    Ok((status, text))
 }

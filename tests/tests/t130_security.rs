@@ -3,7 +3,6 @@
 //! feed's identity binding and the audit trail's actors.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -16,6 +15,7 @@ use veto_proto::raft_service_client::RaftServiceClient;
 use veto_proto::token_service_client::TokenServiceClient;
 use veto_proto::verifier_service_client::VerifierServiceClient;
 use veto_testkit::{Cluster, ClusterOptions};
+use veto_tests::https_get;
 
 fn read(p: &Path) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(p)?)
@@ -42,11 +42,14 @@ async fn tls_cluster(dir: &Path) -> anyhow::Result<Cluster> {
             ..InitSpec::default()
         },
     )?;
-    Cluster::start(ClusterOptions {
+    let cluster = Cluster::start(ClusterOptions {
         tls_dir: Some(dir.to_path_buf()),
         ..ClusterOptions::default()
     })
-    .await
+    .await?;
+    // Waits for the bootstrap signing key, so issues below cannot race it.
+    veto_tests::issue(&cluster.nodes[0], "user:warmup", 60).await?;
+    Ok(cluster)
 }
 
 /// The status code of one call of `rpc` with a default (often invalid)
@@ -359,54 +362,6 @@ async fn no_certificate_an_expired_one_or_a_foreign_ca_cannot_connect() -> anyho
 
 fn time_days_ago(days: i64) -> veto_auth::certs::OffsetDateTime {
     veto_auth::certs::OffsetDateTime::now_utc() - veto_auth::certs::Duration::days(days)
-}
-
-/// GET `path` over HTTPS (HTTP/1.1), trusting `t`'s CA and presenting
-/// its certificate when `present`; returns the status code and response.
-async fn https_get(
-    addr: &str,
-    path: &str,
-    t: &Transport,
-    present: bool,
-) -> anyhow::Result<(u16, String)> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (ca, c, k) = t.pem().ok_or_else(|| anyhow::anyhow!("not TLS"))?;
-    let chain_key = present.then_some((c, k));
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-        roots.add(c?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    let cfg = match chain_key {
-        Some((c, k)) => b.with_client_auth_cert(
-            CertificateDer::pem_slice_iter(c.as_bytes()).collect::<Result<Vec<_>, _>>()?,
-            PrivateKeyDer::from_pem_slice(k.as_bytes())?,
-        )?,
-        None => b.with_no_client_auth(),
-    };
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let ip: std::net::SocketAddr = addr.parse()?;
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::IpAddress(ip.ip().into()), tcp)
-        .await?;
-    tls.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no HTTP status in {text:?}"))?;
-    Ok((status, text))
 }
 
 async fn verify(

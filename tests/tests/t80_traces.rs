@@ -3,88 +3,14 @@
 //! veto-server processes and from three edges, and one trace holds the
 //! revoke RPC, its Raft commit and the apply on every edge.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use tonic::{Request, Response, Status};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
 use veto_proto as pb;
 use veto_testkit::{eventually, Cluster, ClusterOptions};
+use veto_tests::otlp::{Collector, Got};
 use veto_tests::{issue, start_edges};
-
-#[derive(Debug, Clone)]
-struct Got {
-    service: String,
-    trace_id: Vec<u8>,
-    span_id: Vec<u8>,
-    parent: Vec<u8>,
-    name: String,
-    attrs: BTreeMap<String, String>,
-}
-
-#[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<Got>>>,
-}
-
-fn text(kv: &[KeyValue]) -> BTreeMap<String, String> {
-    kv.iter()
-        .filter_map(|a| {
-            let v = match a.value.as_ref()?.value.as_ref()? {
-                Value::StringValue(s) => s.clone(),
-                Value::IntValue(i) => i.to_string(),
-                Value::BoolValue(b) => b.to_string(),
-                Value::DoubleValue(d) => d.to_string(),
-                _ => return None,
-            };
-            Some((a.key.clone(), v))
-        })
-        .collect()
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        req: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let mut out = self
-            .spans
-            .lock()
-            .map_err(|_| Status::internal("poisoned"))?;
-        for rs in req.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .as_ref()
-                .map(|r| text(&r.attributes))
-                .and_then(|a| a.get("service.name").cloned())
-                .unwrap_or_default();
-            for ss in rs.scope_spans {
-                for s in ss.spans {
-                    out.push(Got {
-                        service: service.clone(),
-                        trace_id: s.trace_id,
-                        span_id: s.span_id,
-                        parent: s.parent_span_id,
-                        name: s.name,
-                        attrs: text(&s.attributes),
-                    });
-                }
-            }
-        }
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_holds_the_revoke_the_commit_and_every_edge_apply() -> anyhow::Result<()> {

@@ -312,38 +312,6 @@ pub fn check_history(
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::{HashMap, HashSet};
-    use std::time::Instant;
-
-    #[test]
-    fn checker_flags_late_acceptance_and_false_refusal() {
-        let t0 = Instant::now();
-        let b = Duration::from_millis(100);
-        let op = |jti: &str, start_ms: u64, accepted: bool, revoked: bool| VerifyOp {
-            edge: "e".into(),
-            jti: jti.into(),
-            start: t0 + Duration::from_millis(start_ms),
-            end: t0 + Duration::from_millis(start_ms + 1),
-            accepted,
-            revoked,
-        };
-        let acks = HashMap::from([("x".to_string(), t0)]);
-        let attempted = HashSet::from(["x".to_string()]);
-        let ok = [
-            op("x", 50, true, false),
-            op("x", 150, false, true),
-            op("y", 10, true, false),
-        ];
-        assert!(check_history(&ok, &acks, &attempted, b).is_empty());
-        let bad = [op("x", 100, true, false), op("y", 5, false, true)];
-        let v = check_history(&bad, &acks, &attempted, b);
-        assert_eq!(v.len(), 2, "{v:?}");
-    }
-}
-
 /// GET `path` over HTTPS (HTTP/1.1), trusting `t`'s CA and presenting
 /// its certificate when `present`; returns the status code and response.
 pub async fn https_get(
@@ -390,4 +358,36 @@ pub async fn https_get(
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no HTTP status in {text:?}"))?;
     Ok((status, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+    use std::time::Instant;
+
+    #[test]
+    fn checker_flags_late_acceptance_and_false_refusal() {
+        let t0 = Instant::now();
+        let b = Duration::from_millis(100);
+        let op = |jti: &str, start_ms: u64, accepted: bool, revoked: bool| VerifyOp {
+            edge: "e".into(),
+            jti: jti.into(),
+            start: t0 + Duration::from_millis(start_ms),
+            end: t0 + Duration::from_millis(start_ms + 1),
+            accepted,
+            revoked,
+        };
+        let acks = HashMap::from([("x".to_string(), t0)]);
+        let attempted = HashSet::from(["x".to_string()]);
+        let ok = [
+            op("x", 50, true, false),
+            op("x", 150, false, true),
+            op("y", 10, true, false),
+        ];
+        assert!(check_history(&ok, &acks, &attempted, b).is_empty());
+        let bad = [op("x", 100, true, false), op("y", 5, false, true)];
+        let v = check_history(&bad, &acks, &attempted, b);
+        assert_eq!(v.len(), 2, "{v:?}");
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! Client certificates are verified when presented but optional at the
 //! handshake, so load balancers and Kubernetes probes can reach the health
-//! paths; every other path answers 401 without a verified certificate.
+//! paths (and outside verifiers the JWKS); every other path answers 401
+//! without a verified certificate.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,8 +23,9 @@ use tokio_rustls::server::TlsStream;
 
 use crate::{Identity, Transport};
 
-/// Paths served without a client certificate.
-pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz"];
+/// Paths served without a client certificate: health probes, and the
+/// JWKS (public keys, for verifiers outside veto).
+pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/.well-known/jwks.json"];
 
 /// The peer of one HTTPS connection.
 #[derive(Debug, Clone)]

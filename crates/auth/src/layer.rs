@@ -49,13 +49,16 @@ pub struct AuthLayer {
 struct Shared {
     policy: Policy,
     tls: bool,
-    limit: Option<(fn(&str) -> bool, DefaultKeyedRateLimiter<String>)>,
+    limit: Option<Limiter>,
     // Parsed identities by certificate bytes; a connection's certificate
     // is parsed once, not on every call.
     cache: Mutex<HashMap<Vec<u8>, Option<Identity>>>,
 }
 
 const CACHE_MAX: usize = 4096;
+
+/// Which paths are writes, and the per-client buckets.
+type Limiter = (fn(&str) -> bool, DefaultKeyedRateLimiter<String>);
 
 impl AuthLayer {
     /// A layer applying `policy` when `tls` (plaintext servers have no

@@ -12,8 +12,8 @@
 //!   identity to the handlers for the audit trail.
 //! - [`certs`]: a development CA and node, edge, operator and client
 //!   certificates (rcgen), behind `veto certs init`.
-//! - [`http`]: serves an axum router over TLS; `/healthz` and `/readyz`
-//!   answer without a client certificate, everything else needs one.
+//! - [`http`]: serves an axum router over TLS; `/healthz`, `/readyz` and
+//!   the JWKS answer without a client certificate, everything else needs one.
 
 pub mod certs;
 pub mod http;

@@ -1059,8 +1059,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
                 token = r.next_page_token;
                 if token.is_empty() || !a.all {
-                    if !token.is_empty() && !j {
-                        println!("more: --page-token {token}");
+                    if !token.is_empty() {
+                        if j {
+                            println!("{}", json!({ "next_page_token": token }));
+                        } else {
+                            println!("more: --page-token {token}");
+                        }
                     }
                     break;
                 }

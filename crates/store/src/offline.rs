@@ -133,3 +133,31 @@ pub fn seed(
         .map_err(|e| corrupt(path, e))?;
     Ok(())
 }
+
+/// One stored record: column family, key, value.
+pub type RawRecord = (String, Vec<u8>, Vec<u8>);
+
+/// Every record of every column family as RocksDB returns it (values
+/// decompressed), read-only: for audits of what is stored at rest, which a
+/// search of the files themselves cannot do once blocks are compressed.
+pub fn raw_records(path: &Path) -> Result<Vec<RawRecord>, Error> {
+    let shown = path.display().to_string();
+    let open_err = |source| Error::Open {
+        path: shown.clone(),
+        source,
+    };
+    let opts = rocksdb::Options::default();
+    let names = [crate::CF_META, crate::CF_LOG, crate::CF_SM];
+    let db = rocksdb::DB::open_cf_for_read_only(&opts, path, names, false).map_err(open_err)?;
+    let mut out = Vec::new();
+    for name in names {
+        let cf = db
+            .cf_handle(name)
+            .ok_or_else(|| corrupt(path, format!("column family {name} missing")))?;
+        for item in db.iterator_cf(&cf, rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(open_err)?;
+            out.push((name.to_owned(), k.to_vec(), v.to_vec()));
+        }
+    }
+    Ok(out)
+}

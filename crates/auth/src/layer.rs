@@ -22,7 +22,8 @@ pub enum Access {
     Authenticated,
     /// Only these roles.
     Roles(&'static [Role]),
-    /// Nobody: unknown methods land here.
+    /// Not served by this process: unknown methods land here and get
+    /// UNIMPLEMENTED with a message, whether or not TLS is on.
     Deny,
 }
 
@@ -122,6 +123,13 @@ impl Shared {
     /// The caller's identity (TLS) if the call is allowed.
     fn check<B>(&self, req: &http::Request<B>) -> Result<Option<Identity>, Status> {
         let path = req.uri().path();
+        let policy = (self.policy)(path);
+        if policy == Access::Deny {
+            // Not an authorisation question: nothing here serves it.
+            return Err(Status::unimplemented(format!(
+                "{path} is not a method this veto process serves"
+            )));
+        }
         let ext = req.extensions();
         let (identity, peer_ip) = if self.tls {
             let info = ext.get::<TlsConnectInfo<TcpConnectInfo>>();
@@ -149,14 +157,8 @@ impl Shared {
             (None, ip)
         };
         if self.tls {
-            match (self.policy)(path) {
-                Access::Authenticated => {}
-                Access::Deny => {
-                    return Err(deny(
-                        "permission_denied",
-                        Status::permission_denied(format!("{path} is not served here")),
-                    ))
-                }
+            match policy {
+                Access::Authenticated | Access::Deny => {}
                 Access::Roles(roles) => {
                     let Some(id) = &identity else {
                         return Err(deny(

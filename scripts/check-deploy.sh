@@ -12,7 +12,7 @@
 #   kubectl kustomize                  deploy/k8s rendered, then validated the same way
 #   veto-server --dump-config          the TOML in the image and in the ConfigMap, with
 #                                      VETO_TLS_* set as compose and k8s set them
-#                                      (needs target/{release,debug}/veto-server; never builds)
+#                                      (needs target/{debug,release}/veto-server; never builds)
 #
 # The Python tools live in two venvs under
 # ${XDG_CACHE_HOME:-$HOME/.cache}/veto-deploy-venv, "compose" and "validate"
@@ -133,7 +133,7 @@ if command -v promtool >/dev/null 2>&1; then
 fi
 
 server_bin=""
-for b in target/release/veto-server target/debug/veto-server; do
+for b in target/debug/veto-server target/release/veto-server; do
     if [[ -x "$b" ]]; then
         server_bin=$b
         break

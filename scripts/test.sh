@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh build
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-# deploy/: docker-compose config, kubernetes-validate, hadolint, shellcheck
-# (pinned PyPI tools in a cached venv), promtool on the compose scrape config.
-scripts/check-deploy.sh
 cargo build --workspace --bins
+# deploy/: docker-compose config, kubernetes-validate, hadolint, shellcheck
+# (pinned PyPI tools in a cached venv), promtool on the compose scrape config,
+# and the image's and ConfigMap's TOML through the veto-server just built.
+scripts/check-deploy.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else

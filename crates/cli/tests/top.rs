@@ -23,6 +23,8 @@ fn screen(t: &Terminal<TestBackend>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_renders_members_edges_and_propagation() -> anyhow::Result<()> {
+    // The test cluster runs --insecure; so does this client.
+    veto_cli::set_transport(&veto_auth::TlsFiles::default(), true);
     let cluster = Cluster::start(ClusterOptions::default()).await?;
     let leader = cluster.wait_leader(Duration::from_secs(20)).await?;
     let l = cluster.node(leader)?;

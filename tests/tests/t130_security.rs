@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
-use veto_auth::certs::{Ca, InitSpec, LeafSpec};
+use veto_auth::certs::{Ca, LeafSpec};
 use veto_auth::{Role, TlsFiles, Transport};
 use veto_proto as pb;
 use veto_proto::admin_service_client::AdminServiceClient;
@@ -32,16 +32,34 @@ fn channel(t: &Transport, addr: &str) -> anyhow::Result<Channel> {
         .connect_lazy())
 }
 
-/// A TLS cluster of 3 (certificates for 4 servers, so one can join).
+/// Runs the `veto` CLI binary.
+fn veto_cli(args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(veto_testkit::bin_named("veto", "VETO_CLI_BIN")?)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "veto {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A TLS cluster of 3 with certificates from `veto certs init` (for 4
+/// servers, so one can join).
 async fn tls_cluster(dir: &Path) -> anyhow::Result<Cluster> {
-    veto_auth::certs::init_dir(
-        dir,
-        &InitSpec {
-            servers: 4,
-            edges: 2,
-            ..InitSpec::default()
-        },
-    )?;
+    let d = dir.display().to_string();
+    veto_cli(&[
+        "certs",
+        "init",
+        "--dir",
+        &d,
+        "--servers",
+        "4",
+        "--edges",
+        "2",
+    ])?;
     let cluster = Cluster::start(ClusterOptions {
         tls_dir: Some(dir.to_path_buf()),
         ..ClusterOptions::default()
@@ -520,6 +538,32 @@ async fn edges_stream_as_themselves_and_the_audit_names_the_caller() -> anyhow::
         "{:?}",
         all.events
     );
+    // The CLI over TLS with the operator's certificate shows the same.
+    let d = dir.path();
+    let file = |f: &str| d.join(f).display().to_string();
+    let out = veto_cli(&[
+        "--addr",
+        &followers[1].grpc_addr,
+        "--tls-ca",
+        &file("ca.pem"),
+        "--tls-cert",
+        &file("operator.pem"),
+        "--tls-key",
+        &file("operator.key"),
+        "--json",
+        "audit",
+        "--subject",
+        "user:audited",
+    ])?;
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[1]["action"], "revoke_token");
+    assert_eq!(lines[1]["actor"], "operator:operator");
+    // Without a certificate the CLI refuses to fall back to plaintext.
+    assert!(veto_cli(&["--addr", &followers[1].grpc_addr, "audit"]).is_err());
     let bad = admin
         .audit(pb::AuditRequest {
             page_token: "not-a-revision".into(),

@@ -14,8 +14,8 @@ pub enum Role {
     Edge,
     /// A human or automation with operator rights: writes and admin calls.
     Operator,
-    /// A verify client (a service checking tokens at an edge) or a token
-    /// holder refreshing its own token.
+    /// A verify client: a service checking tokens at an edge. It may call
+    /// nothing on the servers.
     Client,
 }
 

@@ -25,7 +25,7 @@ pub struct AuditEvent {
     /// Leader's time of the change (unix seconds); `None` when the command
     /// carries none (key rewrap).
     pub at: Option<i64>,
-    /// Who asked (`operator:alice`, `server:bootstrap`, ...).
+    /// Who asked (`operator:alice`, `veto-server:bootstrap`, ...).
     pub actor: String,
     /// What: the command name (`issue`, `revoke_token`, ...).
     pub action: String,

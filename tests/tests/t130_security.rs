@@ -11,6 +11,7 @@ use veto_auth::certs::{Ca, LeafSpec};
 use veto_auth::{Role, TlsFiles, Transport};
 use veto_proto as pb;
 use veto_proto::admin_service_client::AdminServiceClient;
+use veto_proto::feed_service_client::FeedServiceClient;
 use veto_proto::raft_service_client::RaftServiceClient;
 use veto_proto::token_service_client::TokenServiceClient;
 use veto_proto::verifier_service_client::VerifierServiceClient;
@@ -25,11 +26,27 @@ fn transport(dir: &Path, name: &str) -> anyhow::Result<Transport> {
     Ok(Transport::from_config(&TlsFiles::in_dir(dir, name), false)?)
 }
 
+/// A channel to a server (its certificate must carry the server role).
 fn channel(t: &Transport, addr: &str) -> anyhow::Result<Channel> {
-    Ok(t.endpoint(addr)?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .connect_lazy())
+    Ok(t.channel_lazy(addr, Role::Server, |ep| {
+        ep.connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+    })?)
+}
+
+/// Whether a Status call to the server at `addr` as `t` succeeds.
+async fn status_as(t: &Transport, addr: &str) -> Result<(), tonic::Status> {
+    let ch = t
+        .channel(addr, Role::Server, |ep| {
+            ep.connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5))
+        })
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    AdminServiceClient::new(ch)
+        .status(pb::StatusRequest::default())
+        .await
+        .map(|_| ())
 }
 
 /// Runs the `veto` CLI binary.
@@ -319,7 +336,7 @@ async fn no_certificate_an_expired_one_or_a_foreign_ca_cannot_connect() -> anyho
     // The operator's certificate works at this address (so the refusals
     // below are about the certificate, not the address).
     let op = transport(dir.path(), "operator")?;
-    status_via(op.endpoint(&addr)?).await?;
+    status_as(&op, &addr).await?;
 
     // TLS with the right CA but no client certificate.
     let anonymous = Endpoint::from_shared(format!("https://{addr}"))?
@@ -342,7 +359,7 @@ async fn no_certificate_an_expired_one_or_a_foreign_ca_cannot_connect() -> anyho
     let expired = ca.issue(&spec)?;
     let t = Transport::from_pem(ca_pem.clone(), expired.cert_pem, expired.key_pem)?;
     assert!(
-        status_via(t.endpoint(&addr)?).await.is_err(),
+        status_as(&t, &addr).await.is_err(),
         "an expired certificate was accepted"
     );
     // An operator certificate from another CA.
@@ -350,13 +367,13 @@ async fn no_certificate_an_expired_one_or_a_foreign_ca_cannot_connect() -> anyho
     let leaf = foreign.issue(&LeafSpec::new("operator", Role::Operator, &[], 1))?;
     let t = Transport::from_pem(ca_pem.clone(), leaf.cert_pem, leaf.key_pem)?;
     assert!(
-        status_via(t.endpoint(&addr)?).await.is_err(),
+        status_as(&t, &addr).await.is_err(),
         "a foreign CA's certificate was accepted"
     );
     // Signed by the CA but naming no role: connects, may do nothing.
     let roleless = ca.issue_without_role(&LeafSpec::new("nobody", Role::Client, &[], 1))?;
     let t = Transport::from_pem(ca_pem.clone(), roleless.cert_pem, roleless.key_pem)?;
-    let e = status_via(t.endpoint(&addr)?)
+    let e = status_as(&t, &addr)
         .await
         .expect_err("a role-less certificate was obeyed");
     assert_eq!(e.code(), Code::PermissionDenied);
@@ -375,6 +392,15 @@ async fn no_certificate_an_expired_one_or_a_foreign_ca_cannot_connect() -> anyho
     let (s, body) = https_get(http, "/metrics", &op, true).await?;
     assert_eq!(s, 200);
     assert!(body.contains("veto_auth_denied_total"), "{body}");
+    // A verify client's certificate may scrape metrics but not read the
+    // cluster's members and edges.
+    let client = transport(dir.path(), "client")?;
+    assert_eq!(https_get(http, "/metrics", &client, true).await?.0, 200);
+    assert_eq!(
+        https_get(http, "/api/v1/status", &client, true).await?.0,
+        403
+    );
+    assert_eq!(https_get(http, "/api/v1/status", &op, true).await?.0, 200);
     Ok(())
 }
 
@@ -388,7 +414,9 @@ async fn verify(
     token: &str,
 ) -> Result<pb::VerifyResponse, tonic::Status> {
     let addr = edge.grpc_addr.map(|a| a.to_string()).unwrap_or_default();
-    let ch = channel(t, &addr).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let ch = t
+        .channel_lazy(&addr, Role::Edge, |ep| ep.timeout(Duration::from_secs(10)))
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
     VerifierServiceClient::new(ch)
         .verify(pb::VerifyRequest {
             token: token.into(),
@@ -420,13 +448,28 @@ async fn edges_stream_as_themselves_and_the_audit_names_the_caller() -> anyhow::
         e1.handle.wait_fresh(Duration::from_secs(20)).await,
         "edge-1 never fresh"
     );
-    // edge-2's certificate cannot subscribe as edge-1's twin "edge-9".
-    let impostor = veto_edge::Edge::start(edge_opts("edge-9", "edge-2")?, local, local).await?;
-    assert!(
-        !impostor.handle.wait_fresh(Duration::from_secs(2)).await,
-        "an edge subscribed under another edge id than its certificate's"
+    // edge-2's certificate cannot subscribe as another edge: the server
+    // answers PERMISSION_DENIED to its Hello.
+    let hello = |id: &str| pb::EdgeMessage {
+        msg: Some(pb::edge_message::Msg::Hello(pb::Hello {
+            edge_id: id.into(),
+            applied_revision: 0,
+        })),
+    };
+    let e2 = transport(dir.path(), "edge-2")?;
+    let mut feed = FeedServiceClient::new(channel(&e2, &servers[0])?);
+    let refused = match feed
+        .subscribe(tokio_stream::iter(vec![hello("edge-9")]))
+        .await
+    {
+        Ok(s) => s.into_inner().message().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert_eq!(
+        refused.err().map(|e| e.code()),
+        Some(Code::PermissionDenied),
+        "edge-2's certificate subscribed as edge-9"
     );
-    impostor.stop().await;
 
     // An operator issues through one follower and revokes through another;
     // a verify client checks at the edge.
@@ -445,8 +488,38 @@ async fn edges_stream_as_themselves_and_the_audit_names_the_caller() -> anyhow::
         .await?
         .into_inner();
     let jti = issued.record.clone().map(|r| r.jti).unwrap_or_default();
+    // An operator cannot write under another name: x-veto-actor is
+    // ignored from anyone but a forwarding server.
+    let mut spoof = tonic::Request::new(pb::IssueRequest {
+        sub: "user:spoofed".into(),
+        ttl_seconds: 600,
+        ..Default::default()
+    });
+    spoof
+        .metadata_mut()
+        .insert("x-veto-actor", "operator:someone-else".parse()?);
+    spoof
+        .metadata_mut()
+        .insert("x-veto-forwarded", "1".parse()?);
+    // Straight to the leader: a "forwarded" request is never forwarded again.
+    TokenServiceClient::new(channel(&op, &cluster.node(leader)?.grpc_addr)?)
+        .issue(spoof)
+        .await?;
     let v = verify(&client, &e1, &issued.token).await?;
     assert!(v.valid, "{v:?}");
+    // Clients check the peer's role, not just the CA: the edge's
+    // certificate (valid for 127.0.0.1 like the servers') does not pass for
+    // a server's, so an edge key cannot pose as a server.
+    let edge_addr = e1.grpc_addr.map(|a| a.to_string()).unwrap_or_default();
+    let posing = op
+        .channel(&edge_addr, Role::Server, |ep| {
+            ep.connect_timeout(Duration::from_secs(2))
+        })
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(posing.contains("not a veto server"), "{posing:?}");
     // A client without a certificate cannot even ask the edge.
     let ca_pem = read(&dir.path().join("ca.pem"))?;
     let addr = e1.grpc_addr.map(|a| a.to_string()).unwrap_or_default();
@@ -529,6 +602,21 @@ async fn edges_stream_as_themselves_and_the_audit_names_the_caller() -> anyhow::
         .into_inner();
     assert_eq!(by_actor.events.len(), 1);
     assert!(!by_actor.next_page_token.is_empty());
+    let spoofed = admin
+        .audit(pb::AuditRequest {
+            subject: "user:spoofed".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        spoofed
+            .events
+            .iter()
+            .map(|e| e.actor.as_str())
+            .collect::<Vec<_>>(),
+        ["operator:operator"]
+    );
     // Bootstrap writes by the server itself are attributed to it.
     let all = admin.audit(pb::AuditRequest::default()).await?.into_inner();
     assert!(

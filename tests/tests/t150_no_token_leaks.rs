@@ -84,11 +84,11 @@ async fn no_token_string_in_logs_metrics_spans_or_errors() -> anyhow::Result<()>
 
     let t = |name: &str| Transport::from_config(&TlsFiles::in_dir(&certs, name), false);
     let (op, client) = (t("operator")?, t("client")?);
-    let ch = |tr: &Transport, a: &str| -> anyhow::Result<tonic::transport::Channel> {
-        Ok(tr
-            .endpoint(a)?
-            .timeout(Duration::from_secs(10))
-            .connect_lazy())
+    let ch = |tr: &Transport,
+              a: &str,
+              peer: veto_auth::Role|
+     -> anyhow::Result<tonic::transport::Channel> {
+        Ok(tr.channel_lazy(a, peer, |ep| ep.timeout(Duration::from_secs(10)))?)
     };
     let leader = cluster.wait_leader(Duration::from_secs(20)).await?;
     let follower = cluster
@@ -96,8 +96,9 @@ async fn no_token_string_in_logs_metrics_spans_or_errors() -> anyhow::Result<()>
         .iter()
         .find(|n| n.id != leader)
         .ok_or_else(|| anyhow::anyhow!("no follower"))?;
-    let mut tokens = TokenServiceClient::new(ch(&op, &follower.grpc_addr)?);
-    let mut verifier = VerifierServiceClient::new(ch(&client, &edge_grpc)?);
+    let mut tokens =
+        TokenServiceClient::new(ch(&op, &follower.grpc_addr, veto_auth::Role::Server)?);
+    let mut verifier = VerifierServiceClient::new(ch(&client, &edge_grpc, veto_auth::Role::Edge)?);
 
     // The flow. Every answer's text is kept to be searched too.
     let mut texts: Vec<String> = Vec::new();

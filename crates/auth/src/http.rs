@@ -21,7 +21,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 
-use crate::{Identity, Transport};
+use crate::{Identity, Role, Transport};
+
+/// Most TLS handshakes in progress at once; connections beyond it are
+/// closed at once, so a flood of idle connections cannot exhaust the
+/// process's file descriptors (gRPC and Raft share them).
+const MAX_HANDSHAKES: usize = 256;
 
 /// Paths served without a client certificate: health probes, and the
 /// JWKS (public keys, for verifiers outside veto).
@@ -39,7 +44,8 @@ pub struct Peer {
 }
 
 /// Accepts TCP connections and completes TLS handshakes concurrently (a
-/// slow client does not hold up the others), each bounded to 10 s.
+/// slow client does not hold up the others), each bounded to 5 s, at most
+/// [`MAX_HANDSHAKES`] at a time.
 pub struct TlsListener {
     rx: mpsc::Receiver<(TlsStream<TcpStream>, Peer)>,
     local: SocketAddr,
@@ -58,6 +64,7 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let (tx, rx) = mpsc::channel(64);
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         let task = tokio::spawn(async move {
             loop {
                 let (stream, addr) = match tcp.accept().await {
@@ -68,10 +75,19 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tracing::debug!(%addr, "HTTPS handshake limit reached; connection closed");
+                    continue;
+                };
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let hs = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    let hs = tokio::time::timeout(Duration::from_secs(5), acceptor.accept(stream));
+                    let hs = async move {
+                        let r = hs.await;
+                        drop(permit);
+                        r
+                    };
                     let tls = match hs.await {
                         Ok(Ok(t)) => t,
                         Ok(Err(e)) => {
@@ -121,20 +137,44 @@ impl Connected<IncomingStream<'_, TlsListener>> for Peer {
     }
 }
 
+/// Paths any veto certificate may read (Prometheus scrapes with whichever
+/// it is given); everything else (status API, dashboard) is for operators
+/// and peers: it shows members, addresses and edges.
+pub const METRICS_PATHS: &[&str] = &["/metrics"];
+
 async fn require_cert(
     State(open): State<&'static [&'static str]>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     req: Request,
     next: Next,
 ) -> Response {
-    if peer.verified || open.contains(&req.uri().path()) {
+    let path = req.uri().path();
+    if open.contains(&path) {
         return next.run(req).await;
     }
-    metrics::counter!(veto_telemetry::AUTH_DENIED_TOTAL, "reason" => "unauthenticated")
+    if !peer.verified {
+        metrics::counter!(veto_telemetry::AUTH_DENIED_TOTAL, "reason" => "unauthenticated")
+            .increment(1);
+        return (
+            StatusCode::UNAUTHORIZED,
+            "a client certificate signed by the veto CA is required\n",
+        )
+            .into_response();
+    }
+    let role = peer.identity.as_ref().map(|i| i.role);
+    let allowed = match role {
+        Some(Role::Operator | Role::Server) => true,
+        Some(_) => METRICS_PATHS.contains(&path),
+        None => false,
+    };
+    if allowed {
+        return next.run(req).await;
+    }
+    metrics::counter!(veto_telemetry::AUTH_DENIED_TOTAL, "reason" => "permission_denied")
         .increment(1);
     (
-        StatusCode::UNAUTHORIZED,
-        "a client certificate signed by the veto CA is required\n",
+        StatusCode::FORBIDDEN,
+        "this path needs an operator or server certificate (metrics: any veto role)\n",
     )
         .into_response()
 }

@@ -4,12 +4,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use serde::{Deserialize, Serialize};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, ServerTlsConfig};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use crate::{Error, Identity};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Certificate, Channel, Endpoint, ServerTlsConfig};
+
+use crate::{Error, Identity, Role};
 
 /// Where a process finds its TLS material: the CA that signs every veto
 /// certificate, its own certificate (PEM, leaf first) and private key.
@@ -159,31 +164,42 @@ impl Transport {
         }
     }
 
-    /// A client endpoint for `addr` (`host:port`, or a URL whose scheme is
-    /// replaced): `https` with this process's certificate, or `http`.
-    pub fn endpoint(&self, addr: &str) -> Result<Endpoint, Error> {
-        let hostport = addr.split_once("://").map(|(_, r)| r).unwrap_or(addr);
-        let bad = |detail: String| Error::Address {
-            addr: addr.to_owned(),
-            detail,
+    /// A lazily connecting channel to `addr` (`host:port`, or a URL whose
+    /// scheme is ignored) whose peer must hold a certificate with the role
+    /// `peer` (servers: `Role::Server`; an edge's VerifierService:
+    /// `Role::Edge`), signed by the CA and valid for the host. `configure`
+    /// sets timeouts and keep-alives on the endpoint. Plaintext when
+    /// insecure (no identities to check).
+    pub fn channel_lazy(
+        &self,
+        addr: &str,
+        peer: Role,
+        configure: impl FnOnce(Endpoint) -> Endpoint,
+    ) -> Result<Channel, Error> {
+        let ep = configure(plain_endpoint(addr)?);
+        Ok(match self {
+            Transport::Insecure => ep.connect_lazy(),
+            Transport::Tls(m) => ep.connect_with_connector_lazy(m.connector(peer)?),
+        })
+    }
+
+    /// Like [`Transport::channel_lazy`], but connects (and completes the
+    /// TLS handshake, checking the peer's role) before returning.
+    pub async fn channel(
+        &self,
+        addr: &str,
+        peer: Role,
+        configure: impl FnOnce(Endpoint) -> Endpoint,
+    ) -> Result<Channel, Error> {
+        let ep = configure(plain_endpoint(addr)?);
+        let r = match self {
+            Transport::Insecure => ep.connect().await,
+            Transport::Tls(m) => ep.connect_with_connector(m.connector(peer)?).await,
         };
-        match self {
-            Transport::Insecure => {
-                Endpoint::from_shared(format!("http://{hostport}")).map_err(|e| bad(e.to_string()))
-            }
-            Transport::Tls(m) => {
-                let ep = Endpoint::from_shared(format!("https://{hostport}"))
-                    .map_err(|e| bad(e.to_string()))?;
-                let tls = ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(&m.ca_pem))
-                    .identity(tonic::transport::Identity::from_pem(
-                        &m.cert_pem,
-                        &m.key_pem,
-                    ))
-                    .timeout(Duration::from_secs(5));
-                ep.tls_config(tls).map_err(|e| bad(e.to_string()))
-            }
-        }
+        r.map_err(|e| Error::Address {
+            addr: addr.to_owned(),
+            detail: error_chain(&e),
+        })
     }
 
     /// The gRPC server's TLS: this certificate, and a client certificate
@@ -236,6 +252,166 @@ impl Transport {
             .map_err(|e| Error::Config(e.to_string()))?;
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Some(Arc::new(cfg)))
+    }
+}
+
+/// An `http://` endpoint: under TLS, [`TlsConnect`] does the TLS itself,
+/// so tonic must not add its own.
+fn plain_endpoint(addr: &str) -> Result<Endpoint, Error> {
+    let hostport = addr.split_once("://").map(|(_, r)| r).unwrap_or(addr);
+    Endpoint::from_shared(format!("http://{hostport}")).map_err(|e| Error::Address {
+        addr: addr.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// An error with its sources, for messages that must say why a TLS
+/// connection failed.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl Material {
+    /// A connector whose TLS requires the peer's certificate to name `peer`.
+    fn connector(&self, peer: Role) -> Result<TlsConnect, Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs("CA certificate", &self.ca_pem)? {
+            roots
+                .add(c)
+                .map_err(|e| Error::Config(format!("CA certificate: {e}")))?;
+        }
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| Error::Config(e.to_string()))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| Error::Pem {
+                what: "private key",
+                detail: e.to_string(),
+            })?;
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(RoleVerifier { inner, role: peer }))
+            .with_client_auth_cert(certs("certificate", &self.cert_pem)?, key)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(TlsConnect {
+            config: Arc::new(cfg),
+        })
+    }
+}
+
+/// WebPKI verification (chain to the CA, validity, host name) plus the veto
+/// role the peer must hold: an edge's or operator's key cannot pose as a
+/// server, even at a server's address.
+#[derive(Debug)]
+struct RoleVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    role: Role,
+}
+
+impl ServerCertVerifier for RoleVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ok = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        match Identity::from_der(end_entity) {
+            Some(id) if id.role == self.role => Ok(ok),
+            other => Err(rustls::Error::General(format!(
+                "the peer's certificate names {}, not a veto {}",
+                other
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "no veto role".into()),
+                self.role
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Connects TCP, then TLS with [`RoleVerifier`] and this process's client
+/// certificate, and hands the stream to tonic (which speaks HTTP/2 on it).
+#[derive(Clone)]
+struct TlsConnect {
+    config: Arc<rustls::ClientConfig>,
+}
+
+type Stream = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+impl tower::Service<http::Uri> for TlsConnect {
+    type Response = Stream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Stream, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let config = self.config.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or("no host in the address")?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri.port_u16().ok_or("no port in the address")?;
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let name = ServerName::try_from(host)?;
+            let tls = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+            )
+            .await??;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
     }
 }
 

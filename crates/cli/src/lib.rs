@@ -495,11 +495,12 @@ fn transport() -> Result<&'static veto_auth::Transport> {
 
 /// A lazily connecting channel to `addr` with the chosen transport.
 pub fn lazy_channel(addr: &str) -> Result<Channel> {
-    Ok(transport()?
-        .endpoint(addr)?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(30))
-        .connect_lazy())
+    Ok(
+        transport()?.channel_lazy(addr, veto_auth::Role::Server, |ep| {
+            ep.connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(30))
+        })?,
+    )
 }
 
 /// Connects to the first address that accepts a connection.
@@ -507,12 +508,12 @@ pub async fn connect(addrs: &str, timeout: Duration) -> Result<Channel> {
     let t = transport()?;
     let mut last = None;
     for a in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-        let ep = t
-            .endpoint(a)
-            .with_context(|| format!("bad address {a:?}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(timeout);
-        match ep.connect().await {
+        let connected = t
+            .channel(a, veto_auth::Role::Server, |ep| {
+                ep.connect_timeout(Duration::from_secs(2)).timeout(timeout)
+            })
+            .await;
+        match connected {
             Ok(c) => return Ok(c),
             Err(e) => last = Some(anyhow::anyhow!("{a}: {e}")),
         }

@@ -75,13 +75,15 @@ pub async fn run(h: EdgeHandle, mut shutdown: watch::Receiver<bool>) {
 
 async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
     let opts = h.options().clone();
-    let ep = match opts.transport.endpoint(addr) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true),
-        Err(e) => return End::Connect(e.to_string()),
-    };
-    let ch = match ep.connect().await {
+    // The peer must hold a server certificate, not just any from the CA.
+    let connected = opts
+        .transport
+        .channel(addr, veto_auth::Role::Server, |e| {
+            e.connect_timeout(Duration::from_millis(500))
+                .tcp_nodelay(true)
+        })
+        .await;
+    let ch = match connected {
         Ok(c) => c,
         Err(e) => return End::Connect(e.to_string()),
     };

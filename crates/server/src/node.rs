@@ -134,15 +134,15 @@ impl Node {
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let ep = self
+        let c = self
             .inner
             .transport
-            .endpoint(addr)
-            .map_err(|e| Error::Fatal(format!("peer endpoint: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .timeout(Duration::from_secs(30));
-        let c = ep.connect_lazy();
+            .channel_lazy(addr, veto_auth::Role::Server, |ep| {
+                ep.connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .timeout(Duration::from_secs(30))
+            })
+            .map_err(|e| Error::Fatal(format!("peer endpoint: {e}")))?;
         peers.insert(addr.to_owned(), c.clone());
         Ok(c)
     }

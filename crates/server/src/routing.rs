@@ -25,12 +25,13 @@ pub fn is_forwarded<T>(r: &Request<T>) -> bool {
 pub fn actor<T>(r: &Request<T>) -> veto_core::Actor {
     let identity = r.extensions().get::<veto_auth::Identity>();
     if let Some(id) = identity {
-        if id.role != veto_auth::Role::Server {
+        if id.role != veto_auth::Role::Server || !is_forwarded(r) {
             return veto_core::Actor(id.actor());
         }
     }
     if let Some(a) = r.metadata().get(ACTOR).and_then(|v| v.to_str().ok()) {
-        if !a.is_empty() && a.len() <= 128 && a.chars().all(|c| c.is_ascii_graphic()) {
+        // The same characters a certificate name may have (role:CN).
+        if !a.is_empty() && a.len() <= 128 && a.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
             return veto_core::Actor(a.to_owned());
         }
     }

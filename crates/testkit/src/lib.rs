@@ -114,11 +114,11 @@ impl Node {
     pub fn channel(&self) -> Result<Channel> {
         Ok(self
             .client
-            .endpoint(&self.grpc_addr)?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .connect_lazy())
+            .channel_lazy(&self.grpc_addr, veto_auth::Role::Server, |ep| {
+                ep.connect_timeout(Duration::from_secs(2))
+                    .timeout(Duration::from_secs(30))
+                    .tcp_nodelay(true)
+            })?)
     }
 
     /// This node's status with the state digest, if it answers.

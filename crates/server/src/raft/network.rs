@@ -55,16 +55,19 @@ impl RaftNetworkFactory<C> for Factory {
     type Network = Client;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Client {
-        let client = self.transport.endpoint(&node.addr).ok().map(|ep| {
-            RaftServiceClient::new(
+        let client = self
+            .transport
+            .channel_lazy(&node.addr, veto_auth::Role::Server, |ep| {
                 ep.connect_timeout(std::time::Duration::from_secs(1))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(std::time::Duration::from_secs(5))
-                    .connect_lazy(),
-            )
-            .max_decoding_message_size(self.max_message_bytes)
-            .max_encoding_message_size(self.max_message_bytes)
-        });
+            })
+            .ok()
+            .map(|ch| {
+                RaftServiceClient::new(ch)
+                    .max_decoding_message_size(self.max_message_bytes)
+                    .max_encoding_message_size(self.max_message_bytes)
+            });
         Client {
             cluster: self.cluster.clone(),
             target,

@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// verify: unary Verify requests per second (open loop).
     #[arg(long, default_value_t = 10_000)]
     pub verify_rate: u64,
+    /// verify: run the cluster, the edge and the clients with mutual TLS
+    /// (certificates from a throwaway CA) instead of plaintext.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// One measurement.

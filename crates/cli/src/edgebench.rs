@@ -32,7 +32,8 @@ pub(crate) async fn cluster_with_key_opts(opts: ClusterOptions) -> Result<(Clust
     let cluster = Cluster::start(opts).await?;
     let leader = cluster.wait_leader(Duration::from_secs(20)).await?;
     let addr = cluster.node(leader)?.grpc_addr.clone();
-    let probe = TokenServiceClient::new(channel(&addr)?);
+    // As the cluster's test operator (its certificate under TLS).
+    let probe = TokenServiceClient::new(cluster.node(leader)?.channel()?);
     eventually(
         "the first signing key",
         Duration::from_secs(10),
@@ -57,11 +58,23 @@ pub(crate) async fn cluster_with_key_opts(opts: ClusterOptions) -> Result<(Clust
 
 /// Issues `n` tokens at concurrency 64; returns (jti, token).
 pub(crate) async fn issue_many(addr: &str, n: usize) -> Result<Vec<(String, String)>> {
+    issue_many_as(&veto_auth::Transport::Insecure, addr, n).await
+}
+
+/// [`issue_many`] over `t` (the operator's certificate under TLS).
+async fn issue_many_as(
+    t: &veto_auth::Transport,
+    addr: &str,
+    n: usize,
+) -> Result<Vec<(String, String)>> {
     let out = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let mut tasks = Vec::new();
     let workers = 64;
     for w in 0..workers {
-        let mut c = TokenServiceClient::new(channel(addr)?);
+        let mut c =
+            TokenServiceClient::new(t.channel_lazy(addr, veto_auth::Role::Server, |e| {
+                e.timeout(Duration::from_secs(30))
+            })?);
         let out = out.clone();
         tasks.push(tokio::spawn(async move {
             let mut i = w;
@@ -104,10 +117,40 @@ fn edge_opts(id: String, servers: &[String], bound_ms: u64, probe_ms: u64) -> ve
 /// `veto bench verify`.
 pub async fn verify(args: &BenchArgs, json_out: bool) -> Result<()> {
     let dur = Duration::from_secs(args.duration_secs.max(1));
-    eprintln!("starting a 3-node cluster and one edge; issuing 10,000 tokens...");
-    let (cluster, addr) = cluster_with_key().await?;
+    eprintln!(
+        "starting a 3-node cluster and one edge ({}); issuing 10,000 tokens...",
+        if args.tls { "mutual TLS" } else { "plaintext" }
+    );
+    // With --tls: a throwaway CA; the servers, the edge and the clients
+    // each use their own certificate, as in production.
+    let certs = tempfile::Builder::new()
+        .prefix("veto-bench-certs-")
+        .tempdir()?;
+    let files = |name: &str| veto_auth::TlsFiles::in_dir(certs.path(), name);
+    let (operator, edge_t, client_t) = if args.tls {
+        veto_auth::certs::init_dir(
+            certs.path(),
+            &veto_auth::certs::InitSpec {
+                edges: 1,
+                ..Default::default()
+            },
+        )?;
+        (
+            veto_auth::Transport::from_config(&files("operator"), false)?,
+            veto_auth::Transport::from_config(&files("edge-1"), false)?,
+            veto_auth::Transport::from_config(&files("client"), false)?,
+        )
+    } else {
+        let i = veto_auth::Transport::Insecure;
+        (i.clone(), i.clone(), i)
+    };
+    let (cluster, addr) = cluster_with_key_opts(ClusterOptions {
+        tls_dir: args.tls.then(|| certs.path().to_path_buf()),
+        ..ClusterOptions::default()
+    })
+    .await?;
     let tokens: Arc<Vec<String>> = Arc::new(
-        issue_many(&addr, 10_000)
+        issue_many_as(&operator, &addr, 10_000)
             .await?
             .into_iter()
             .map(|(_, t)| t)
@@ -118,7 +161,8 @@ pub async fn verify(args: &BenchArgs, json_out: bool) -> Result<()> {
     // its own process, so the load generator's tasks do not queue its work.
     let (edge_tx, edge_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let opts = edge_opts("bench-edge".into(), &servers, 5_000, 200);
+    let mut opts = edge_opts("edge-1".into(), &servers, 5_000, 200);
+    opts.transport = edge_t;
     let edge_thread = std::thread::spawn(move || -> Result<()> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -162,8 +206,16 @@ pub async fn verify(args: &BenchArgs, json_out: bool) -> Result<()> {
     // gRPC unary, open loop at the target rate; latency from the scheduled send time.
     let gaddr = grpc_addr.map(|a| a.to_string()).unwrap_or_default();
     let clients: Vec<_> = (0..args.connections.max(1))
-        .map(|_| channel(&gaddr).map(VerifierServiceClient::new))
-        .collect::<Result<_>>()?;
+        .map(|_| {
+            client_t
+                .channel_lazy(&gaddr, veto_auth::Role::Edge, |e| {
+                    e.connect_timeout(Duration::from_secs(2))
+                        .timeout(Duration::from_secs(30))
+                        .tcp_nodelay(true)
+                })
+                .map(VerifierServiceClient::new)
+        })
+        .collect::<Result<_, _>>()?;
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let hist_send = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -283,6 +335,7 @@ pub async fn verify(args: &BenchArgs, json_out: bool) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({
+                "tls": args.tls,
                 "inprocess_miss_ns": miss_ns, "inprocess_hit_ns": hit_ns, "inprocess_invalid": bad,
                 "unary": {"target_rps": args.verify_rate, "achieved_rps": unary.len() as f64 / unary_elapsed.as_secs_f64(),
                           "p50_ms": q(&unary, 0.5), "p99_ms": q(&unary, 0.99), "p999_ms": q(&unary, 0.999), "errors": errs,
@@ -291,7 +344,10 @@ pub async fn verify(args: &BenchArgs, json_out: bool) -> Result<()> {
             })
         );
     } else {
-        println!("\nverify over 10,000 distinct live tokens, one edge, 3-node cluster, all on this machine");
+        println!(
+            "\nverify over 10,000 distinct live tokens, one edge, 3-node cluster, all on this machine ({})",
+            if args.tls { "mutual TLS" } else { "plaintext" }
+        );
         println!(
             "in-process verify, signature cache miss: {:>9.0} ns/op",
             miss_ns

@@ -117,16 +117,9 @@ impl Transport {
     pub fn from_pem(ca_pem: String, cert_pem: String, key_pem: String) -> Result<Transport, Error> {
         let ca = certs("CA certificate", &ca_pem)?;
         let chain = certs("certificate", &cert_pem)?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| Error::Pem {
-            what: "private key",
-            detail: format!("no PEM private key: {e}"),
-        })?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in ca {
-            roots
-                .add(c)
-                .map_err(|e| Error::Config(format!("CA certificate: {e}")))?;
-        }
+        let key = private_key(&key_pem)?;
+        // The CA must parse as trust anchors.
+        root_store(ca)?;
         let identity = chain.first().and_then(|c| Identity::from_der(c));
         // Building a server config checks the key against the certificate.
         rustls::ServerConfig::builder_with_provider(provider())
@@ -227,12 +220,7 @@ impl Transport {
         let Transport::Tls(m) = self else {
             return Ok(None);
         };
-        let mut roots = rustls::RootCertStore::empty();
-        for c in certs("CA certificate", &m.ca_pem)? {
-            roots
-                .add(c)
-                .map_err(|e| Error::Config(format!("CA certificate: {e}")))?;
-        }
+        let roots = root_store(certs("CA certificate", &m.ca_pem)?)?;
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
             provider(),
@@ -240,10 +228,7 @@ impl Transport {
         .allow_unauthenticated()
         .build()
         .map_err(|e| Error::Config(e.to_string()))?;
-        let key = PrivateKeyDer::from_pem_slice(m.key_pem.as_bytes()).map_err(|e| Error::Pem {
-            what: "private key",
-            detail: e.to_string(),
-        })?;
+        let key = private_key(&m.key_pem)?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Config(e.to_string()))?
@@ -281,23 +266,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 impl Material {
     /// A connector whose TLS requires the peer's certificate to name `peer`.
     fn connector(&self, peer: Role) -> Result<TlsConnect, Error> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in certs("CA certificate", &self.ca_pem)? {
-            roots
-                .add(c)
-                .map_err(|e| Error::Config(format!("CA certificate: {e}")))?;
-        }
+        let roots = root_store(certs("CA certificate", &self.ca_pem)?)?;
         let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
             provider(),
         )
         .build()
         .map_err(|e| Error::Config(e.to_string()))?;
-        let key =
-            PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| Error::Pem {
-                what: "private key",
-                detail: e.to_string(),
-            })?;
+        let key = private_key(&self.key_pem)?;
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Config(e.to_string()))?
@@ -418,6 +394,23 @@ impl tower::Service<http::Uri> for TlsConnect {
 /// The crypto provider of every rustls config here (ring, as tonic's).
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn root_store(ca: Vec<CertificateDer<'static>>) -> Result<rustls::RootCertStore, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in ca {
+        roots
+            .add(c)
+            .map_err(|e| Error::Config(format!("CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+fn private_key(pem: &str) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| Error::Pem {
+        what: "private key",
+        detail: format!("no PEM private key: {e}"),
+    })
 }
 
 fn certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, Error> {

@@ -81,6 +81,19 @@ fn main() -> ExitCode {
         },
         ..Options::default()
     };
+    // Test-only (debug builds): an edge that never goes stale, so the chaos
+    // harness can prove its checker catches a broken bound. Release builds
+    // do not have this switch.
+    #[cfg(debug_assertions)]
+    let opts = if std::env::var("VETO_TEST_ONLY_SKIP_BOUND").as_deref() == Ok("1") {
+        eprintln!("veto-edge: VETO_TEST_ONLY_SKIP_BOUND=1: this edge ignores the propagation bound (tests only)");
+        Options {
+            bound_ms: 10 * 365 * 24 * 3600 * 1000,
+            ..opts
+        }
+    } else {
+        opts
+    };
     if let Err(e) = opts.validate() {
         eprintln!("veto-edge: invalid configuration: {e}");
         return ExitCode::from(64);

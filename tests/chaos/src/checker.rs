@@ -1,0 +1,440 @@
+//! The checker: what a history must satisfy, and the figures per fault.
+//!
+//! 1. Every acknowledged issue and revoke survives: after healing, every
+//!    server still has the token and every edge answers for it as the
+//!    acknowledged revokes say ([`FinalState`]).
+//! 2. The bound: no edge accepted a token in a verify invoked at or after
+//!    (ack of a revoke that certainly covers it) + B.
+//! 3. No fresh edge refused a valid token: an answer other than VALID or
+//!    STALE for a token issued at least B before the verify, that no revoke
+//!    attempt (acknowledged or not) could cover, is a violation.
+//! 4. After healing, every server has applied the same revision with the
+//!    same state digest.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use veto_proto as pb;
+
+use crate::workload::{History, IssueRec, Target};
+
+/// A violation found in a history.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Violation {
+    /// An edge accepted a revoked token at or after ack + B.
+    AcceptedAfterBound {
+        /// Edge index.
+        edge: usize,
+        /// Token.
+        jti: String,
+        /// Verify invocation minus the revoke's ack.
+        after_ack: Duration,
+        /// The revoke's kind.
+        kind: &'static str,
+    },
+    /// A fresh edge refused a valid token.
+    RefusedValid {
+        /// Edge index.
+        edge: usize,
+        /// Token.
+        jti: String,
+        /// What it answered.
+        outcome: String,
+    },
+    /// An acknowledged operation is missing after healing.
+    Lost {
+        /// What was lost.
+        what: String,
+    },
+    /// Servers disagree after healing.
+    Diverged {
+        /// Their (applied index, digest) per server.
+        detail: String,
+    },
+    /// After healing, an edge answered for a token against the acknowledged history.
+    EdgeDisagrees {
+        /// Edge index.
+        edge: usize,
+        /// Token.
+        jti: String,
+        /// What it answered, and what was expected.
+        detail: String,
+    },
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Violation::AcceptedAfterBound {
+                edge,
+                jti,
+                after_ack,
+                kind,
+            } => write!(
+                f,
+                "edge e{edge} accepted {jti} {} ms after its {kind} revoke was acknowledged (bound exceeded)",
+                after_ack.as_millis()
+            ),
+            Violation::RefusedValid { edge, jti, outcome } => {
+                write!(f, "fresh edge e{edge} refused valid token {jti}: {outcome}")
+            }
+            Violation::Lost { what } => write!(f, "lost: {what}"),
+            Violation::Diverged { detail } => write!(f, "servers diverged: {detail}"),
+            Violation::EdgeDisagrees { edge, jti, detail } => {
+                write!(f, "after healing, edge e{edge} on {jti}: {detail}")
+            }
+        }
+    }
+}
+
+/// What the harness read after healing.
+#[derive(Debug, Default)]
+pub struct FinalState {
+    /// (applied index, digest) per server.
+    pub digests: Vec<Option<(u64, String)>>,
+    /// Token status per acknowledged jti, read from the cluster (None = not found).
+    pub status: HashMap<String, Option<pb::TokenStatus>>,
+    /// Per edge, per jti: the outcome of a verify at the final revision.
+    pub edge_answers: Vec<HashMap<String, pb::Outcome>>,
+}
+
+struct Index<'a> {
+    by_jti: HashMap<&'a str, &'a IssueRec>,
+}
+
+impl<'a> Index<'a> {
+    fn new(h: &'a History) -> Self {
+        Index {
+            by_jti: h.issues.iter().map(|t| (t.jti.as_str(), t)).collect(),
+        }
+    }
+}
+
+/// Checks rules 2 and 3 on the history.
+pub fn check_history(h: &History, bound: Duration) -> Vec<Violation> {
+    let idx = Index::new(h);
+    // per token: the earliest ack of a revoke that surely covers it, and
+    // whether any attempt may cover it
+    let mut surely: HashMap<&str, (Instant, &'static str)> = HashMap::new();
+    let mut maybe: std::collections::HashSet<&str> = Default::default();
+    for r in &h.revokes {
+        for t in &h.issues {
+            if r.target.may_cover(t) {
+                maybe.insert(t.jti.as_str());
+            }
+            if r.acked && r.target.surely_covers(t, r.start) {
+                let e = surely
+                    .entry(t.jti.as_str())
+                    .or_insert((r.end, r.target.kind()));
+                if r.end < e.0 {
+                    *e = (r.end, r.target.kind());
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for v in &h.verifies {
+        let Some(o) = v.outcome else { continue };
+        let Some(t) = idx.by_jti.get(v.jti.as_str()) else {
+            continue;
+        };
+        if o == pb::Outcome::Valid {
+            if let Some((ack, kind)) = surely.get(v.jti.as_str()) {
+                if v.start >= *ack + bound {
+                    out.push(Violation::AcceptedAfterBound {
+                        edge: v.edge,
+                        jti: v.jti.clone(),
+                        after_ack: v.start - *ack,
+                        kind,
+                    });
+                }
+            }
+        } else if o != pb::Outcome::Stale
+            && !maybe.contains(v.jti.as_str())
+            && v.start >= t.end + bound
+        {
+            out.push(Violation::RefusedValid {
+                edge: v.edge,
+                jti: v.jti.clone(),
+                outcome: o.as_str_name().into(),
+            });
+        }
+    }
+    out
+}
+
+/// Checks rules 1 and 4 on what was read after healing.
+pub fn check_final(h: &History, f: &FinalState) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let first = f.digests.first().cloned().flatten();
+    if first.is_none() || f.digests.iter().any(|d| *d != first) {
+        out.push(Violation::Diverged {
+            detail: format!("{:?}", f.digests),
+        });
+    }
+    for t in &h.issues {
+        let revoked_by_jti_or_family = h.revokes.iter().any(|r| {
+            r.acked && matches!(r.target, Target::Jti(_) | Target::Family(_)) && r.target.surely_covers(t, r.start)
+        });
+        let surely = h
+            .revokes
+            .iter()
+            .any(|r| r.acked && r.target.surely_covers(t, r.start));
+        let maybe = h.revokes.iter().any(|r| r.target.may_cover(t));
+        match f.status.get(&t.jti) {
+            Some(Some(s)) => {
+                if revoked_by_jti_or_family && *s != pb::TokenStatus::Revoked {
+                    out.push(Violation::Lost {
+                        what: format!("the acknowledged revoke of {} (status {s:?})", t.jti),
+                    });
+                }
+            }
+            Some(None) => out.push(Violation::Lost {
+                what: format!("the acknowledged issue of {}", t.jti),
+            }),
+            None => {}
+        }
+        for (e, answers) in f.edge_answers.iter().enumerate() {
+            let Some(o) = answers.get(&t.jti) else { continue };
+            let bad = if surely {
+                *o == pb::Outcome::Valid
+            } else if !maybe {
+                *o != pb::Outcome::Valid
+            } else {
+                false
+            };
+            if bad {
+                out.push(Violation::EdgeDisagrees {
+                    edge: e,
+                    jti: t.jti.clone(),
+                    detail: format!(
+                        "answered {} but the history says {}",
+                        o.as_str_name(),
+                        if surely { "revoked" } else { "valid" }
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Figures for one fault.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    /// Fault name.
+    pub name: String,
+    /// How long the fault was held.
+    pub held: Duration,
+    /// Verifies invoked while the fault was on.
+    pub verifies: usize,
+    /// Share of those answered (not STALE, not failed).
+    pub availability: f64,
+    /// Heal to the last STALE or failed answer of any edge in the recovery
+    /// window (0 when none).
+    pub recovery: Duration,
+    /// Inject (or, for a full restart, heal) to the first new leader.
+    pub election: Option<Duration>,
+    /// Revokes acknowledged in the window.
+    pub revokes: usize,
+    /// Latest acceptance of a covered token after its revoke's ack (the
+    /// worst propagation an edge showed), over revokes acked in the window.
+    pub worst_accept_after_ack: Option<Duration>,
+    /// The servers' own propagation figure (commit to last edge ack), max.
+    pub max_propagation_ms: Option<f64>,
+}
+
+/// Computes the figures of every fault in `h`.
+pub fn figures(h: &History) -> Vec<Figures> {
+    let idx = Index::new(h);
+    h.faults
+        .iter()
+        .map(|f| {
+            let during: Vec<_> = h
+                .verifies
+                .iter()
+                .filter(|v| v.start >= f.inject && v.start < f.heal)
+                .collect();
+            let answered = during.iter().filter(|v| v.answered()).count();
+            let recovery = h
+                .verifies
+                .iter()
+                .filter(|v| v.start >= f.heal && v.start < f.end && !v.answered())
+                .map(|v| v.end.saturating_duration_since(f.heal))
+                .max()
+                .unwrap_or_default();
+            let election = if f.moves_leader {
+                let from = f.inject;
+                h.status
+                    .iter()
+                    .filter(|s| s.at >= from && s.leader && Some(s.server) != f.leader_before)
+                    .map(|s| s.at - from)
+                    .min()
+                    .or_else(|| {
+                        // a full restart may elect the old leader again
+                        h.status
+                            .iter()
+                            .filter(|s| s.at >= f.heal && s.leader)
+                            .map(|s| s.at - f.heal)
+                            .min()
+                    })
+            } else {
+                None
+            };
+            let acked: Vec<_> = h
+                .revokes
+                .iter()
+                .filter(|r| r.acked && r.end >= f.inject && r.end < f.end)
+                .collect();
+            let mut worst: Option<Duration> = None;
+            for r in &acked {
+                for v in &h.verifies {
+                    if v.outcome != Some(pb::Outcome::Valid) || v.start < r.end {
+                        continue;
+                    }
+                    let Some(t) = idx.by_jti.get(v.jti.as_str()) else {
+                        continue;
+                    };
+                    if r.target.surely_covers(t, r.start) {
+                        let d = v.start - r.end;
+                        worst = Some(worst.map_or(d, |w| w.max(d)));
+                    }
+                }
+            }
+            let max_propagation_ms = acked
+                .iter()
+                .filter_map(|r| r.propagation_ms)
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+            Figures {
+                name: f.name.clone(),
+                held: f.heal - f.inject,
+                verifies: during.len(),
+                availability: if during.is_empty() {
+                    1.0
+                } else {
+                    answered as f64 / during.len() as f64
+                },
+                recovery,
+                election,
+                revokes: acked.len(),
+                worst_accept_after_ack: worst,
+                max_propagation_ms,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::{RevokeRec, VerifyRec};
+
+    fn tok(jti: &str, sub: &str, end: Instant) -> IssueRec {
+        IssueRec {
+            start: end,
+            end,
+            jti: jti.into(),
+            token: String::new(),
+            sub: sub.into(),
+            family: jti.into(),
+            kid: "k1".into(),
+        }
+    }
+
+    fn verify(edge: usize, jti: &str, start: Instant, o: pb::Outcome) -> VerifyRec {
+        VerifyRec {
+            edge,
+            jti: jti.into(),
+            start,
+            end: start + Duration::from_millis(1),
+            outcome: Some(o),
+        }
+    }
+
+    #[test]
+    fn flags_late_acceptance_and_false_refusal_only() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let b = ms(100);
+        let mut h = History::default();
+        h.issues = vec![tok("a", "u1", t0), tok("b", "u1", t0), tok("c", "u2", t0)];
+        // `a` revoked by jti (ack at 10 ms); subject u2 revoked before `late`
+        // was issued, so `late` is only maybe-covered
+        h.issues.push(tok("late", "u2", t0 + ms(500)));
+        h.revokes = vec![
+            RevokeRec {
+                start: t0 + ms(5),
+                end: t0 + ms(10),
+                target: Target::Jti("a".into()),
+                acked: true,
+                propagation_ms: None,
+            },
+            RevokeRec {
+                start: t0 + ms(400),
+                end: t0 + ms(410),
+                target: Target::Subject("u2".into()),
+                acked: true,
+                propagation_ms: None,
+            },
+        ];
+        use pb::Outcome::*;
+        h.verifies = vec![
+            verify(0, "a", t0 + ms(50), Valid),    // within the bound: fine
+            verify(0, "a", t0 + ms(200), Revoked), // fine
+            verify(0, "b", t0 + ms(300), Valid),   // fine
+            verify(1, "c", t0 + ms(450), Valid),   // within the bound of the subject revoke
+            verify(1, "late", t0 + ms(900), Revoked), // maybe covered: fine
+            verify(1, "b", t0 + ms(20), Stale),    // stale is never a violation
+        ];
+        assert!(check_history(&h, b).is_empty());
+        h.verifies.push(verify(2, "a", t0 + ms(110), Valid));
+        h.verifies.push(verify(2, "c", t0 + ms(600), Valid));
+        h.verifies.push(verify(2, "b", t0 + ms(150), Revoked));
+        // b refused before B passed since its issue: not yet a violation
+        h.verifies.push(verify(2, "b", t0 + ms(50), UnknownKey));
+        let v = check_history(&h, b);
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert!(matches!(v[0], Violation::AcceptedAfterBound { edge: 2, kind: "token", .. }));
+        assert!(matches!(v[1], Violation::AcceptedAfterBound { kind: "subject", .. }));
+        assert!(matches!(v[2], Violation::RefusedValid { .. }));
+    }
+
+    #[test]
+    fn final_state_checks_survival_and_agreement() {
+        let t0 = Instant::now();
+        let mut h = History::default();
+        h.issues = vec![tok("a", "u1", t0), tok("b", "u1", t0)];
+        h.revokes = vec![RevokeRec {
+            start: t0 + Duration::from_millis(5),
+            end: t0 + Duration::from_millis(10),
+            target: Target::Jti("a".into()),
+            acked: true,
+            propagation_ms: None,
+        }];
+        let good = FinalState {
+            digests: vec![Some((9, "d".into())), Some((9, "d".into()))],
+            status: HashMap::from([
+                ("a".to_string(), Some(pb::TokenStatus::Revoked)),
+                ("b".to_string(), Some(pb::TokenStatus::Active)),
+            ]),
+            edge_answers: vec![HashMap::from([
+                ("a".to_string(), pb::Outcome::Revoked),
+                ("b".to_string(), pb::Outcome::Valid),
+            ])],
+        };
+        assert!(check_final(&h, &good).is_empty());
+        let bad = FinalState {
+            digests: vec![Some((9, "d".into())), Some((9, "e".into()))],
+            status: HashMap::from([
+                ("a".to_string(), Some(pb::TokenStatus::Active)),
+                ("b".to_string(), None),
+            ]),
+            edge_answers: vec![HashMap::from([
+                ("a".to_string(), pb::Outcome::Valid),
+                ("b".to_string(), pb::Outcome::Revoked),
+            ])],
+        };
+        let v = check_final(&h, &bad);
+        assert_eq!(v.len(), 5, "{v:?}");
+    }
+}

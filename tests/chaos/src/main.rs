@@ -1,0 +1,87 @@
+//! `veto-chaos`: a longer chaos run of rotating faults, printing the figures
+//! per fault as Markdown (for docs/reliability.md) and failing when the
+//! checker finds a violation.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use veto_chaos::scenario::summarize;
+use veto_chaos::workload::Rates;
+use veto_chaos::world::WorldOptions;
+use veto_chaos::{Fault, Plan};
+
+/// Rotating faults over real veto processes in network namespaces (root).
+#[derive(Debug, Parser)]
+#[command(name = "veto-chaos")]
+struct Flags {
+    /// Voters (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    servers: usize,
+    /// Edges.
+    #[arg(long, default_value_t = 3)]
+    edges: usize,
+    /// Total run time in seconds (faults rotate until then).
+    #[arg(long, default_value_t = 1800)]
+    duration_secs: u64,
+    /// How long each fault stays on, seconds.
+    #[arg(long, default_value_t = 8)]
+    hold_secs: u64,
+    /// Quiet time after each recovery, seconds.
+    #[arg(long, default_value_t = 3)]
+    settle_secs: u64,
+    /// The edges' bound B, ms.
+    #[arg(long, default_value_t = 1500)]
+    bound_ms: u64,
+    /// The edges' probe interval H, ms.
+    #[arg(long, default_value_t = 150)]
+    probe_ms: u64,
+}
+
+fn main() -> ExitCode {
+    let f = Flags::parse();
+    let plan = Plan {
+        world: WorldOptions {
+            servers: f.servers,
+            edges: f.edges,
+            bound: Duration::from_millis(f.bound_ms),
+            probe: Duration::from_millis(f.probe_ms),
+            broken_edges: Vec::new(),
+        },
+        rates: Rates::default(),
+        faults: Fault::ALL.to_vec(),
+        hold: Duration::from_secs(f.hold_secs),
+        settle: Duration::from_secs(f.settle_secs),
+        total: Some(Duration::from_secs(f.duration_secs)),
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("veto-chaos: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(veto_chaos::run(plan)) {
+        Ok(mut r) => {
+            r.figures = summarize(&r.figures);
+            println!(
+                "veto-chaos: {} servers, {} edges, B = {} ms, H = {} ms, faults held {} s\n",
+                f.servers, f.edges, f.bound_ms, f.probe_ms, f.hold_secs
+            );
+            println!("{}", r.markdown());
+            for v in &r.violations {
+                println!("VIOLATION: {v}");
+            }
+            if r.violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                println!("logs kept in {}", r.logs.display());
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("veto-chaos: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! Faults, and a run: a workload over a [`World`] while faults come and go,
+//! then healing, the final reads, the checker and the figures.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use veto_proto as pb;
+
+use crate::checker::{self, FinalState, Figures, Violation};
+use crate::workload::{FaultRec, History, Rates, Workload};
+use crate::world::{Kind, World, WorldOptions};
+
+/// A fault the harness can inject and heal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL the leader; restart it at heal.
+    KillLeader,
+    /// SIGKILL a follower; restart it at heal.
+    KillFollower,
+    /// SIGKILL edge 0; restart it at heal.
+    KillEdge,
+    /// Cut the leader from every other server (edges still reach it).
+    PartitionLeader,
+    /// Cut edge 0 from every server (the harness still reaches it).
+    PartitionEdge,
+    /// Cut the server edge 0 streams from off the other servers, leaving
+    /// its edges connected to it.
+    IsolateFeedServer,
+    /// Every host drops 20% of what it sends to other hosts.
+    LossSymmetric,
+    /// The leader drops 40% of what it sends; nothing else is lost.
+    LossAsymmetric,
+    /// One way: the leader's packets to the other servers are dropped,
+    /// theirs to it arrive.
+    OneWayLeader,
+    /// SIGKILL every server; restart them all at heal.
+    FullRestart,
+    /// SIGSTOP the leader (a stalled process or VM); SIGCONT at heal.
+    PauseLeader,
+}
+
+impl Fault {
+    /// Every fault, in the order a rotating run uses.
+    pub const ALL: [Fault; 11] = [
+        Fault::KillLeader,
+        Fault::PartitionEdge,
+        Fault::LossSymmetric,
+        Fault::PartitionLeader,
+        Fault::KillEdge,
+        Fault::IsolateFeedServer,
+        Fault::LossAsymmetric,
+        Fault::FullRestart,
+        Fault::KillFollower,
+        Fault::OneWayLeader,
+        Fault::PauseLeader,
+    ];
+
+    /// Short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::KillLeader => "kill -9 leader",
+            Fault::KillFollower => "kill -9 follower",
+            Fault::KillEdge => "kill -9 edge",
+            Fault::PartitionLeader => "partition leader",
+            Fault::PartitionEdge => "partition edge",
+            Fault::IsolateFeedServer => "isolate edge's feed server",
+            Fault::LossSymmetric => "20% loss, all hosts",
+            Fault::LossAsymmetric => "40% loss, leader's egress",
+            Fault::OneWayLeader => "one-way cut, leader to servers",
+            Fault::FullRestart => "kill -9 all servers, restart",
+            Fault::PauseLeader => "SIGSTOP leader",
+        }
+    }
+
+    fn moves_leader(self) -> bool {
+        matches!(
+            self,
+            Fault::KillLeader
+                | Fault::PartitionLeader
+                | Fault::FullRestart
+                | Fault::PauseLeader
+                | Fault::OneWayLeader
+        )
+    }
+}
+
+/// A run's plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// What to start.
+    pub world: WorldOptions,
+    /// How hard the workload pushes.
+    pub rates: Rates,
+    /// The faults, in order (repeated until `total` when set).
+    pub faults: Vec<Fault>,
+    /// How long each fault stays on.
+    pub hold: Duration,
+    /// Quiet time after each recovery, before the next fault.
+    pub settle: Duration,
+    /// Keep rotating through `faults` until this much time has passed.
+    pub total: Option<Duration>,
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct Report {
+    /// Every violation (empty = the checker passed).
+    pub violations: Vec<Violation>,
+    /// Per fault.
+    pub figures: Vec<Figures>,
+    /// Counts over the run.
+    pub issues: usize,
+    /// Issues that failed (not acknowledged).
+    pub failed_issues: usize,
+    /// Acknowledged revokes, by kind.
+    pub revokes: HashMap<&'static str, usize>,
+    /// Revoke attempts not acknowledged.
+    pub failed_revokes: usize,
+    /// Verifies, and how many were answered (not STALE, not failed).
+    pub verifies: (usize, usize),
+    /// Acknowledged operations missing after healing (must be 0).
+    pub lost: usize,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Where the process logs were kept.
+    pub logs: std::path::PathBuf,
+}
+
+impl Report {
+    /// A Markdown table of the figures, with the totals.
+    pub fn markdown(&self) -> String {
+        let ms = |d: Duration| format!("{}", d.as_millis());
+        let mut s = String::from(
+            "| fault | held s | verifies | answered | fresh again after heal, ms | new leader after, ms | revokes acked | worst accept after ack, ms | max server propagation, ms |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for f in &self.figures {
+            s.push_str(&format!(
+                "| {} | {:.1} | {} | {:.1}% | {} | {} | {} | {} | {} |\n",
+                f.name,
+                f.held.as_secs_f64(),
+                f.verifies,
+                f.availability * 100.0,
+                ms(f.recovery),
+                f.election.map(ms).unwrap_or_else(|| "-".into()),
+                f.revokes,
+                f.worst_accept_after_ack.map(ms).unwrap_or_else(|| "-".into()),
+                f.max_propagation_ms
+                    .map(|p| format!("{p:.1}"))
+                    .unwrap_or_else(|| "-".into()),
+            ));
+        }
+        let mut kinds: Vec<_> = self.revokes.iter().collect();
+        kinds.sort();
+        s.push_str(&format!(
+            "\nRun: {:.0} s; issues acked {} (failed {}); revokes acked {} ({}; failed {}); verifies {} ({} answered); \
+             operations lost: {}; violations: {}.\n",
+            self.elapsed.as_secs_f64(),
+            self.issues,
+            self.failed_issues,
+            self.revokes.values().sum::<usize>(),
+            kinds
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.failed_revokes,
+            self.verifies.0,
+            self.verifies.1,
+            self.lost,
+            self.violations.len(),
+        ));
+        s
+    }
+}
+
+/// Per-fault figures summed over repeats of the same fault.
+pub fn summarize(figs: &[Figures]) -> Vec<Figures> {
+    let mut out: Vec<Figures> = Vec::new();
+    let mut n: HashMap<String, usize> = HashMap::new();
+    for f in figs {
+        match out.iter_mut().find(|o| o.name == f.name) {
+            None => {
+                out.push(f.clone());
+                n.insert(f.name.clone(), 1);
+            }
+            Some(o) => {
+                let k = n.entry(f.name.clone()).or_default();
+                let answered = o.availability * o.verifies as f64 + f.availability * f.verifies as f64;
+                o.verifies += f.verifies;
+                o.availability = if o.verifies == 0 {
+                    1.0
+                } else {
+                    answered / o.verifies as f64
+                };
+                o.held = (o.held * *k as u32 + f.held) / (*k as u32 + 1);
+                o.recovery = o.recovery.max(f.recovery);
+                o.election = match (o.election, f.election) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                o.revokes += f.revokes;
+                o.worst_accept_after_ack = match (o.worst_accept_after_ack, f.worst_accept_after_ack) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                o.max_propagation_ms = match (o.max_propagation_ms, f.max_propagation_ms) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                *k += 1;
+            }
+        }
+    }
+    for o in &mut out {
+        let k = n.get(&o.name).copied().unwrap_or(1);
+        o.name = format!("{} (×{k})", o.name);
+    }
+    out
+}
+
+struct Injected {
+    leader: Option<usize>,
+}
+
+async fn inject(w: &mut World, f: Fault) -> Result<Injected> {
+    let leader = w.wait_leader(Duration::from_secs(20)).await.ok();
+    let l = leader.unwrap_or(0);
+    let others: Vec<usize> = w
+        .servers
+        .iter()
+        .filter(|s| s.index != l)
+        .map(|s| s.host)
+        .collect();
+    match f {
+        Fault::KillLeader => w.kill(Kind::Server, l).await?,
+        Fault::KillFollower => {
+            let f = w.servers.iter().find(|s| s.index != l).map(|s| s.index);
+            w.kill(Kind::Server, f.context("no follower")?).await?
+        }
+        Fault::KillEdge => w.kill(Kind::Edge, 0).await?,
+        Fault::PartitionLeader => {
+            let lh = w.servers[l].host;
+            w.net.partition(&[lh], &others)?
+        }
+        Fault::PartitionEdge => {
+            let eh = w.edges[0].host;
+            let sh = w.server_hosts();
+            w.net.partition(&[eh], &sh)?
+        }
+        Fault::IsolateFeedServer => {
+            let s = w.feed_server_of(0).await.unwrap_or(l);
+            let sh = w.servers[s].host;
+            let rest: Vec<usize> = w
+                .servers
+                .iter()
+                .filter(|x| x.index != s)
+                .map(|x| x.host)
+                .collect();
+            w.net.partition(&[sh], &rest)?
+        }
+        Fault::LossSymmetric => {
+            let all: Vec<usize> = (0..w.net.hosts().len()).collect();
+            w.loss(&all, 20)?
+        }
+        Fault::LossAsymmetric => {
+            let lh = w.servers[l].host;
+            w.loss(&[lh], 40)?
+        }
+        Fault::OneWayLeader => {
+            let lh = w.servers[l].host;
+            let ips: Vec<_> = others.iter().map(|&h| w.net.hosts()[h].ip).collect();
+            let rules: Vec<_> = ips.into_iter().map(crate::net::Rule::DropTo).collect();
+            w.net.add_rules(lh, &rules)?
+        }
+        Fault::FullRestart => {
+            for i in 0..w.servers.len() {
+                w.kill(Kind::Server, i).await?;
+            }
+        }
+        Fault::PauseLeader => w.pause(Kind::Server, l, true)?,
+    }
+    Ok(Injected { leader })
+}
+
+async fn heal(w: &mut World) -> Result<()> {
+    w.net.heal()?;
+    w.revive_all().await
+}
+
+/// Runs `plan`: starts the world, runs the workload through the faults,
+/// heals, reads the final state and checks everything.
+pub async fn run(plan: Plan) -> Result<Report> {
+    let began = Instant::now();
+    let bound = plan.world.bound;
+    let mut w = World::start(plan.world.clone()).await?;
+    let load = Workload::start(w.clients(), plan.rates.clone());
+    // a warm-up with no fault
+    tokio::time::sleep(plan.settle.max(Duration::from_secs(2))).await;
+    let mut k = 0usize;
+    let mut prev: Option<(Fault, Instant, Instant, Option<usize>)> = None;
+    while !plan.faults.is_empty() {
+        let done = match plan.total {
+            Some(t) => began.elapsed() >= t,
+            None => k >= plan.faults.len(),
+        };
+        if done {
+            break;
+        }
+        let f = plan.faults[k % plan.faults.len()];
+        let inj = inject(&mut w, f)
+            .await
+            .with_context(|| format!("injecting {}", f.name()))?;
+        let at = Instant::now();
+        if let Some((pf, pi, ph, pl)) = prev.take() {
+            load.record_fault(FaultRec {
+                name: pf.name().into(),
+                inject: pi,
+                heal: ph,
+                end: at,
+                leader_before: pl,
+                moves_leader: pf.moves_leader(),
+            });
+        }
+        tokio::time::sleep(plan.hold).await;
+        heal(&mut w)
+            .await
+            .with_context(|| format!("healing {}", f.name()))?;
+        let healed = Instant::now();
+        // recovery is part of what is measured: bounded, but not asserted
+        let _ = w.wait_leader(Duration::from_secs(30)).await;
+        let _ = w.wait_edges_fresh(Duration::from_secs(30)).await;
+        tokio::time::sleep(plan.settle).await;
+        prev = Some((f, at, healed, inj.leader));
+        k += 1;
+    }
+    let end = Instant::now();
+    if let Some((pf, pi, ph, pl)) = prev.take() {
+        load.record_fault(FaultRec {
+            name: pf.name().into(),
+            inject: pi,
+            heal: ph,
+            end,
+            leader_before: pl,
+            moves_leader: pf.moves_leader(),
+        });
+    }
+    let hist = load.stop().await;
+    let fin = read_final(&w, &hist).await?;
+    let mut violations = checker::check_history(&hist, bound);
+    violations.extend(checker::check_final(&hist, &fin));
+    let lost = violations
+        .iter()
+        .filter(|v| matches!(v, Violation::Lost { .. }))
+        .count();
+    let mut revokes: HashMap<&'static str, usize> = HashMap::new();
+    for r in hist.revokes.iter().filter(|r| r.acked) {
+        *revokes.entry(r.target.kind()).or_default() += 1;
+    }
+    let report = Report {
+        figures: checker::figures(&hist),
+        issues: hist.issues.len(),
+        failed_issues: hist.failed_issues,
+        failed_revokes: hist.revokes.iter().filter(|r| !r.acked).count(),
+        revokes,
+        verifies: (
+            hist.verifies.len(),
+            hist.verifies.iter().filter(|v| v.answered()).count(),
+        ),
+        violations,
+        lost,
+        elapsed: began.elapsed(),
+        logs: if lost > 0 { w.keep_logs() } else { w.log_dir().to_path_buf() },
+    };
+    Ok(report)
+}
+
+/// After healing: waits for the servers to converge, then reads every
+/// acknowledged token's status and every edge's answer for it.
+async fn read_final(w: &World, h: &History) -> Result<FinalState> {
+    w.wait_leader(Duration::from_secs(30)).await?;
+    w.wait_edges_fresh(Duration::from_secs(30)).await?;
+    // the servers converge on one applied index and digest (bounded)
+    let mut digests = Vec::new();
+    for _ in 0..100 {
+        digests = Vec::new();
+        for s in &w.servers {
+            digests.push(
+                w.status_of(s.index, true)
+                    .await
+                    .map(|st| (st.applied_index, st.state_digest)),
+            );
+        }
+        let first = digests.first().cloned().flatten();
+        if first.is_some() && digests.iter().all(|d| *d == first) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let revision = digests
+        .iter()
+        .flatten()
+        .map(|d| d.0)
+        .max()
+        .unwrap_or_default();
+    let mut status = HashMap::new();
+    let mut tc = w.tokens(0);
+    for t in &h.issues {
+        let mut req = tonic::Request::new(pb::GetTokenRequest { jti: t.jti.clone() });
+        req.set_timeout(Duration::from_secs(5));
+        let s = match tc.get(req).await {
+            Ok(r) => pb::TokenStatus::try_from(r.into_inner().status).ok(),
+            Err(e) if e.code() == tonic::Code::NotFound => None,
+            Err(e) => return Err(e).context("reading a token's status after healing"),
+        };
+        status.insert(t.jti.clone(), s);
+    }
+    let mut edge_answers = Vec::new();
+    for e in &w.edges {
+        let mut answers = HashMap::new();
+        let mut v = w.verifier(e.index);
+        for chunk in h.issues.chunks(500) {
+            let items = chunk
+                .iter()
+                .map(|t| pb::VerifyRequest {
+                    token: t.token.clone(),
+                    min_revision: revision,
+                    ..Default::default()
+                })
+                .collect();
+            let mut req = tonic::Request::new(pb::VerifyBatchRequest { items });
+            req.set_timeout(Duration::from_secs(10));
+            let r = v
+                .verify_batch(req)
+                .await
+                .with_context(|| format!("final VerifyBatch at e{}", e.index))?
+                .into_inner();
+            for (t, res) in chunk.iter().zip(r.results) {
+                if let Ok(o) = pb::Outcome::try_from(res.outcome) {
+                    answers.insert(t.jti.clone(), o);
+                }
+            }
+        }
+        edge_answers.push(answers);
+    }
+    Ok(FinalState {
+        digests,
+        status,
+        edge_answers,
+    })
+}

@@ -5,7 +5,9 @@ set -euo pipefail
 # prometheus: its promtool validates veto's /metrics output, the scrape
 # config and the alerting rules in the tests.
 # chromium: the dashboard test renders /ui headless.
-want=(libclang-dev clang prometheus chromium)
+# iproute2 and nftables: the chaos tests' hosts (network namespaces, veth,
+# a bridge) and their faults (packet drop and loss rules).
+want=(libclang-dev clang prometheus chromium iproute2 nftables)
 if [[ "${1:-build}" == "bench" ]]; then
   want+=(etcd-server)
 fi

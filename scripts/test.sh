@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, clippy (warnings are errors), then every
 # unit and integration test (integration tests start real veto-server
-# processes on 127.0.0.1 ephemeral ports).
+# processes on 127.0.0.1 ephemeral ports; the chaos tests start servers and
+# edges in network namespaces of their own, as root), then a bounded fuzz run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh build
@@ -17,3 +18,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+# cargo fuzz: the token, feed-message and command decoders, 15 s each
+# (longer runs: scripts/fuzz.sh 600).
+scripts/fuzz.sh 15

@@ -174,7 +174,9 @@ pub fn check_final(h: &History, f: &FinalState) -> Vec<Violation> {
     }
     for t in &h.issues {
         let revoked_by_jti_or_family = h.revokes.iter().any(|r| {
-            r.acked && matches!(r.target, Target::Jti(_) | Target::Family(_)) && r.target.surely_covers(t, r.start)
+            r.acked
+                && matches!(r.target, Target::Jti(_) | Target::Family(_))
+                && r.target.surely_covers(t, r.start)
         });
         let surely = h
             .revokes
@@ -182,20 +184,20 @@ pub fn check_final(h: &History, f: &FinalState) -> Vec<Violation> {
             .any(|r| r.acked && r.target.surely_covers(t, r.start));
         let maybe = h.revokes.iter().any(|r| r.target.may_cover(t));
         match f.status.get(&t.jti) {
-            Some(Some(s)) => {
-                if revoked_by_jti_or_family && *s != pb::TokenStatus::Revoked {
-                    out.push(Violation::Lost {
-                        what: format!("the acknowledged revoke of {} (status {s:?})", t.jti),
-                    });
-                }
+            Some(Some(s)) if revoked_by_jti_or_family && *s != pb::TokenStatus::Revoked => {
+                out.push(Violation::Lost {
+                    what: format!("the acknowledged revoke of {} (status {s:?})", t.jti),
+                });
             }
             Some(None) => out.push(Violation::Lost {
                 what: format!("the acknowledged issue of {}", t.jti),
             }),
-            None => {}
+            _ => {}
         }
         for (e, answers) in f.edge_answers.iter().enumerate() {
-            let Some(o) = answers.get(&t.jti) else { continue };
+            let Some(o) = answers.get(&t.jti) else {
+                continue;
+            };
             let bad = if surely {
                 *o == pb::Outcome::Valid
             } else if !maybe {
@@ -233,7 +235,8 @@ pub struct Figures {
     /// Heal to the last STALE or failed answer of any edge in the recovery
     /// window (0 when none).
     pub recovery: Duration,
-    /// Inject (or, for a full restart, heal) to the first new leader.
+    /// Inject (for a full restart: heal) to the first leader other than the
+    /// old one (or, failing that, the first leader after heal).
     pub election: Option<Duration>,
     /// Revokes acknowledged in the window.
     pub revokes: usize,
@@ -264,17 +267,27 @@ pub fn figures(h: &History) -> Vec<Figures> {
                 .max()
                 .unwrap_or_default();
             let election = if f.moves_leader {
-                let from = f.inject;
+                // a full restart elects once the servers are back
+                let from = if f.name == crate::Fault::FullRestart.name() {
+                    f.heal
+                } else {
+                    f.inject
+                };
                 h.status
                     .iter()
-                    .filter(|s| s.at >= from && s.leader && Some(s.server) != f.leader_before)
+                    .filter(|s| {
+                        s.at >= from
+                            && s.at < f.end
+                            && s.leader
+                            && Some(s.server) != f.leader_before
+                    })
                     .map(|s| s.at - from)
                     .min()
                     .or_else(|| {
-                        // a full restart may elect the old leader again
+                        // the old leader may win again
                         h.status
                             .iter()
-                            .filter(|s| s.at >= f.heal && s.leader)
+                            .filter(|s| s.at >= f.heal && s.at < f.end && s.leader)
                             .map(|s| s.at - f.heal)
                             .min()
                     })
@@ -356,8 +369,10 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let b = ms(100);
-        let mut h = History::default();
-        h.issues = vec![tok("a", "u1", t0), tok("b", "u1", t0), tok("c", "u2", t0)];
+        let mut h = History {
+            issues: vec![tok("a", "u1", t0), tok("b", "u1", t0), tok("c", "u2", t0)],
+            ..Default::default()
+        };
         // `a` revoked by jti (ack at 10 ms); subject u2 revoked before `late`
         // was issued, so `late` is only maybe-covered
         h.issues.push(tok("late", "u2", t0 + ms(500)));
@@ -379,12 +394,12 @@ mod tests {
         ];
         use pb::Outcome::*;
         h.verifies = vec![
-            verify(0, "a", t0 + ms(50), Valid),    // within the bound: fine
-            verify(0, "a", t0 + ms(200), Revoked), // fine
-            verify(0, "b", t0 + ms(300), Valid),   // fine
-            verify(1, "c", t0 + ms(450), Valid),   // within the bound of the subject revoke
+            verify(0, "a", t0 + ms(50), Valid),       // within the bound: fine
+            verify(0, "a", t0 + ms(200), Revoked),    // fine
+            verify(0, "b", t0 + ms(300), Valid),      // fine
+            verify(1, "c", t0 + ms(450), Valid),      // within the bound of the subject revoke
             verify(1, "late", t0 + ms(900), Revoked), // maybe covered: fine
-            verify(1, "b", t0 + ms(20), Stale),    // stale is never a violation
+            verify(1, "b", t0 + ms(20), Stale),       // stale is never a violation
         ];
         assert!(check_history(&h, b).is_empty());
         h.verifies.push(verify(2, "a", t0 + ms(110), Valid));
@@ -394,23 +409,38 @@ mod tests {
         h.verifies.push(verify(2, "b", t0 + ms(50), UnknownKey));
         let v = check_history(&h, b);
         assert_eq!(v.len(), 3, "{v:?}");
-        assert!(matches!(v[0], Violation::AcceptedAfterBound { edge: 2, kind: "token", .. }));
-        assert!(matches!(v[1], Violation::AcceptedAfterBound { kind: "subject", .. }));
+        assert!(matches!(
+            v[0],
+            Violation::AcceptedAfterBound {
+                edge: 2,
+                kind: "token",
+                ..
+            }
+        ));
+        assert!(matches!(
+            v[1],
+            Violation::AcceptedAfterBound {
+                kind: "subject",
+                ..
+            }
+        ));
         assert!(matches!(v[2], Violation::RefusedValid { .. }));
     }
 
     #[test]
     fn final_state_checks_survival_and_agreement() {
         let t0 = Instant::now();
-        let mut h = History::default();
-        h.issues = vec![tok("a", "u1", t0), tok("b", "u1", t0)];
-        h.revokes = vec![RevokeRec {
-            start: t0 + Duration::from_millis(5),
-            end: t0 + Duration::from_millis(10),
-            target: Target::Jti("a".into()),
-            acked: true,
-            propagation_ms: None,
-        }];
+        let h = History {
+            issues: vec![tok("a", "u1", t0), tok("b", "u1", t0)],
+            revokes: vec![RevokeRec {
+                start: t0 + Duration::from_millis(5),
+                end: t0 + Duration::from_millis(10),
+                target: Target::Jti("a".into()),
+                acked: true,
+                propagation_ms: None,
+            }],
+            ..Default::default()
+        };
         let good = FinalState {
             digests: vec![Some((9, "d".into())), Some((9, "d".into()))],
             status: HashMap::from([

@@ -61,7 +61,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(veto_chaos::run(plan)) {
+    // SIGINT or SIGTERM end the run early; dropping it kills the processes
+    // and removes the namespaces.
+    let r = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = veto_chaos::run(plan) => r,
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+            _ = term.recv() => anyhow::bail!("terminated"),
+        }
+    });
+    match r {
         Ok(mut r) => {
             r.figures = summarize(&r.figures);
             println!(

@@ -98,7 +98,9 @@ impl Net {
                 .status()
                 .is_err()
             {
-                bail!("`{tool}` is not installed (the test command installs iproute2 and nftables)");
+                bail!(
+                    "`{tool}` is not installed (the test command installs iproute2 and nftables)"
+                );
             }
         }
         clean_stale();
@@ -153,7 +155,9 @@ impl Net {
         self.rules.push(Vec::new());
         run(
             "ip",
-            &["link", "add", &outer, "type", "veth", "peer", "name", &inner],
+            &[
+                "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            ],
         )?;
         run("ip", &["link", "set", &inner, "netns", &ns])?;
         run("ip", &["-n", &ns, "link", "set", &inner, "name", "eth0"])?;
@@ -191,7 +195,11 @@ impl Net {
             "table inet chaos {{}}\ndelete table inet chaos\n\
              table inet chaos {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n{body}  }}\n}}\n"
         );
-        run_stdin("ip", &["netns", "exec", &host.ns, "nft", "-f", "-"], &script)?;
+        run_stdin(
+            "ip",
+            &["netns", "exec", &host.ns, "nft", "-f", "-"],
+            &script,
+        )?;
         self.rules[idx] = rules;
         Ok(())
     }

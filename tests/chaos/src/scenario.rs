@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use veto_proto as pb;
 
-use crate::checker::{self, FinalState, Figures, Violation};
+use crate::checker::{self, Figures, FinalState, Violation};
 use crate::workload::{FaultRec, History, Rates, Workload};
 use crate::world::{Kind, World, WorldOptions};
 
@@ -145,7 +145,9 @@ impl Report {
                 ms(f.recovery),
                 f.election.map(ms).unwrap_or_else(|| "-".into()),
                 f.revokes,
-                f.worst_accept_after_ack.map(ms).unwrap_or_else(|| "-".into()),
+                f.worst_accept_after_ack
+                    .map(ms)
+                    .unwrap_or_else(|| "-".into()),
                 f.max_propagation_ms
                     .map(|p| format!("{p:.1}"))
                     .unwrap_or_else(|| "-".into()),
@@ -187,7 +189,8 @@ pub fn summarize(figs: &[Figures]) -> Vec<Figures> {
             }
             Some(o) => {
                 let k = n.entry(f.name.clone()).or_default();
-                let answered = o.availability * o.verifies as f64 + f.availability * f.verifies as f64;
+                let answered =
+                    o.availability * o.verifies as f64 + f.availability * f.verifies as f64;
                 o.verifies += f.verifies;
                 o.availability = if o.verifies == 0 {
                     1.0
@@ -201,10 +204,11 @@ pub fn summarize(figs: &[Figures]) -> Vec<Figures> {
                     (a, b) => a.or(b),
                 };
                 o.revokes += f.revokes;
-                o.worst_accept_after_ack = match (o.worst_accept_after_ack, f.worst_accept_after_ack) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                };
+                o.worst_accept_after_ack =
+                    match (o.worst_accept_after_ack, f.worst_accept_after_ack) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        (a, b) => a.or(b),
+                    };
                 o.max_propagation_ms = match (o.max_propagation_ms, f.max_propagation_ms) {
                     (Some(a), Some(b)) => Some(a.max(b)),
                     (a, b) => a.or(b),
@@ -371,7 +375,11 @@ pub async fn run(plan: Plan) -> Result<Report> {
         violations,
         lost,
         elapsed: began.elapsed(),
-        logs: if lost > 0 { w.keep_logs() } else { w.log_dir().to_path_buf() },
+        logs: if lost > 0 {
+            w.keep_logs()
+        } else {
+            w.log_dir().to_path_buf()
+        },
     };
     Ok(report)
 }

@@ -254,11 +254,17 @@ impl Workload {
     }
 }
 
-fn tokens(c: &Clients, i: usize) -> pb::token_service_client::TokenServiceClient<tonic::transport::Channel> {
+fn tokens(
+    c: &Clients,
+    i: usize,
+) -> pb::token_service_client::TokenServiceClient<tonic::transport::Channel> {
     pb::token_service_client::TokenServiceClient::new(c.servers[i % c.servers.len()].clone())
 }
 
-fn admin(c: &Clients, i: usize) -> pb::admin_service_client::AdminServiceClient<tonic::transport::Channel> {
+fn admin(
+    c: &Clients,
+    i: usize,
+) -> pb::admin_service_client::AdminServiceClient<tonic::transport::Channel> {
     pb::admin_service_client::AdminServiceClient::new(c.servers[i % c.servers.len()].clone())
 }
 
@@ -456,7 +462,10 @@ async fn rotator(c: Clients, s: Arc<Shared>, every: Duration) {
         k += 1;
         let mut a = admin(&c, k);
         let Ok(st) = a
-            .status(with_timeout(pb::StatusRequest::default(), Duration::from_secs(2)))
+            .status(with_timeout(
+                pb::StatusRequest::default(),
+                Duration::from_secs(2),
+            ))
             .await
         else {
             continue;
@@ -562,7 +571,11 @@ async fn verifier(c: Clients, s: Arc<Shared>, edge: usize, every: Duration) {
             outcome,
         });
         // a dead edge refuses connections at once: do not spin
-        let pause = if failed { every.max(Duration::from_millis(50)) } else { every };
+        let pause = if failed {
+            every.max(Duration::from_millis(50))
+        } else {
+            every
+        };
         tokio::time::sleep(pause).await;
     }
 }

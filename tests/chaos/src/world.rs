@@ -385,7 +385,10 @@ impl World {
     }
 
     /// A VerifierService client of edge `i` (2 s per call).
-    pub fn verifier(&self, i: usize) -> pb::verifier_service_client::VerifierServiceClient<Channel> {
+    pub fn verifier(
+        &self,
+        i: usize,
+    ) -> pb::verifier_service_client::VerifierServiceClient<Channel> {
         pb::verifier_service_client::VerifierServiceClient::new(self.edge_channels[i].clone())
     }
 
@@ -395,11 +398,7 @@ impl World {
             include_digest: digest,
         });
         req.set_timeout(Duration::from_secs(1));
-        self.admin(i)
-            .status(req)
-            .await
-            .ok()
-            .map(|r| r.into_inner())
+        self.admin(i).status(req).await.ok().map(|r| r.into_inner())
     }
 
     /// Server `i`'s status, if it answers in 1 s.

@@ -43,8 +43,16 @@ fn assert_clean(r: &veto_chaos::Report) {
     assert_eq!(r.lost, 0);
     // the workload really ran through the faults
     assert!(r.issues > 50, "only {} issues acknowledged", r.issues);
-    assert!(r.revokes.len() >= 3, "revoke kinds acknowledged: {:?}", r.revokes);
-    assert!(r.verifies.1 > 500, "only {} verifies answered", r.verifies.1);
+    assert!(
+        r.revokes.len() >= 3,
+        "revoke kinds acknowledged: {:?}",
+        r.revokes
+    );
+    assert!(
+        r.verifies.1 > 500,
+        "only {} verifies answered",
+        r.verifies.1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,7 +82,11 @@ async fn five_servers_leader_faults() -> anyhow::Result<()> {
     let r = run(plan(
         5,
         2,
-        vec![Fault::PartitionLeader, Fault::KillLeader, Fault::IsolateFeedServer],
+        vec![
+            Fault::PartitionLeader,
+            Fault::KillLeader,
+            Fault::IsolateFeedServer,
+        ],
     ))
     .await?;
     assert_clean(&r);

@@ -11,12 +11,12 @@
 //! 4. After healing, every server has applied the same revision with the
 //!    same state digest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use veto_proto as pb;
 
-use crate::workload::{History, IssueRec, Target};
+use crate::workload::{History, IssueRec, Target, VerifyRec};
 
 /// A violation found in a history.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,14 +98,68 @@ pub struct FinalState {
     pub edge_answers: Vec<HashMap<String, pb::Outcome>>,
 }
 
+/// Which revokes cover which tokens, computed once per history.
 struct Index<'a> {
     by_jti: HashMap<&'a str, &'a IssueRec>,
+    /// Per token: the earliest ack of a revoke that surely covers it.
+    surely: HashMap<&'a str, (Instant, &'static str)>,
+    /// Tokens some revoke attempt (acked or not) may cover.
+    maybe: HashSet<&'a str>,
+    /// Tokens an acknowledged token or family revoke covers (the
+    /// cluster's Get must say REVOKED).
+    direct: HashSet<&'a str>,
+    /// Per token: the verifies of it.
+    verifies: HashMap<&'a str, Vec<&'a VerifyRec>>,
 }
 
 impl<'a> Index<'a> {
     fn new(h: &'a History) -> Self {
+        let by_jti: HashMap<&str, &IssueRec> =
+            h.issues.iter().map(|t| (t.jti.as_str(), t)).collect();
+        let mut by: HashMap<(&str, &str), Vec<&IssueRec>> = HashMap::new();
+        for t in &h.issues {
+            by.entry(("sub", &t.sub)).or_default().push(t);
+            by.entry(("fam", &t.family)).or_default().push(t);
+            by.entry(("kid", &t.kid)).or_default().push(t);
+        }
+        let mut surely: HashMap<&str, (Instant, &'static str)> = HashMap::new();
+        let mut maybe = HashSet::new();
+        let mut direct = HashSet::new();
+        for r in &h.revokes {
+            let candidates: Vec<&IssueRec> = match &r.target {
+                Target::Jti(j) => by_jti.get(j.as_str()).copied().into_iter().collect(),
+                Target::Subject(x) => by.get(&("sub", x.as_str())).cloned().unwrap_or_default(),
+                Target::Family(x) => by.get(&("fam", x.as_str())).cloned().unwrap_or_default(),
+                Target::Key(x) => by.get(&("kid", x.as_str())).cloned().unwrap_or_default(),
+            };
+            for t in candidates {
+                if !r.target.may_cover(t) {
+                    continue;
+                }
+                maybe.insert(t.jti.as_str());
+                if r.acked && matches!(r.target, Target::Jti(_) | Target::Family(_)) {
+                    direct.insert(t.jti.as_str());
+                }
+                if r.acked && r.target.surely_covers(t, r.start) {
+                    let e = surely
+                        .entry(t.jti.as_str())
+                        .or_insert((r.end, r.target.kind()));
+                    if r.end < e.0 {
+                        *e = (r.end, r.target.kind());
+                    }
+                }
+            }
+        }
+        let mut verifies: HashMap<&str, Vec<&VerifyRec>> = HashMap::new();
+        for v in &h.verifies {
+            verifies.entry(v.jti.as_str()).or_default().push(v);
+        }
         Index {
-            by_jti: h.issues.iter().map(|t| (t.jti.as_str(), t)).collect(),
+            by_jti,
+            surely,
+            maybe,
+            direct,
+            verifies,
         }
     }
 }
@@ -113,25 +167,7 @@ impl<'a> Index<'a> {
 /// Checks rules 2 and 3 on the history.
 pub fn check_history(h: &History, bound: Duration) -> Vec<Violation> {
     let idx = Index::new(h);
-    // per token: the earliest ack of a revoke that surely covers it, and
-    // whether any attempt may cover it
-    let mut surely: HashMap<&str, (Instant, &'static str)> = HashMap::new();
-    let mut maybe: std::collections::HashSet<&str> = Default::default();
-    for r in &h.revokes {
-        for t in &h.issues {
-            if r.target.may_cover(t) {
-                maybe.insert(t.jti.as_str());
-            }
-            if r.acked && r.target.surely_covers(t, r.start) {
-                let e = surely
-                    .entry(t.jti.as_str())
-                    .or_insert((r.end, r.target.kind()));
-                if r.end < e.0 {
-                    *e = (r.end, r.target.kind());
-                }
-            }
-        }
-    }
+    let (surely, maybe) = (&idx.surely, &idx.maybe);
     let mut out = Vec::new();
     for v in &h.verifies {
         let Some(o) = v.outcome else { continue };
@@ -172,17 +208,12 @@ pub fn check_final(h: &History, f: &FinalState) -> Vec<Violation> {
             detail: format!("{:?}", f.digests),
         });
     }
+    let idx = Index::new(h);
     for t in &h.issues {
-        let revoked_by_jti_or_family = h.revokes.iter().any(|r| {
-            r.acked
-                && matches!(r.target, Target::Jti(_) | Target::Family(_))
-                && r.target.surely_covers(t, r.start)
-        });
-        let surely = h
-            .revokes
-            .iter()
-            .any(|r| r.acked && r.target.surely_covers(t, r.start));
-        let maybe = h.revokes.iter().any(|r| r.target.may_cover(t));
+        let jti = t.jti.as_str();
+        let revoked_by_jti_or_family = idx.direct.contains(jti);
+        let surely = idx.surely.contains_key(jti);
+        let maybe = idx.maybe.contains(jti);
         match f.status.get(&t.jti) {
             Some(Some(s)) if revoked_by_jti_or_family && *s != pb::TokenStatus::Revoked => {
                 out.push(Violation::Lost {
@@ -299,17 +330,16 @@ pub fn figures(h: &History) -> Vec<Figures> {
                 .iter()
                 .filter(|r| r.acked && r.end >= f.inject && r.end < f.end)
                 .collect();
+            // per covered token, its first covering ack (from the index)
+            // falls in this window: the latest acceptance after it
             let mut worst: Option<Duration> = None;
-            for r in &acked {
-                for v in &h.verifies {
-                    if v.outcome != Some(pb::Outcome::Valid) || v.start < r.end {
-                        continue;
-                    }
-                    let Some(t) = idx.by_jti.get(v.jti.as_str()) else {
-                        continue;
-                    };
-                    if r.target.surely_covers(t, r.start) {
-                        let d = v.start - r.end;
+            for (jti, (ack, _)) in &idx.surely {
+                if *ack < f.inject || *ack >= f.end {
+                    continue;
+                }
+                for v in idx.verifies.get(jti).into_iter().flatten() {
+                    if v.outcome == Some(pb::Outcome::Valid) && v.start >= *ack {
+                        let d = v.start - *ack;
                         worst = Some(worst.map_or(d, |w| w.max(d)));
                     }
                 }

@@ -81,18 +81,22 @@ fn main() -> ExitCode {
         },
         ..Options::default()
     };
-    // Test-only (debug builds): an edge that never goes stale, so the chaos
-    // harness can prove its checker catches a broken bound. Release builds
-    // do not have this switch.
+    // Test-only (debug builds): an edge that applies another bound than the
+    // one it is configured with, so the chaos harness can prove its checker
+    // catches an edge that overshoots B. Release builds have no such switch.
     #[cfg(debug_assertions)]
-    let opts = if std::env::var("VETO_TEST_ONLY_SKIP_BOUND").as_deref() == Ok("1") {
-        eprintln!("veto-edge: VETO_TEST_ONLY_SKIP_BOUND=1: this edge ignores the propagation bound (tests only)");
-        Options {
-            bound_ms: 10 * 365 * 24 * 3600 * 1000,
-            ..opts
+    let opts = match std::env::var("VETO_TEST_ONLY_BOUND_MS").map(|v| v.parse::<u64>()) {
+        Ok(Ok(ms)) => {
+            eprintln!(
+                "veto-edge: VETO_TEST_ONLY_BOUND_MS={ms}: this edge applies a bound of {ms} ms, \
+                 not the configured one (tests only)"
+            );
+            Options {
+                bound_ms: ms,
+                ..opts
+            }
         }
-    } else {
-        opts
+        _ => opts,
     };
     if let Err(e) = opts.validate() {
         eprintln!("veto-edge: invalid configuration: {e}");

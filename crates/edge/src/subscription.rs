@@ -75,17 +75,24 @@ pub async fn run(h: EdgeHandle, mut shutdown: watch::Receiver<bool>) {
 
 async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
     let opts = h.options().clone();
+    let bound = Duration::from_millis(opts.bound_ms);
+    // A server that cannot even open a stream within B cannot keep this
+    // edge fresh: a stalled process (SIGSTOP, a frozen VM) accepts TCP in
+    // its kernel and then never answers, which would hold the edge here.
+    let setup_deadline = tokio::time::Instant::now() + bound;
     // The peer must hold a server certificate, not just any from the CA.
-    let connected = opts
-        .transport
-        .channel(addr, veto_auth::Role::Server, |e| {
+    let connected = tokio::time::timeout_at(
+        setup_deadline,
+        opts.transport.channel(addr, veto_auth::Role::Server, |e| {
             e.connect_timeout(Duration::from_millis(500))
                 .tcp_nodelay(true)
-        })
-        .await;
+        }),
+    )
+    .await;
     let ch = match connected {
-        Ok(c) => c,
-        Err(e) => return End::Connect(e.to_string()),
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return End::Connect(e.to_string()),
+        Err(_) => return End::Connect(format!("no connection within the bound ({bound:?})")),
     };
     let mut client = FeedServiceClient::new(ch).max_decoding_message_size(8 << 20);
     let (tx, rx) = mpsc::channel::<pb::EdgeMessage>(64);
@@ -99,13 +106,19 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
     if tx.send(hello).await.is_err() {
         return End::Stream("outbound closed".into());
     }
-    let mut inbound = match client.subscribe(ReceiverStream::new(rx)).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => return End::Connect(format!("{:?}: {}", s.code(), s.message())),
+    let subscribed =
+        tokio::time::timeout_at(setup_deadline, client.subscribe(ReceiverStream::new(rx))).await;
+    let mut inbound = match subscribed {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(s)) => return End::Connect(format!("{:?}: {}", s.code(), s.message())),
+        Err(_) => {
+            return End::Connect(format!(
+                "no answer to Subscribe within the bound ({bound:?})"
+            ))
+        }
     };
     h.set_server(Some(addr.to_owned()));
     h.count_connect();
-    let bound = Duration::from_millis(opts.bound_ms);
     let mut probe = tokio::time::interval(Duration::from_millis(opts.probe_interval_ms));
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut nonce: u64 = rand::random::<u32>() as u64;

@@ -51,6 +51,16 @@ pub enum Violation {
         /// Their (applied index, digest) per server.
         detail: String,
     },
+    /// An edge failed a verify with an error other than STALE or an
+    /// unreachable network.
+    EdgeError {
+        /// Edge index.
+        edge: usize,
+        /// Token.
+        jti: String,
+        /// The status code.
+        code: String,
+    },
     /// After healing, an edge answered for a token against the acknowledged history.
     EdgeDisagrees {
         /// Edge index.
@@ -79,6 +89,9 @@ impl std::fmt::Display for Violation {
                 write!(f, "fresh edge e{edge} refused valid token {jti}: {outcome}")
             }
             Violation::Lost { what } => write!(f, "lost: {what}"),
+            Violation::EdgeError { edge, jti, code } => {
+                write!(f, "edge e{edge} failed a verify of {jti} with {code}")
+            }
             Violation::Diverged { detail } => write!(f, "servers diverged: {detail}"),
             Violation::EdgeDisagrees { edge, jti, detail } => {
                 write!(f, "after healing, edge e{edge} on {jti}: {detail}")
@@ -105,9 +118,6 @@ struct Index<'a> {
     surely: HashMap<&'a str, (Instant, &'static str)>,
     /// Tokens some revoke attempt (acked or not) may cover.
     maybe: HashSet<&'a str>,
-    /// Tokens an acknowledged token or family revoke covers (the
-    /// cluster's Get must say REVOKED).
-    direct: HashSet<&'a str>,
     /// Per token: the verifies of it.
     verifies: HashMap<&'a str, Vec<&'a VerifyRec>>,
 }
@@ -124,7 +134,6 @@ impl<'a> Index<'a> {
         }
         let mut surely: HashMap<&str, (Instant, &'static str)> = HashMap::new();
         let mut maybe = HashSet::new();
-        let mut direct = HashSet::new();
         for r in &h.revokes {
             let candidates: Vec<&IssueRec> = match &r.target {
                 Target::Jti(j) => by_jti.get(j.as_str()).copied().into_iter().collect(),
@@ -133,14 +142,11 @@ impl<'a> Index<'a> {
                 Target::Key(x) => by.get(&("kid", x.as_str())).cloned().unwrap_or_default(),
             };
             for t in candidates {
-                if !r.target.may_cover(t) {
+                if !r.target.may_cover(t, r) {
                     continue;
                 }
                 maybe.insert(t.jti.as_str());
-                if r.acked && matches!(r.target, Target::Jti(_) | Target::Family(_)) {
-                    direct.insert(t.jti.as_str());
-                }
-                if r.acked && r.target.surely_covers(t, r.start) {
+                if r.target.surely_covers(t, r) {
                     let e = surely
                         .entry(t.jti.as_str())
                         .or_insert((r.end, r.target.kind()));
@@ -158,7 +164,6 @@ impl<'a> Index<'a> {
             by_jti,
             surely,
             maybe,
-            direct,
             verifies,
         }
     }
@@ -170,6 +175,24 @@ pub fn check_history(h: &History, bound: Duration) -> Vec<Violation> {
     let (surely, maybe) = (&idx.surely, &idx.maybe);
     let mut out = Vec::new();
     for v in &h.verifies {
+        if let Some(code) = v.error {
+            // unreachable (killed, partitioned, lossy) is not an answer;
+            // anything else is a wrong one
+            let network = matches!(
+                code,
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+            );
+            if !network {
+                out.push(Violation::EdgeError {
+                    edge: v.edge,
+                    jti: v.jti.clone(),
+                    code: format!("{code:?}"),
+                });
+            }
+        }
         let Some(o) = v.outcome else { continue };
         let Some(t) = idx.by_jti.get(v.jti.as_str()) else {
             continue;
@@ -211,13 +234,20 @@ pub fn check_final(h: &History, f: &FinalState) -> Vec<Violation> {
     let idx = Index::new(h);
     for t in &h.issues {
         let jti = t.jti.as_str();
-        let revoked_by_jti_or_family = idx.direct.contains(jti);
         let surely = idx.surely.contains_key(jti);
         let maybe = idx.maybe.contains(jti);
         match f.status.get(&t.jti) {
-            Some(Some(s)) if revoked_by_jti_or_family && *s != pb::TokenStatus::Revoked => {
+            Some(Some(s)) if surely && *s != pb::TokenStatus::Revoked => {
                 out.push(Violation::Lost {
-                    what: format!("the acknowledged revoke of {} (status {s:?})", t.jti),
+                    what: format!("an acknowledged revoke covering {} (status {s:?})", t.jti),
+                });
+            }
+            Some(Some(s)) if !maybe && *s != pb::TokenStatus::Active => {
+                out.push(Violation::Lost {
+                    what: format!(
+                        "{}: no revoke could cover it, yet its status is {s:?}",
+                        t.jti
+                    ),
                 });
             }
             Some(None) => out.push(Violation::Lost {
@@ -315,7 +345,10 @@ pub fn figures(h: &History) -> Vec<Figures> {
                     .map(|s| s.at - from)
                     .min()
                     .or_else(|| {
-                        // the old leader may win again
+                        // after a full restart the old leader may win again
+                        if f.name != crate::Fault::FullRestart.name() {
+                            return None;
+                        }
                         h.status
                             .iter()
                             .filter(|s| s.at >= f.heal && s.at < f.end && s.leader)
@@ -391,6 +424,7 @@ mod tests {
             start,
             end: start + Duration::from_millis(1),
             outcome: Some(o),
+            error: None,
         }
     }
 
@@ -437,8 +471,13 @@ mod tests {
         h.verifies.push(verify(2, "b", t0 + ms(150), Revoked));
         // b refused before B passed since its issue: not yet a violation
         h.verifies.push(verify(2, "b", t0 + ms(50), UnknownKey));
+        // issued a whole second after the subject revoke completed: not
+        // covered, so refusing it is wrong
+        h.issues.push(tok("later", "u2", t0 + ms(1450)));
+        h.verifies.push(verify(1, "later", t0 + ms(1700), Revoked));
         let v = check_history(&h, b);
-        assert_eq!(v.len(), 3, "{v:?}");
+        assert_eq!(v.len(), 4, "{v:?}");
+        assert!(matches!(&v[3], Violation::RefusedValid { jti, .. } if jti == "later"));
         assert!(matches!(
             v[0],
             Violation::AcceptedAfterBound {

@@ -46,9 +46,13 @@ fn main() -> ExitCode {
             edges: f.edges,
             bound: Duration::from_millis(f.bound_ms),
             probe: Duration::from_millis(f.probe_ms),
-            broken_edges: Vec::new(),
+            ..WorldOptions::default()
         },
-        rates: Rates::default(),
+        rates: Rates {
+            // nothing may expire before the final checks
+            ttl: Duration::from_secs(f.duration_secs * 2 + 3600),
+            ..Rates::default()
+        },
         faults: Fault::ALL.to_vec(),
         hold: Duration::from_secs(f.hold_secs),
         settle: Duration::from_secs(f.settle_secs),

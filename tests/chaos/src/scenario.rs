@@ -296,6 +296,11 @@ async fn heal(w: &mut World) -> Result<()> {
 /// Runs `plan`: starts the world, runs the workload through the faults,
 /// heals, reads the final state and checks everything.
 pub async fn run(plan: Plan) -> Result<Report> {
+    Ok(run_with_history(plan).await?.0)
+}
+
+/// [`run`], also returning the recorded history.
+pub async fn run_with_history(plan: Plan) -> Result<(Report, History)> {
     let began = Instant::now();
     let bound = plan.world.bound;
     let mut w = World::start(plan.world.clone()).await?;
@@ -324,14 +329,15 @@ pub async fn run(plan: Plan) -> Result<Report> {
                 heal: ph,
                 end: at,
                 leader_before: pl,
-                moves_leader: pf.moves_leader(),
+                moves_leader: pf.moves_leader() && pl.is_some(),
             });
         }
         tokio::time::sleep(plan.hold).await;
+        // heal time is when healing starts (restarts take time to come up)
+        let healed = Instant::now();
         heal(&mut w)
             .await
             .with_context(|| format!("healing {}", f.name()))?;
-        let healed = Instant::now();
         // recovery is part of what is measured: bounded, but not asserted
         let _ = w.wait_leader(Duration::from_secs(30)).await;
         let _ = w.wait_edges_fresh(Duration::from_secs(30)).await;
@@ -347,7 +353,7 @@ pub async fn run(plan: Plan) -> Result<Report> {
             heal: ph,
             end,
             leader_before: pl,
-            moves_leader: pf.moves_leader(),
+            moves_leader: pf.moves_leader() && pl.is_some(),
         });
     }
     let hist = load.stop().await;
@@ -362,6 +368,10 @@ pub async fn run(plan: Plan) -> Result<Report> {
     for r in hist.revokes.iter().filter(|r| r.acked) {
         *revokes.entry(r.target.kind()).or_default() += 1;
     }
+    // a failed check keeps the processes' logs for whoever reads it
+    // (or when VETO_CHAOS_KEEP_LOGS=1)
+    let keep_logs =
+        !violations.is_empty() || std::env::var("VETO_CHAOS_KEEP_LOGS").as_deref() == Ok("1");
     let report = Report {
         figures: checker::figures(&hist),
         issues: hist.issues.len(),
@@ -375,13 +385,13 @@ pub async fn run(plan: Plan) -> Result<Report> {
         violations,
         lost,
         elapsed: began.elapsed(),
-        logs: if lost > 0 {
+        logs: if keep_logs {
             w.keep_logs()
         } else {
             w.log_dir().to_path_buf()
         },
     };
-    Ok(report)
+    Ok((report, hist))
 }
 
 /// After healing: waits for the servers to converge, then reads every

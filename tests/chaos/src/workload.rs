@@ -56,23 +56,31 @@ impl Target {
         }
     }
 
-    /// Whether this revoke may cover `t` (at any time: the conservative side).
-    pub fn may_cover(&self, t: &IssueRec) -> bool {
+    /// Whether revoke attempt `r` may cover `t`. A subject revoke covers
+    /// tokens with `iat <= before`, `before` being the leader's unix second
+    /// when it handled the revoke: a token whose issue was invoked a whole
+    /// second after an acknowledged subject revoke completed has a later
+    /// `iat` and is not covered. An attempt that was not acknowledged may
+    /// commit at any time, so it may cover every token of the subject.
+    pub fn may_cover(&self, t: &IssueRec, r: &RevokeRec) -> bool {
         match self {
             Target::Jti(j) => *j == t.jti,
-            Target::Subject(s) => *s == t.sub,
+            Target::Subject(s) => {
+                *s == t.sub && (!r.acked || t.start < r.end + Duration::from_secs(1))
+            }
             Target::Family(f) => *f == t.family,
             Target::Key(k) => *k == t.kid,
         }
     }
 
-    /// Whether this revoke, invoked at `start`, certainly covers `t`: a
-    /// subject revoke covers what was issued before it was invoked.
-    pub fn surely_covers(&self, t: &IssueRec, start: Instant) -> bool {
-        match self {
-            Target::Subject(s) => *s == t.sub && t.end < start,
-            _ => self.may_cover(t),
-        }
+    /// Whether acknowledged revoke `r` certainly covers `t`: a subject
+    /// revoke covers what was issued before it was invoked.
+    pub fn surely_covers(&self, t: &IssueRec, r: &RevokeRec) -> bool {
+        r.acked
+            && match self {
+                Target::Subject(s) => *s == t.sub && t.end < r.start,
+                _ => self.may_cover(t, r),
+            }
     }
 }
 
@@ -102,8 +110,11 @@ pub struct VerifyRec {
     pub start: Instant,
     /// Completion.
     pub end: Instant,
-    /// The answer's outcome, or None when the call failed.
+    /// The answer's outcome (STALE included: the edge's UNAVAILABLE
+    /// "STALE: ..." refusal), or None when the call failed otherwise.
     pub outcome: Option<pb::Outcome>,
+    /// The failed call's status code (not for STALE).
+    pub error: Option<tonic::Code>,
 }
 
 impl VerifyRec {
@@ -171,21 +182,31 @@ pub struct Rates {
     pub verify_every: Duration,
     /// Pause between key rotations (publish, activate, revoke the old key).
     pub rotate_every: Duration,
+    /// Concurrent revoker tasks.
+    pub revokers: usize,
+    /// Lifetime of issued tokens (longer than the run: the final checks
+    /// expect nothing to expire).
+    pub ttl: Duration,
 }
 
 impl Default for Rates {
     fn default() -> Self {
         Self {
             issue_every: Duration::from_millis(40),
-            revoke_every: Duration::from_millis(150),
+            revoke_every: Duration::from_millis(250),
             verify_every: Duration::from_millis(10),
             rotate_every: Duration::from_secs(20),
+            revokers: 2,
+            ttl: Duration::from_secs(3600),
         }
     }
 }
 
 struct Shared {
     hist: Mutex<History>,
+    /// Tokens a revoke or refresh targeted already.
+    targeted: Mutex<std::collections::HashSet<String>>,
+    ttl: u64,
     subjects: Mutex<Vec<String>>,
     next_subject: Mutex<u64>,
     /// Tokens recently targeted by a revoke, verified more often.
@@ -204,13 +225,20 @@ pub struct Workload {
 }
 
 const SUBJECTS: u64 = 8;
-const TTL_SECONDS: u64 = 3600;
+/// Every this many issues, the issuer refreshes a token instead.
+const REFRESH_EVERY: usize = 8;
+/// Every this many revokes waits for all edges (the server's propagation
+/// figure); the others are acknowledged at commit, so the checker's
+/// ack + B is commit + B.
+const WAIT_ALL_EVERY: usize = 4;
 
 impl Workload {
     /// Starts the workload tasks against `c`.
     pub fn start(c: Clients, rates: Rates) -> Self {
         let shared = Arc::new(Shared {
             hist: Mutex::new(History::default()),
+            targeted: Mutex::new(Default::default()),
+            ttl: rates.ttl.as_secs().max(60),
             subjects: Mutex::new((0..SUBJECTS).map(|i| format!("user-{i}")).collect()),
             next_subject: Mutex::new(SUBJECTS),
             hot: Mutex::new(VecDeque::new()),
@@ -218,10 +246,19 @@ impl Workload {
         });
         let mut tasks = vec![
             tokio::spawn(issuer(c.clone(), shared.clone(), rates.issue_every)),
-            tokio::spawn(revoker(c.clone(), shared.clone(), rates.revoke_every)),
             tokio::spawn(rotator(c.clone(), shared.clone(), rates.rotate_every)),
-            tokio::spawn(monitor(c.clone(), shared.clone())),
         ];
+        for r in 0..rates.revokers.max(1) {
+            tasks.push(tokio::spawn(revoker(
+                c.clone(),
+                shared.clone(),
+                rates.revoke_every,
+                r,
+            )));
+        }
+        for i in 0..c.servers.len() {
+            tasks.push(tokio::spawn(monitor(c.clone(), shared.clone(), i)));
+        }
         for e in 0..c.edges.len() {
             tasks.push(tokio::spawn(verifier(
                 c.clone(),
@@ -243,14 +280,29 @@ impl Workload {
         lock(&self.shared.hist).issues.len()
     }
 
-    /// Stops every task (each finishes its call in flight) and returns the
-    /// history.
-    pub async fn stop(self) -> History {
+    /// Stops every task and returns the history. Each task may finish its
+    /// call in flight (every call has a timeout); one still running after
+    /// that is aborted. Attempts are recorded before they are sent, so
+    /// even an aborted one is in the history.
+    pub async fn stop(mut self) -> History {
         self.shared.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        for t in std::mem::take(&mut self.tasks) {
+            let abort = t.abort_handle();
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
+                abort.abort();
+            }
         }
         std::mem::take(&mut *lock(&self.shared.hist))
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        // a run that ends early (an error) must not leave load running
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
@@ -274,9 +326,96 @@ fn with_timeout<T>(msg: T, t: Duration) -> tonic::Request<T> {
     r
 }
 
+/// Records a revoke attempt before it is sent; returns its index.
+fn attempt(s: &Shared, target: Target) -> usize {
+    let mut h = lock(&s.hist);
+    let now = Instant::now();
+    h.revokes.push(RevokeRec {
+        start: now,
+        end: now,
+        target,
+        acked: false,
+        propagation_ms: None,
+    });
+    h.revokes.len() - 1
+}
+
+/// Records the attempt's outcome.
+fn attempted(s: &Shared, i: usize, acked: bool, propagation_ms: Option<f64>) {
+    let mut h = lock(&s.hist);
+    if let Some(r) = h.revokes.get_mut(i) {
+        r.end = Instant::now();
+        r.acked = acked;
+        r.propagation_ms = propagation_ms;
+    }
+}
+
+/// A recent acknowledged token no revoke or refresh targeted yet (marked
+/// as targeted now).
+fn pick_untargeted(s: &Shared, skip: usize) -> Option<IssueRec> {
+    let h = lock(&s.hist);
+    let mut targeted = lock(&s.targeted);
+    let t = h
+        .issues
+        .iter()
+        .rev()
+        .take(60)
+        .filter(|t| !targeted.contains(&t.jti))
+        .nth(skip % 7)
+        .cloned()?;
+    targeted.insert(t.jti.clone());
+    Some(t)
+}
+
+/// Refreshes a recent token with no grace: the successor joins the
+/// predecessor's family, and the predecessor is revoked at commit.
+async fn refresh_one(c: &Clients, s: &Shared, k: usize) {
+    let Some(pred) = pick_untargeted(s, k) else {
+        return;
+    };
+    let start = Instant::now();
+    let i = attempt(s, Target::Jti(pred.jti.clone()));
+    let mut done = None;
+    for t in 0..c.servers.len() {
+        let req = pb::RefreshRequest {
+            jti: pred.jti.clone(),
+            ttl_seconds: s.ttl,
+            grace_seconds: 0,
+        };
+        if let Ok(r) = tokens(c, k + t)
+            .refresh(with_timeout(req, Duration::from_secs(2)))
+            .await
+        {
+            done = r.into_inner().successor;
+            break;
+        }
+        if s.stop.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    attempted(s, i, done.is_some(), None);
+    if let Some((rec, token)) = done.and_then(|r| Some((r.record?, r.token))) {
+        lock(&s.hist).issues.push(IssueRec {
+            start,
+            end: Instant::now(),
+            jti: rec.jti,
+            token,
+            sub: rec.sub,
+            family: rec.family,
+            kid: rec.kid,
+        });
+    }
+}
+
 async fn issuer(c: Clients, s: Arc<Shared>, every: Duration) {
     let mut k = 0usize;
     while !s.stop.load(Ordering::Relaxed) {
+        if k % REFRESH_EVERY == REFRESH_EVERY - 1 {
+            refresh_one(&c, &s, k).await;
+            k += 1;
+            tokio::time::sleep(every).await;
+            continue;
+        }
         let sub = {
             let subs = lock(&s.subjects);
             subs[k % subs.len()].clone()
@@ -289,7 +428,7 @@ async fn issuer(c: Clients, s: Arc<Shared>, every: Duration) {
                 sub: sub.clone(),
                 scopes: vec!["read".into()],
                 aud: None,
-                ttl_seconds: TTL_SECONDS,
+                ttl_seconds: s.ttl,
             };
             match tokens(&c, k + t)
                 .issue(with_timeout(req, Duration::from_secs(2)))
@@ -325,12 +464,21 @@ async fn issuer(c: Clients, s: Arc<Shared>, every: Duration) {
 }
 
 /// Sends one revoke, trying each server once; returns (acked, propagation).
-async fn send_revoke(c: &Clients, first: usize, target: &Target) -> (bool, Option<f64>) {
-    let wait = pb::WaitFor::AllEdges as i32;
-    let wait_ms = 1500;
+/// With `wait_all`, the answer waits (up to 1.5 s) for every edge.
+async fn send_revoke(
+    c: &Clients,
+    first: usize,
+    target: &Target,
+    wait_all: bool,
+) -> (bool, Option<f64>) {
+    let (wait, wait_ms) = if wait_all {
+        (pb::WaitFor::AllEdges as i32, 1500)
+    } else {
+        (pb::WaitFor::Unspecified as i32, 0)
+    };
     for t in 0..c.servers.len() {
         let mut tc = tokens(c, first + t);
-        let to = Duration::from_secs(4);
+        let to = Duration::from_secs(3);
         let r = match target {
             Target::Jti(j) => {
                 tc.revoke(with_timeout(
@@ -394,36 +542,28 @@ async fn send_revoke(c: &Clients, first: usize, target: &Target) -> (bool, Optio
     (false, None)
 }
 
-async fn revoker(c: Clients, s: Arc<Shared>, every: Duration) {
-    let mut k = 0usize;
-    let mut targeted = std::collections::HashSet::new();
+async fn revoker(c: Clients, s: Arc<Shared>, every: Duration, id: usize) {
+    let mut k = id;
+    let mut subject_revokes = 0usize;
     while !s.stop.load(Ordering::Relaxed) {
         tokio::time::sleep(every).await;
-        // a recent acknowledged token not targeted yet
-        let pick = {
-            let h = lock(&s.hist);
-            h.issues
-                .iter()
-                .rev()
-                .take(60)
-                .filter(|t| !targeted.contains(&t.jti))
-                .nth(k % 7)
-                .cloned()
-        };
-        let Some(tok) = pick else {
+        let Some(tok) = pick_untargeted(&s, k) else {
             continue;
         };
-        targeted.insert(tok.jti.clone());
         let target = match k % 8 {
             0..=4 => Target::Jti(tok.jti.clone()),
             5 | 6 => Target::Family(tok.family.clone()),
             _ => {
-                // retire the subject: no new tokens name it from now on
-                let mut subs = lock(&s.subjects);
-                if let Some(p) = subs.iter().position(|x| *x == tok.sub) {
-                    let mut n = lock(&s.next_subject);
-                    subs[p] = format!("user-{}", *n);
-                    *n += 1;
+                subject_revokes += 1;
+                // every other subject revoke retires the subject; the rest
+                // keep issuing for it, and those later tokens must stay valid
+                if subject_revokes.is_multiple_of(2) {
+                    let mut subs = lock(&s.subjects);
+                    if let Some(p) = subs.iter().position(|x| *x == tok.sub) {
+                        let mut n = lock(&s.next_subject);
+                        subs[p] = format!("user-{}", *n);
+                        *n += 1;
+                    }
                 }
                 Target::Subject(tok.sub.clone())
             }
@@ -435,15 +575,10 @@ async fn revoker(c: Clients, s: Arc<Shared>, every: Duration) {
                 hot.pop_front();
             }
         }
-        let start = Instant::now();
-        let (acked, propagation_ms) = send_revoke(&c, k, &target).await;
-        lock(&s.hist).revokes.push(RevokeRec {
-            start,
-            end: Instant::now(),
-            target,
-            acked,
-            propagation_ms,
-        });
+        let i = attempt(&s, target.clone());
+        let (acked, propagation_ms) =
+            send_revoke(&c, k, &target, k.is_multiple_of(WAIT_ALL_EVERY)).await;
+        attempted(&s, i, acked, propagation_ms);
         k += 1;
     }
 }
@@ -461,16 +596,6 @@ async fn rotator(c: Clients, s: Arc<Shared>, every: Duration) {
         last = Instant::now();
         k += 1;
         let mut a = admin(&c, k);
-        let Ok(st) = a
-            .status(with_timeout(
-                pb::StatusRequest::default(),
-                Duration::from_secs(2),
-            ))
-            .await
-        else {
-            continue;
-        };
-        let old = st.into_inner().active_kid;
         let kid = match pending.take() {
             Some(kid) => kid,
             None => {
@@ -503,29 +628,35 @@ async fn rotator(c: Clients, s: Arc<Shared>, every: Duration) {
                 Duration::from_secs(5),
             ))
             .await;
-        if r.is_err() {
-            pending = Some(kid);
-            continue;
+        let keys = match r {
+            Ok(r) => r.into_inner().keys,
+            Err(_) => {
+                pending = Some(kid);
+                continue;
+            }
+        };
+        // the keys the activation retired (the previous active one)
+        let retiring: Vec<String> = keys
+            .into_iter()
+            .filter(|k| k.state == pb::KeyState::Retiring as i32 && k.kid != kid)
+            .map(|k| k.kid)
+            .collect();
+        for old in retiring {
+            let target = Target::Key(old);
+            let i = attempt(&s, target.clone());
+            let (acked, _) = send_revoke(&c, k, &target, false).await;
+            attempted(&s, i, acked, None);
         }
-        if old.is_empty() || old == kid {
-            continue;
-        }
-        let target = Target::Key(old);
-        let start = Instant::now();
-        let (acked, _) = send_revoke(&c, k, &target).await;
-        lock(&s.hist).revokes.push(RevokeRec {
-            start,
-            end: Instant::now(),
-            target,
-            acked,
-            propagation_ms: None,
-        });
     }
 }
 
 async fn verifier(c: Clients, s: Arc<Shared>, edge: usize, every: Duration) {
     let mut v = pb::verifier_service_client::VerifierServiceClient::new(c.edges[edge].clone());
+    // a fixed pace whatever the answers, so shares of answers are shares of time
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !s.stop.load(Ordering::Relaxed) {
+        tick.tick().await;
         // half the time a token a revoke targeted lately, else any recent one
         let pick = {
             let mut rng = rand::thread_rng();
@@ -545,7 +676,6 @@ async fn verifier(c: Clients, s: Arc<Shared>, edge: usize, every: Duration) {
             }
         };
         let Some((jti, token)) = pick else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let start = Instant::now();
@@ -559,51 +689,46 @@ async fn verifier(c: Clients, s: Arc<Shared>, edge: usize, every: Duration) {
             ))
             .await;
         let end = Instant::now();
-        let outcome = r
-            .ok()
-            .and_then(|r| pb::Outcome::try_from(r.into_inner().outcome).ok());
-        let failed = outcome.is_none();
+        let (outcome, error) = match r {
+            Ok(r) => (pb::Outcome::try_from(r.into_inner().outcome).ok(), None),
+            // the edge's fail-closed refusal
+            Err(e) if e.code() == tonic::Code::Unavailable && e.message().starts_with("STALE") => {
+                (Some(pb::Outcome::Stale), None)
+            }
+            Err(e) => (None, Some(e.code())),
+        };
         lock(&s.hist).verifies.push(VerifyRec {
             edge,
             jti,
             start,
             end,
             outcome,
+            error,
         });
-        // a dead edge refuses connections at once: do not spin
-        let pause = if failed {
-            every.max(Duration::from_millis(50))
-        } else {
-            every
-        };
-        tokio::time::sleep(pause).await;
     }
 }
 
-/// Polls every server's status (who leads) every 100 ms.
-async fn monitor(c: Clients, s: Arc<Shared>) {
+/// Polls server `i`'s status (who leads) every 100 ms.
+async fn monitor(c: Clients, s: Arc<Shared>, i: usize) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut a = admin(&c, i);
     while !s.stop.load(Ordering::Relaxed) {
-        let polls = (0..c.servers.len()).map(|i| {
-            let mut a = admin(&c, i);
-            async move {
-                let r = a
-                    .status(with_timeout(
-                        pb::StatusRequest::default(),
-                        Duration::from_millis(500),
-                    ))
-                    .await
-                    .ok()?
-                    .into_inner();
-                Some(StatusSample {
-                    at: Instant::now(),
-                    server: i,
-                    leader: r.role == pb::Role::Leader as i32,
-                    leader_id: r.leader_id,
-                })
-            }
-        });
-        let got = futures::future::join_all(polls).await;
-        lock(&s.hist).status.extend(got.into_iter().flatten());
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tick.tick().await;
+        let r = a
+            .status(with_timeout(
+                pb::StatusRequest::default(),
+                Duration::from_millis(300),
+            ))
+            .await;
+        if let Ok(r) = r {
+            let r = r.into_inner();
+            lock(&s.hist).status.push(StatusSample {
+                at: Instant::now(),
+                server: i,
+                leader: r.role == pb::Role::Leader as i32,
+                leader_id: r.leader_id,
+            });
+        }
     }
 }

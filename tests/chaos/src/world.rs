@@ -30,9 +30,12 @@ pub struct WorldOptions {
     pub bound: Duration,
     /// The edges' probe interval H.
     pub probe: Duration,
-    /// Edges (by index) started with the test-only switch that ignores the
-    /// bound, to prove the checker catches it.
+    /// Edges (by index) started with the test-only switch that makes them
+    /// keep answering for `broken_bound` instead of `bound` (debug builds
+    /// of `veto-edge` only), to prove the checker catches an overshoot.
     pub broken_edges: Vec<usize>,
+    /// The bound the broken edges really apply.
+    pub broken_bound: Duration,
 }
 
 impl Default for WorldOptions {
@@ -43,6 +46,7 @@ impl Default for WorldOptions {
             bound: Duration::from_millis(1500),
             probe: Duration::from_millis(150),
             broken_edges: Vec::new(),
+            broken_bound: Duration::from_millis(3000),
         }
     }
 }
@@ -129,7 +133,9 @@ async fn spawn(p: &mut Proc, ns: &str) -> Result<()> {
     let ready = p.log.with_extension("ready");
     let _ = std::fs::remove_file(&ready);
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns])
+    // setpriv: the process dies with the harness's thread that started it,
+    // even when the harness itself is killed and cannot clean up
+    cmd.args(["netns", "exec", ns, "setpriv", "--pdeathsig", "KILL"])
         .args(&p.args)
         .arg("--ready-file")
         .arg(&ready)
@@ -138,8 +144,8 @@ async fn spawn(p: &mut Proc, ns: &str) -> Result<()> {
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
         .kill_on_drop(true);
-    // `ip netns exec` execs the program, so this pid is the server's or
-    // edge's own and SIGKILL reaches it.
+    // `ip netns exec` and `setpriv` exec the program, so this pid is the
+    // server's or edge's own and SIGKILL reaches it.
     let mut child = cmd.spawn().context("spawn ip netns exec")?;
     let name = p.name();
     let up = eventually(
@@ -222,7 +228,10 @@ impl World {
             let host = net.add_host(&format!("e{i}"))?;
             let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
             if opts.broken_edges.contains(&i) {
-                env.push(("VETO_TEST_ONLY_SKIP_BOUND".into(), "1".into()));
+                env.push((
+                    "VETO_TEST_ONLY_BOUND_MS".into(),
+                    opts.broken_bound.as_millis().to_string(),
+                ));
             }
             edges.push(Proc {
                 kind: Kind::Edge,
@@ -436,10 +445,8 @@ impl World {
                         ..Default::default()
                     });
                     req.set_timeout(Duration::from_secs(1));
-                    let r = self.verifier(e.index).verify(req).await.ok()?.into_inner();
-                    if r.outcome == pb::Outcome::Stale as i32 {
-                        return None;
-                    }
+                    // a stale edge refuses with UNAVAILABLE: any answer is fresh
+                    self.verifier(e.index).verify(req).await.ok()?;
                 }
                 Some(())
             },
@@ -447,24 +454,28 @@ impl World {
         .await
     }
 
-    /// The server edge `i` streams from, as the servers report it.
+    /// The server edge `edge` streams from: of the servers that list it as
+    /// connected, the one with its most recent ack (a server that lost the
+    /// stream may not have noticed yet).
     pub async fn feed_server_of(&self, edge: usize) -> Option<usize> {
         let name = format!("e{edge}");
-        for s in self.servers.iter().filter(|s| s.is_running()) {
+        let mut best: Option<(f64, usize)> = None;
+        for s in self.servers.iter().filter(|s| s.is_running() && !s.paused) {
             let mut req = tonic::Request::new(pb::EdgesRequest {});
             req.set_timeout(Duration::from_secs(1));
-            if let Ok(r) = self.admin(s.index).edges(req).await {
-                if let Some(e) = r
-                    .into_inner()
-                    .edges
-                    .into_iter()
-                    .find(|e| e.edge_id == name && e.connected)
-                {
-                    return Some(e.node_id as usize - 1);
+            let Ok(r) = self.admin(s.index).edges(req).await else {
+                continue;
+            };
+            for e in r.into_inner().edges {
+                if e.edge_id == name && e.connected && e.node_id == s.index as u64 + 1 {
+                    let age = e.ack_age_ms;
+                    if best.is_none_or(|(b, _)| age < b) {
+                        best = Some((age, s.index));
+                    }
                 }
             }
         }
-        None
+        best.map(|(_, i)| i)
     }
 
     /// Host indexes of the servers.

@@ -76,10 +76,14 @@ pub async fn run(h: EdgeHandle, mut shutdown: watch::Receiver<bool>) {
 async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
     let opts = h.options().clone();
     let bound = Duration::from_millis(opts.bound_ms);
-    // A server that cannot even open a stream within B cannot keep this
-    // edge fresh: a stalled process (SIGSTOP, a frozen VM) accepts TCP in
-    // its kernel and then never answers, which would hold the edge here.
-    let setup_deadline = tokio::time::Instant::now() + bound;
+    // A stalled server (SIGSTOP, a frozen VM) accepts TCP in its kernel and
+    // then never answers, which would hold the edge here. A live one opens
+    // a stream in a few round trips: allow a third of B (at least two probe
+    // intervals, at most B), then try the next server.
+    let setup = (bound / 3)
+        .max(Duration::from_millis(opts.probe_interval_ms) * 2)
+        .min(bound);
+    let setup_deadline = tokio::time::Instant::now() + setup;
     // The peer must hold a server certificate, not just any from the CA.
     let connected = tokio::time::timeout_at(
         setup_deadline,
@@ -92,7 +96,7 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
     let ch = match connected {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return End::Connect(e.to_string()),
-        Err(_) => return End::Connect(format!("no connection within the bound ({bound:?})")),
+        Err(_) => return End::Connect(format!("no connection within {setup:?}")),
     };
     let mut client = FeedServiceClient::new(ch).max_decoding_message_size(8 << 20);
     let (tx, rx) = mpsc::channel::<pb::EdgeMessage>(64);
@@ -111,11 +115,7 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
     let mut inbound = match subscribed {
         Ok(Ok(r)) => r.into_inner(),
         Ok(Err(s)) => return End::Connect(format!("{:?}: {}", s.code(), s.message())),
-        Err(_) => {
-            return End::Connect(format!(
-                "no answer to Subscribe within the bound ({bound:?})"
-            ))
-        }
+        Err(_) => return End::Connect(format!("no answer to Subscribe within {setup:?}")),
     };
     h.set_server(Some(addr.to_owned()));
     h.count_connect();

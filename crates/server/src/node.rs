@@ -231,7 +231,16 @@ impl Node {
                 );
                 let mut req = tonic::Request::new(veto_proto::RaftPayload::default());
                 crate::raft::network::tag(&self.inner.cluster, &mut req);
-                req.set_timeout(Duration::from_secs(2));
+                // A leader that cannot confirm itself within an election
+                // timeout is being replaced (stalled, cut off): give up, so
+                // the next round (edges' probes wait on it) asks the new one.
+                let limit = self
+                    .inner
+                    .opts
+                    .raft
+                    .election_timeout_max_ms
+                    .clamp(200, 2_000);
+                req.set_timeout(Duration::from_millis(limit));
                 let p = c
                     .read_index(req)
                     .await

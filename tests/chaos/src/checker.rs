@@ -46,6 +46,14 @@ pub enum Violation {
         /// What was lost.
         what: String,
     },
+    /// After healing, the cluster reports a token no revoke could cover
+    /// as not active.
+    UnexpectedStatus {
+        /// Token.
+        jti: String,
+        /// Its status.
+        status: String,
+    },
     /// Servers disagree after healing.
     Diverged {
         /// Their (applied index, digest) per server.
@@ -89,6 +97,9 @@ impl std::fmt::Display for Violation {
                 write!(f, "fresh edge e{edge} refused valid token {jti}: {outcome}")
             }
             Violation::Lost { what } => write!(f, "lost: {what}"),
+            Violation::UnexpectedStatus { jti, status } => {
+                write!(f, "no revoke could cover {jti}, yet the cluster says {status}")
+            }
             Violation::EdgeError { edge, jti, code } => {
                 write!(f, "edge e{edge} failed a verify of {jti} with {code}")
             }
@@ -210,7 +221,9 @@ pub fn check_history(h: &History, bound: Duration) -> Vec<Violation> {
             }
         } else if o != pb::Outcome::Stale
             && !maybe.contains(v.jti.as_str())
-            && v.start >= t.end + bound
+            // a fresh edge may not know a key published within B (it lost
+            // its stream just before); every other refusal is wrong at once
+            && (o != pb::Outcome::UnknownKey || v.start >= t.end + bound)
         {
             out.push(Violation::RefusedValid {
                 edge: v.edge,
@@ -243,11 +256,9 @@ pub fn check_final(h: &History, f: &FinalState) -> Vec<Violation> {
                 });
             }
             Some(Some(s)) if !maybe && *s != pb::TokenStatus::Active => {
-                out.push(Violation::Lost {
-                    what: format!(
-                        "{}: no revoke could cover it, yet its status is {s:?}",
-                        t.jti
-                    ),
+                out.push(Violation::UnexpectedStatus {
+                    jti: t.jti.clone(),
+                    status: s.as_str_name().into(),
                 });
             }
             Some(None) => out.push(Violation::Lost {
@@ -255,25 +266,32 @@ pub fn check_final(h: &History, f: &FinalState) -> Vec<Violation> {
             }),
             _ => {}
         }
+        // the cluster's own answer, where the history cannot decide
+        let status = f.status.get(&t.jti).copied().flatten();
         for (e, answers) in f.edge_answers.iter().enumerate() {
             let Some(o) = answers.get(&t.jti) else {
                 continue;
             };
-            let bad = if surely {
-                *o == pb::Outcome::Valid
-            } else if !maybe {
-                *o != pb::Outcome::Valid
+            let expect = if surely || status == Some(pb::TokenStatus::Revoked) {
+                Some("revoked")
+            } else if !maybe || status == Some(pb::TokenStatus::Active) {
+                Some("valid")
             } else {
-                false
+                None
+            };
+            let bad = match expect {
+                Some("revoked") => *o == pb::Outcome::Valid,
+                Some(_) => *o != pb::Outcome::Valid,
+                None => false,
             };
             if bad {
                 out.push(Violation::EdgeDisagrees {
                     edge: e,
                     jti: t.jti.clone(),
                     detail: format!(
-                        "answered {} but the history says {}",
+                        "answered {} but the history and the cluster say {}",
                         o.as_str_name(),
-                        if surely { "revoked" } else { "valid" }
+                        expect.unwrap_or("?")
                     ),
                 });
             }
@@ -296,16 +314,21 @@ pub struct Figures {
     /// Heal to the last STALE or failed answer of any edge in the recovery
     /// window (0 when none).
     pub recovery: Duration,
-    /// Inject (for a full restart: heal) to the first leader other than the
-    /// old one (or, failing that, the first leader after heal).
+    /// Inject to the first leader other than the one the fault hit (for a
+    /// full restart: heal to the first leader).
     pub election: Option<Duration>,
     /// Revokes acknowledged in the window.
     pub revokes: usize,
     /// Latest acceptance of a covered token after its revoke's ack (the
     /// worst propagation an edge showed), over revokes acked in the window.
     pub worst_accept_after_ack: Option<Duration>,
-    /// The servers' own propagation figure (commit to last edge ack), max.
+    /// The servers' own propagation figure (commit to last edge ack), max,
+    /// over the revokes that waited and saw every edge acknowledge.
     pub max_propagation_ms: Option<f64>,
+    /// Revokes that waited for every edge.
+    pub waited: usize,
+    /// Of those, how many timed out (1.5 s) with edges still behind.
+    pub wait_timeouts: usize,
 }
 
 /// Computes the figures of every fault in `h`.
@@ -323,38 +346,29 @@ pub fn figures(h: &History) -> Vec<Figures> {
             let recovery = h
                 .verifies
                 .iter()
-                .filter(|v| v.start >= f.heal && v.start < f.end && !v.answered())
+                .filter(|v| v.start >= f.heal && v.end <= f.end && !v.answered())
                 .map(|v| v.end.saturating_duration_since(f.heal))
                 .max()
                 .unwrap_or_default();
-            let election = if f.moves_leader {
-                // a full restart elects once the servers are back
-                let from = if f.name == crate::Fault::FullRestart.name() {
-                    f.heal
-                } else {
-                    f.inject
-                };
+            let election = if f.name == crate::Fault::FullRestart.name() {
+                // every server restarted: the first leader after heal
+                h.status
+                    .iter()
+                    .filter(|s| s.at >= f.heal && s.at < f.end && s.leader)
+                    .map(|s| s.at - f.heal)
+                    .min()
+            } else if f.moves_leader {
+                // the first leader other than the one the fault hit
                 h.status
                     .iter()
                     .filter(|s| {
-                        s.at >= from
+                        s.at >= f.inject
                             && s.at < f.end
                             && s.leader
                             && Some(s.server) != f.leader_before
                     })
-                    .map(|s| s.at - from)
+                    .map(|s| s.at - f.inject)
                     .min()
-                    .or_else(|| {
-                        // after a full restart the old leader may win again
-                        if f.name != crate::Fault::FullRestart.name() {
-                            return None;
-                        }
-                        h.status
-                            .iter()
-                            .filter(|s| s.at >= f.heal && s.at < f.end && s.leader)
-                            .map(|s| s.at - f.heal)
-                            .min()
-                    })
             } else {
                 None
             };
@@ -381,6 +395,11 @@ pub fn figures(h: &History) -> Vec<Figures> {
                 .iter()
                 .filter_map(|r| r.propagation_ms)
                 .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+            let waited = acked.iter().filter(|r| r.waited).count();
+            let wait_timeouts = acked
+                .iter()
+                .filter(|r| r.waited && r.propagation_ms.is_none())
+                .count();
             Figures {
                 name: f.name.clone(),
                 held: f.heal - f.inject,
@@ -395,6 +414,8 @@ pub fn figures(h: &History) -> Vec<Figures> {
                 revokes: acked.len(),
                 worst_accept_after_ack: worst,
                 max_propagation_ms,
+                waited,
+                wait_timeouts,
             }
         })
         .collect()
@@ -447,6 +468,10 @@ mod tests {
                 target: Target::Jti("a".into()),
                 acked: true,
                 propagation_ms: None,
+                tries: 1,
+                waited: false,
+                edges_behind: 0,
+                refresh: false,
             },
             RevokeRec {
                 start: t0 + ms(400),
@@ -454,6 +479,10 @@ mod tests {
                 target: Target::Subject("u2".into()),
                 acked: true,
                 propagation_ms: None,
+                tries: 1,
+                waited: false,
+                edges_behind: 0,
+                refresh: false,
             },
         ];
         use pb::Outcome::*;
@@ -494,6 +523,55 @@ mod tests {
             }
         ));
         assert!(matches!(v[2], Violation::RefusedValid { .. }));
+
+        // family and key revokes bind too; a refusal other than an unknown
+        // key is wrong even within B of the issue
+        let rev = |target: Target| RevokeRec {
+            start: t0 + ms(5),
+            end: t0 + ms(10),
+            target,
+            acked: true,
+            propagation_ms: None,
+            tries: 1,
+            waited: false,
+            edges_behind: 0,
+            refresh: false,
+        };
+        let h = History {
+            issues: vec![
+                tok("d", "u3", t0),
+                IssueRec {
+                    kid: "k2".into(),
+                    ..tok("e", "u4", t0)
+                },
+                tok("f", "u5", t0),
+            ],
+            revokes: vec![
+                rev(Target::Family("d".into())),
+                rev(Target::Key("k2".into())),
+            ],
+            verifies: vec![
+                verify(0, "d", t0 + ms(120), Valid),
+                verify(0, "e", t0 + ms(130), Valid),
+                verify(0, "f", t0 + ms(20), UnknownKey),
+                verify(0, "f", t0 + ms(20), BadSignature),
+                verify(0, "d", t0 + ms(50), Valid),
+            ],
+            ..Default::default()
+        };
+        let v = check_history(&h, b);
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert!(matches!(
+            v[0],
+            Violation::AcceptedAfterBound { kind: "family", .. }
+        ));
+        assert!(matches!(
+            v[1],
+            Violation::AcceptedAfterBound { kind: "key", .. }
+        ));
+        assert!(
+            matches!(&v[2], Violation::RefusedValid { outcome, .. } if outcome == "OUTCOME_BAD_SIGNATURE")
+        );
     }
 
     #[test]
@@ -507,6 +585,10 @@ mod tests {
                 target: Target::Jti("a".into()),
                 acked: true,
                 propagation_ms: None,
+                tries: 1,
+                waited: false,
+                edges_behind: 0,
+                refresh: false,
             }],
             ..Default::default()
         };

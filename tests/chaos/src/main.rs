@@ -49,8 +49,9 @@ fn main() -> ExitCode {
             ..WorldOptions::default()
         },
         rates: Rates {
-            // nothing may expire before the final checks
-            ttl: Duration::from_secs(f.duration_secs * 2 + 3600),
+            // nothing may expire before the final checks (the servers cap
+            // lifetimes at 24 h, so runs are capped at 20 h below)
+            ttl: Duration::from_secs((f.duration_secs + 3600).min(24 * 3600)),
             ..Rates::default()
         },
         faults: Fault::ALL.to_vec(),
@@ -58,6 +59,10 @@ fn main() -> ExitCode {
         settle: Duration::from_secs(f.settle_secs),
         total: Some(Duration::from_secs(f.duration_secs)),
     };
+    if f.duration_secs > 20 * 3600 {
+        eprintln!("veto-chaos: --duration-secs is at most 72000 (tokens live at most 24 h)");
+        return ExitCode::from(64);
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -86,7 +91,12 @@ fn main() -> ExitCode {
             for v in &r.violations {
                 println!("VIOLATION: {v}");
             }
-            if r.violations.is_empty() {
+            // a run where the workload did nothing proves nothing
+            let idle = r.issues == 0 || r.verifies.1 == 0 || r.revokes.is_empty();
+            if idle {
+                println!("the workload did not run (no issues, revokes or answered verifies)");
+            }
+            if r.violations.is_empty() && !idle {
                 ExitCode::SUCCESS
             } else {
                 println!("logs kept in {}", r.logs.display());

@@ -132,10 +132,15 @@ impl Report {
     pub fn markdown(&self) -> String {
         let ms = |d: Duration| format!("{}", d.as_millis());
         let mut s = String::from(
-            "| fault | held s | verifies | answered | fresh again after heal, ms | new leader after, ms | revokes acked | worst accept after ack, ms | max server propagation, ms |\n\
+            "| fault | held s (mean) | verifies | answered | fresh again after heal, ms (max) | new leader after, ms (max) | revokes acked | latest accept after ack, ms (max) | server propagation, ms (max; waits timed out) |\n\
              |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for f in &self.figures {
+            let max = f
+                .max_propagation_ms
+                .map(|p| format!("{p:.1}"))
+                .unwrap_or_else(|| "-".into());
+            let propagation = format!("{max}; {} of {}", f.wait_timeouts, f.waited);
             s.push_str(&format!(
                 "| {} | {:.1} | {} | {:.1}% | {} | {} | {} | {} | {} |\n",
                 f.name,
@@ -148,9 +153,7 @@ impl Report {
                 f.worst_accept_after_ack
                     .map(ms)
                     .unwrap_or_else(|| "-".into()),
-                f.max_propagation_ms
-                    .map(|p| format!("{p:.1}"))
-                    .unwrap_or_else(|| "-".into()),
+                propagation,
             ));
         }
         let mut kinds: Vec<_> = self.revokes.iter().collect();
@@ -204,6 +207,8 @@ pub fn summarize(figs: &[Figures]) -> Vec<Figures> {
                     (a, b) => a.or(b),
                 };
                 o.revokes += f.revokes;
+                o.waited += f.waited;
+                o.wait_timeouts += f.wait_timeouts;
                 o.worst_accept_after_ack =
                     match (o.worst_accept_after_ack, f.worst_accept_after_ack) {
                         (Some(a), Some(b)) => Some(a.max(b)),
@@ -225,7 +230,12 @@ pub fn summarize(figs: &[Figures]) -> Vec<Figures> {
 }
 
 struct Injected {
+    /// The leader when the fault was injected.
     leader: Option<usize>,
+    /// When the fault took effect (after finding the leader).
+    at: Instant,
+    /// Whether it is meant to move the leader.
+    moves_leader: bool,
 }
 
 async fn inject(w: &mut World, f: Fault) -> Result<Injected> {
@@ -237,6 +247,13 @@ async fn inject(w: &mut World, f: Fault) -> Result<Injected> {
         .filter(|s| s.index != l)
         .map(|s| s.host)
         .collect();
+    let feed = if f == Fault::IsolateFeedServer {
+        w.feed_server_of(0).await
+    } else {
+        None
+    };
+    let at = Instant::now();
+    let mut moves_leader = f.moves_leader() && leader.is_some();
     match f {
         Fault::KillLeader => w.kill(Kind::Server, l).await?,
         Fault::KillFollower => {
@@ -254,7 +271,8 @@ async fn inject(w: &mut World, f: Fault) -> Result<Injected> {
             w.net.partition(&[eh], &sh)?
         }
         Fault::IsolateFeedServer => {
-            let s = w.feed_server_of(0).await.unwrap_or(l);
+            let s = feed.unwrap_or(l);
+            moves_leader = leader == Some(s);
             let sh = w.servers[s].host;
             let rest: Vec<usize> = w
                 .servers
@@ -285,7 +303,11 @@ async fn inject(w: &mut World, f: Fault) -> Result<Injected> {
         }
         Fault::PauseLeader => w.pause(Kind::Server, l, true)?,
     }
-    Ok(Injected { leader })
+    Ok(Injected {
+        leader,
+        at,
+        moves_leader,
+    })
 }
 
 async fn heal(w: &mut World) -> Result<()> {
@@ -308,7 +330,8 @@ pub async fn run_with_history(plan: Plan) -> Result<(Report, History)> {
     // a warm-up with no fault
     tokio::time::sleep(plan.settle.max(Duration::from_secs(2))).await;
     let mut k = 0usize;
-    let mut prev: Option<(Fault, Instant, Instant, Option<usize>)> = None;
+    // the fault before, its window still open
+    let mut prev: Option<FaultRec> = None;
     while !plan.faults.is_empty() {
         let done = match plan.total {
             Some(t) => began.elapsed() >= t,
@@ -321,16 +344,10 @@ pub async fn run_with_history(plan: Plan) -> Result<(Report, History)> {
         let inj = inject(&mut w, f)
             .await
             .with_context(|| format!("injecting {}", f.name()))?;
-        let at = Instant::now();
-        if let Some((pf, pi, ph, pl)) = prev.take() {
-            load.record_fault(FaultRec {
-                name: pf.name().into(),
-                inject: pi,
-                heal: ph,
-                end: at,
-                leader_before: pl,
-                moves_leader: pf.moves_leader() && pl.is_some(),
-            });
+        let at = inj.at;
+        if let Some(mut p) = prev.take() {
+            p.end = at;
+            load.record_fault(p);
         }
         tokio::time::sleep(plan.hold).await;
         // heal time is when healing starts (restarts take time to come up)
@@ -342,19 +359,20 @@ pub async fn run_with_history(plan: Plan) -> Result<(Report, History)> {
         let _ = w.wait_leader(Duration::from_secs(30)).await;
         let _ = w.wait_edges_fresh(Duration::from_secs(30)).await;
         tokio::time::sleep(plan.settle).await;
-        prev = Some((f, at, healed, inj.leader));
+        prev = Some(FaultRec {
+            name: f.name().into(),
+            inject: at,
+            heal: healed,
+            end: healed,
+            leader_before: inj.leader,
+            moves_leader: inj.moves_leader,
+        });
         k += 1;
     }
     let end = Instant::now();
-    if let Some((pf, pi, ph, pl)) = prev.take() {
-        load.record_fault(FaultRec {
-            name: pf.name().into(),
-            inject: pi,
-            heal: ph,
-            end,
-            leader_before: pl,
-            moves_leader: pf.moves_leader() && pl.is_some(),
-        });
+    if let Some(mut p) = prev.take() {
+        p.end = end;
+        load.record_fault(p);
     }
     let hist = load.stop().await;
     let fin = read_final(&w, &hist).await?;
@@ -366,7 +384,12 @@ pub async fn run_with_history(plan: Plan) -> Result<(Report, History)> {
         .count();
     let mut revokes: HashMap<&'static str, usize> = HashMap::new();
     for r in hist.revokes.iter().filter(|r| r.acked) {
-        *revokes.entry(r.target.kind()).or_default() += 1;
+        let kind = if r.refresh {
+            "refresh"
+        } else {
+            r.target.kind()
+        };
+        *revokes.entry(kind).or_default() += 1;
     }
     // a failed check keeps the processes' logs for whoever reads it
     // (or when VETO_CHAOS_KEEP_LOGS=1)
@@ -376,7 +399,11 @@ pub async fn run_with_history(plan: Plan) -> Result<(Report, History)> {
         figures: checker::figures(&hist),
         issues: hist.issues.len(),
         failed_issues: hist.failed_issues,
-        failed_revokes: hist.revokes.iter().filter(|r| !r.acked).count(),
+        failed_revokes: hist
+            .revokes
+            .iter()
+            .filter(|r| !r.acked && !r.refresh)
+            .count(),
         revokes,
         verifies: (
             hist.verifies.len(),
@@ -427,14 +454,26 @@ async fn read_final(w: &World, h: &History) -> Result<FinalState> {
     let reads = futures::stream::iter(h.issues.iter().map(|t| {
         let mut tc = w.tokens(0);
         async move {
-            let mut req = tonic::Request::new(pb::GetTokenRequest { jti: t.jti.clone() });
-            req.set_timeout(Duration::from_secs(5));
-            let s = match tc.get(req).await {
-                Ok(r) => pb::TokenStatus::try_from(r.into_inner().status).ok(),
-                Err(e) if e.code() == tonic::Code::NotFound => None,
-                Err(e) => return Err(e).context("reading a token's status after healing"),
-            };
-            Ok((t.jti.clone(), s))
+            // a few tries: one transient failure is not a finding
+            let mut last = None;
+            for _ in 0..5 {
+                let mut req = tonic::Request::new(pb::GetTokenRequest { jti: t.jti.clone() });
+                req.set_timeout(Duration::from_secs(5));
+                match tc.get(req).await {
+                    Ok(r) => {
+                        return Ok((
+                            t.jti.clone(),
+                            pb::TokenStatus::try_from(r.into_inner().status).ok(),
+                        ))
+                    }
+                    Err(e) if e.code() == tonic::Code::NotFound => {
+                        return Ok((t.jti.clone(), None))
+                    }
+                    Err(e) => last = Some(e),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(anyhow::anyhow!("{last:?}")).context("reading a token's status after healing")
         }
     }))
     .buffer_unordered(16)
@@ -446,7 +485,7 @@ async fn read_final(w: &World, h: &History) -> Result<FinalState> {
         let mut answers = HashMap::new();
         let mut v = w.verifier(e.index);
         for chunk in h.issues.chunks(500) {
-            let items = chunk
+            let items: Vec<pb::VerifyRequest> = chunk
                 .iter()
                 .map(|t| pb::VerifyRequest {
                     token: t.token.clone(),
@@ -454,13 +493,25 @@ async fn read_final(w: &World, h: &History) -> Result<FinalState> {
                     ..Default::default()
                 })
                 .collect();
-            let mut req = tonic::Request::new(pb::VerifyBatchRequest { items });
-            req.set_timeout(Duration::from_secs(10));
-            let r = v
-                .verify_batch(req)
-                .await
-                .with_context(|| format!("final VerifyBatch at e{}", e.index))?
-                .into_inner();
+            let mut got = None;
+            let mut last = None;
+            for _ in 0..5 {
+                let mut req = tonic::Request::new(pb::VerifyBatchRequest {
+                    items: items.clone(),
+                });
+                req.set_timeout(Duration::from_secs(10));
+                match v.verify_batch(req).await {
+                    Ok(r) => {
+                        got = Some(r.into_inner());
+                        break;
+                    }
+                    Err(err) => last = Some(err),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let r = got
+                .ok_or_else(|| anyhow::anyhow!("{last:?}"))
+                .with_context(|| format!("final VerifyBatch at e{}", e.index))?;
             for (t, res) in chunk.iter().zip(r.results) {
                 if let Ok(o) = pb::Outcome::try_from(res.outcome) {
                     answers.insert(t.jti.clone(), o);

@@ -66,7 +66,8 @@ impl Target {
         match self {
             Target::Jti(j) => *j == t.jti,
             Target::Subject(s) => {
-                *s == t.sub && (!r.acked || t.start < r.end + Duration::from_secs(1))
+                // a retried attempt's earlier call may commit later
+                *s == t.sub && (!r.acked || r.tries > 1 || t.start < r.end + Duration::from_secs(1))
             }
             Target::Family(f) => *f == t.family,
             Target::Key(k) => *k == t.kid,
@@ -97,6 +98,28 @@ pub struct RevokeRec {
     pub acked: bool,
     /// Commit to the last edge's ack, on the leader's clock (ALL_EDGES).
     pub propagation_ms: Option<f64>,
+    /// Calls it took (a retried one may also have committed from an
+    /// earlier, timed-out call, at a later time).
+    pub tries: usize,
+    /// Whether it asked to wait for every edge.
+    pub waited: bool,
+    /// With a wait: edges still behind when it timed out.
+    pub edges_behind: usize,
+    /// A refresh (its predecessor's revocation), not a revoke call.
+    pub refresh: bool,
+}
+
+/// What sending a revoke gave.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sent {
+    /// Acknowledged.
+    pub acked: bool,
+    /// Calls made.
+    pub tries: usize,
+    /// The servers' propagation figure, when every edge acknowledged in time.
+    pub propagation_ms: Option<f64>,
+    /// Edges still behind at the wait's timeout.
+    pub edges_behind: usize,
 }
 
 /// One verify at an edge.
@@ -227,9 +250,9 @@ pub struct Workload {
 const SUBJECTS: u64 = 8;
 /// Every this many issues, the issuer refreshes a token instead.
 const REFRESH_EVERY: usize = 8;
-/// Every this many revokes waits for all edges (the server's propagation
-/// figure); the others are acknowledged at commit, so the checker's
-/// ack + B is commit + B.
+/// One revoke in this many (at random, whatever its kind) waits for all
+/// edges (the server's propagation figure); the others are acknowledged at
+/// commit, so the checker's ack + B is commit + B.
 const WAIT_ALL_EVERY: usize = 4;
 
 impl Workload {
@@ -327,7 +350,7 @@ fn with_timeout<T>(msg: T, t: Duration) -> tonic::Request<T> {
 }
 
 /// Records a revoke attempt before it is sent; returns its index.
-fn attempt(s: &Shared, target: Target) -> usize {
+fn attempt(s: &Shared, target: Target, waited: bool, refresh: bool) -> usize {
     let mut h = lock(&s.hist);
     let now = Instant::now();
     h.revokes.push(RevokeRec {
@@ -336,17 +359,23 @@ fn attempt(s: &Shared, target: Target) -> usize {
         target,
         acked: false,
         propagation_ms: None,
+        tries: 0,
+        waited,
+        edges_behind: 0,
+        refresh,
     });
     h.revokes.len() - 1
 }
 
 /// Records the attempt's outcome.
-fn attempted(s: &Shared, i: usize, acked: bool, propagation_ms: Option<f64>) {
+fn attempted(s: &Shared, i: usize, sent: Sent) {
     let mut h = lock(&s.hist);
     if let Some(r) = h.revokes.get_mut(i) {
         r.end = Instant::now();
-        r.acked = acked;
-        r.propagation_ms = propagation_ms;
+        r.acked = sent.acked;
+        r.tries = sent.tries;
+        r.propagation_ms = sent.propagation_ms;
+        r.edges_behind = sent.edges_behind;
     }
 }
 
@@ -374,9 +403,11 @@ async fn refresh_one(c: &Clients, s: &Shared, k: usize) {
         return;
     };
     let start = Instant::now();
-    let i = attempt(s, Target::Jti(pred.jti.clone()));
+    let i = attempt(s, Target::Jti(pred.jti.clone()), false, true);
     let mut done = None;
+    let mut tries = 0;
     for t in 0..c.servers.len() {
+        tries += 1;
         let req = pb::RefreshRequest {
             jti: pred.jti.clone(),
             ttl_seconds: s.ttl,
@@ -393,7 +424,23 @@ async fn refresh_one(c: &Clients, s: &Shared, k: usize) {
             break;
         }
     }
-    attempted(s, i, done.is_some(), None);
+    attempted(
+        s,
+        i,
+        Sent {
+            acked: done.is_some(),
+            tries,
+            ..Sent::default()
+        },
+    );
+    if done.is_some() {
+        // the predecessor is revoked now: verify it often
+        let mut hot = lock(&s.hot);
+        hot.push_back((pred.jti.clone(), pred.token.clone()));
+        while hot.len() > 30 {
+            hot.pop_front();
+        }
+    }
     if let Some((rec, token)) = done.and_then(|r| Some((r.record?, r.token))) {
         lock(&s.hist).issues.push(IssueRec {
             start,
@@ -465,18 +512,15 @@ async fn issuer(c: Clients, s: Arc<Shared>, every: Duration) {
 
 /// Sends one revoke, trying each server once; returns (acked, propagation).
 /// With `wait_all`, the answer waits (up to 1.5 s) for every edge.
-async fn send_revoke(
-    c: &Clients,
-    first: usize,
-    target: &Target,
-    wait_all: bool,
-) -> (bool, Option<f64>) {
+async fn send_revoke(c: &Clients, first: usize, target: &Target, wait_all: bool) -> Sent {
     let (wait, wait_ms) = if wait_all {
         (pb::WaitFor::AllEdges as i32, 1500)
     } else {
         (pb::WaitFor::Unspecified as i32, 0)
     };
+    let mut sent = Sent::default();
     for t in 0..c.servers.len() {
+        sent.tries += 1;
         let mut tc = tokens(c, first + t);
         let to = Duration::from_secs(3);
         let r = match target {
@@ -530,16 +574,23 @@ async fn send_revoke(
                     ))
                     .await;
                 match r {
-                    Ok(_) => return (true, None),
+                    Ok(_) => {
+                        sent.acked = true;
+                        return sent;
+                    }
                     Err(_) => continue,
                 }
             }
         };
         if let Ok(r) = r {
-            return (true, r.into_inner().propagation_ms);
+            let r = r.into_inner();
+            sent.acked = true;
+            sent.propagation_ms = r.propagation_ms;
+            sent.edges_behind = r.edges_behind.len();
+            return sent;
         }
     }
-    (false, None)
+    sent
 }
 
 async fn revoker(c: Clients, s: Arc<Shared>, every: Duration, id: usize) {
@@ -575,10 +626,11 @@ async fn revoker(c: Clients, s: Arc<Shared>, every: Duration, id: usize) {
                 hot.pop_front();
             }
         }
-        let i = attempt(&s, target.clone());
-        let (acked, propagation_ms) =
-            send_revoke(&c, k, &target, k.is_multiple_of(WAIT_ALL_EVERY)).await;
-        attempted(&s, i, acked, propagation_ms);
+        // which revokes wait is independent of their kind
+        let wait_all = rand::thread_rng().gen_ratio(1, WAIT_ALL_EVERY as u32);
+        let i = attempt(&s, target.clone(), wait_all, false);
+        let sent = send_revoke(&c, k, &target, wait_all).await;
+        attempted(&s, i, sent);
         k += 1;
     }
 }
@@ -643,9 +695,9 @@ async fn rotator(c: Clients, s: Arc<Shared>, every: Duration) {
             .collect();
         for old in retiring {
             let target = Target::Key(old);
-            let i = attempt(&s, target.clone());
-            let (acked, _) = send_revoke(&c, k, &target, false).await;
-            attempted(&s, i, acked, None);
+            let i = attempt(&s, target.clone(), false, false);
+            let sent = send_revoke(&c, k, &target, false).await;
+            attempted(&s, i, sent);
         }
     }
 }
@@ -694,6 +746,14 @@ async fn verifier(c: Clients, s: Arc<Shared>, edge: usize, every: Duration) {
             // the edge's fail-closed refusal
             Err(e) if e.code() == tonic::Code::Unavailable && e.message().starts_with("STALE") => {
                 (Some(pb::Outcome::Stale), None)
+            }
+            // a connection torn down mid-call (a killed edge) surfaces as
+            // INTERNAL "h2 protocol error": the network, not an answer
+            Err(e)
+                if e.code() == tonic::Code::Internal
+                    && e.message().contains("h2 protocol error") =>
+            {
+                (None, Some(tonic::Code::Unavailable))
             }
             Err(e) => (None, Some(e.code())),
         };

@@ -510,7 +510,7 @@ async fn issuer(c: Clients, s: Arc<Shared>, every: Duration) {
     }
 }
 
-/// Sends one revoke, trying each server once; returns (acked, propagation).
+/// Sends one revoke, trying each server once.
 /// With `wait_all`, the answer waits (up to 1.5 s) for every edge.
 async fn send_revoke(c: &Clients, first: usize, target: &Target, wait_all: bool) -> Sent {
     let (wait, wait_ms) = if wait_all {

@@ -120,7 +120,6 @@ async fn the_checker_catches_an_edge_that_overshoots_the_bound() -> anyhow::Resu
         "the checker missed the edge that overshoots the bound: {:?}",
         r.violations
     );
-    // an overshoot by less than B: every late acceptance is under 2 B after its ack
     for v in &late {
         println!("caught: {v}");
     }
@@ -139,7 +138,8 @@ async fn the_checker_catches_an_edge_that_overshoots_the_bound() -> anyhow::Resu
 /// Regression (found by the SIGSTOP fault): an edge failing over *into* a
 /// stalled server — its kernel accepts TCP, the process never answers —
 /// waited on `Subscribe` for as long as the stall lasted, stale all along.
-/// Now the stream must open within B or the edge moves on.
+/// Now the stream must open within a third of B (at least 2H) or the edge
+/// moves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_does_not_hang_on_a_stalled_server() -> anyhow::Result<()> {
     use veto_chaos::world::{Kind, World};
@@ -173,7 +173,7 @@ async fn an_edge_does_not_hang_on_a_stalled_server() -> anyhow::Result<()> {
     )
     .await?;
     // ...and is fresh again through the third server while the stalled one
-    // stays stopped: B on its old server, at most B on the stalled one, then
+    // stays stopped: B on its old server, B/3 on the stalled one, then
     // a probe through the third (with an election if the stalled one led)
     let fresh = w.wait_edges_fresh(Duration::from_secs(12)).await;
     let took = cut.elapsed();

@@ -646,6 +646,36 @@ async fn every_rpc_refuses_hostile_input_clearly_and_nothing_changes() -> anyhow
             &[Code::InvalidArgument],
         ),
         (
+            "AppendStream: non-protobuf bytes".into(),
+            Box::pin({
+                let c = lch.clone();
+                async move {
+                    raw_stream(
+                        &c,
+                        "/veto.v1.RaftService/AppendStream",
+                        vec![vec![0x0f, 0xff, 0xff, 0xff]],
+                    )
+                    .await
+                }
+            }),
+            &[Code::Internal, Code::InvalidArgument],
+        ),
+        (
+            "AppendStream: garbage payload".into(),
+            Box::pin({
+                let c = lch.clone();
+                async move {
+                    raw_stream(
+                        &c,
+                        "/veto.v1.RaftService/AppendStream",
+                        vec![vec![0x0a, 0x04, b'n', b'o', b'p', b'e']],
+                    )
+                    .await
+                }
+            }),
+            &[Code::InvalidArgument],
+        ),
+        (
             "no such method".into(),
             Box::pin({
                 let c = ch.clone();

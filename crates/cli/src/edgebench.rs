@@ -419,9 +419,36 @@ fn propagation_stats(
     Ok((all, each, missing))
 }
 
+/// One successful call of the open-loop driver.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    start: Instant,
+    revision: u64,
+    replied: Instant,
+}
+
+/// (start, revision) pairs of `calls`, for [`propagation_stats`].
+fn starts(calls: &[Call]) -> Vec<(Instant, u64)> {
+    calls.iter().map(|c| (c.start, c.revision)).collect()
+}
+
+/// Call start -> reply, in µs.
+fn reply_histogram(calls: &[Call]) -> Result<Histogram<u64>> {
+    let mut h = Histogram::<u64>::new(3)?;
+    for c in calls {
+        h.record(
+            c.replied
+                .saturating_duration_since(c.start)
+                .as_micros()
+                .max(1) as u64,
+        )?;
+    }
+    Ok(h)
+}
+
 /// Open-loop driver: calls `op(i)` every `1/rate` s for `dur`; returns
-/// (start, revision) of each success.
-async fn open_loop<F, Fut>(rate: u64, dur: Duration, op: F) -> Vec<(Instant, u64)>
+/// each success.
+async fn open_loop<F, Fut>(rate: u64, dur: Duration, op: F) -> Vec<Call>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Option<u64>> + Send + 'static,
@@ -438,9 +465,14 @@ where
         let out = out.clone();
         tasks.push(tokio::spawn(async move {
             let s = Instant::now();
-            if let Some(rev) = fut.await {
+            if let Some(revision) = fut.await {
+                let replied = Instant::now();
                 if let Ok(mut o) = out.lock() {
-                    o.push((s, rev));
+                    o.push(Call {
+                        start: s,
+                        revision,
+                        replied,
+                    });
                 }
             }
         }));
@@ -464,6 +496,7 @@ pub async fn propagation(args: &BenchArgs, json_out: bool) -> Result<()> {
         Some(Etcd::start(&args.etcd_bin, cluster.base_dir()).await?)
     };
     let mut rows = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     for &n in &args.edges {
         let need = (args.rate * args.duration_secs + 100) as usize;
         eprintln!("N = {n}: issuing {need} tokens, starting {n} edges...");
@@ -521,7 +554,7 @@ pub async fn propagation(args: &BenchArgs, json_out: bool) -> Result<()> {
             })
             .await
         };
-        let last = revokes.iter().map(|r| r.1).max().unwrap_or(0);
+        let last = revokes.iter().map(|r| r.revision).max().unwrap_or(0);
         for e in &edges {
             let h = e.handle.clone();
             let _ = eventually(
@@ -537,7 +570,38 @@ pub async fn propagation(args: &BenchArgs, json_out: bool) -> Result<()> {
         }
         let per_edge: Vec<Vec<(Instant, u64)>> =
             edges.iter().map(|e| e.handle.recorded_applies()).collect();
-        let (all, each, missing) = propagation_stats(&revokes, &per_edge)?;
+        let (all, each, missing) = propagation_stats(&starts(&revokes), &per_edge)?;
+        // Where the time goes: edges on the leader see a change right after
+        // its apply; edges on a follower wait for the follower to learn the
+        // commit index and apply too.
+        let leader_addr = match cluster.wait_leader(Duration::from_secs(5)).await {
+            Ok(id) => cluster.node(id).ok().map(|n| n.grpc_addr.clone()),
+            Err(_) => None,
+        };
+        let starts_v = starts(&revokes);
+        let subset = |leader: bool| -> Result<(usize, f64, f64)> {
+            let recs: Vec<Vec<(Instant, u64)>> = edges
+                .iter()
+                .zip(&per_edge)
+                .filter(|(e, _)| {
+                    (e.handle.server().is_some() && e.handle.server() == leader_addr) == leader
+                })
+                .map(|(_, r)| r.clone())
+                .collect();
+            if recs.is_empty() {
+                return Ok((0, 0.0, 0.0));
+            }
+            let (a, _, _) = propagation_stats(&starts_v, &recs)?;
+            Ok((recs.len(), q(&a, 0.5), q(&a, 0.99)))
+        };
+        let (ln, l50, l99) = subset(true)?;
+        let (fol, f50, f99) = subset(false)?;
+        let reply = reply_histogram(&revokes)?;
+        notes.push(format!(
+            "veto N = {n}: reply p50/p99 {:.2}/{:.2} ms; all-edges p50/p99 over the {ln} edges on the leader {l50:.2}/{l99:.2} ms, over the {fol} on followers {f50:.2}/{f99:.2} ms",
+            q(&reply, 0.5),
+            q(&reply, 0.99),
+        ));
         rows.push(("veto", n, revokes.len(), all, each, missing));
         for e in edges {
             e.stop().await;
@@ -548,7 +612,13 @@ pub async fn propagation(args: &BenchArgs, json_out: bool) -> Result<()> {
                 args.rate
             );
             let (revs, per) = etcd_propagation(etcd, n, args.rate, dur, args.connections).await?;
-            let (all, each, missing) = propagation_stats(&revs, &per)?;
+            let (all, each, missing) = propagation_stats(&starts(&revs), &per)?;
+            let reply = reply_histogram(&revs)?;
+            notes.push(format!(
+                "etcd N = {n}: reply p50/p99 {:.2}/{:.2} ms",
+                q(&reply, 0.5),
+                q(&reply, 0.99),
+            ));
             rows.push(("etcd", n, revs.len(), all, each, missing));
         }
     }
@@ -592,6 +662,9 @@ pub async fn propagation(args: &BenchArgs, json_out: bool) -> Result<()> {
                 println!("N = {n}: all-edges p99 veto / etcd = {:.2}", v / e);
             }
         }
+        for n in &notes {
+            println!("{n}");
+        }
     }
     if let Some(e) = etcd {
         e.stop().await;
@@ -606,7 +679,7 @@ async fn etcd_propagation(
     rate: u64,
     dur: Duration,
     connections: usize,
-) -> Result<(Vec<(Instant, u64)>, Vec<Vec<(Instant, u64)>>)> {
+) -> Result<(Vec<Call>, Vec<Vec<(Instant, u64)>>)> {
     use veto_proto::etcd::watch_client::WatchClient;
     use veto_proto::etcd::{watch_request, WatchCreateRequest, WatchRequest};
     let prefix = format!("prop{n}/");
@@ -684,7 +757,7 @@ async fn etcd_propagation(
         }
     })
     .await;
-    let last = revs.iter().map(|r| r.1).max().unwrap_or(0);
+    let last = revs.iter().map(|r| r.revision).max().unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if records.iter().all(|r| {

@@ -42,6 +42,7 @@ const TOKEN_METHODS: &[&str] = &[
 ];
 const RAFT_METHODS: &[&str] = &[
     "AppendEntries",
+    "AppendStream",
     "Vote",
     "InstallSnapshot",
     "TransferLeader",

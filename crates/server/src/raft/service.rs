@@ -1,6 +1,11 @@
 //! The Raft server: hands peers' RPCs to the local openraft instance.
 
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
 use openraft::errors::RaftError;
+use openraft::raft::AppendEntriesRequest;
 use tonic::{Request, Response, Status, Streaming};
 use veto_proto::raft_service_server::RaftService;
 use veto_proto::{RaftPayload, SnapshotPart};
@@ -50,8 +55,54 @@ fn encode<T: serde::Serialize>(t: &T) -> Result<Response<RaftPayload>, Status> {
     Ok(Response::new(RaftPayload { data: data.into() }))
 }
 
+/// Replies of a pipelined append stream.
+pub type AppendReplies = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl RaftService for Service {
+    type AppendStreamStream = AppendReplies;
+
+    async fn append_stream(
+        &self,
+        r: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<AppendReplies>, Status> {
+        self.check(&r)?;
+        // Requests go to openraft in arrival order. The first one that does
+        // not decode (or a broken stream) ends the input; the replies already
+        // owed are sent, then the stream ends with that error.
+        let failed: Arc<Mutex<Option<Status>>> = Arc::default();
+        let fail = failed.clone();
+        let requests = tokio_stream::StreamExt::map_while(r.into_inner(), move |m| {
+            let err = match m {
+                Ok(p) => {
+                    match serde_json::from_slice::<AppendEntriesRequest<TypeConfig>>(&p.data) {
+                        Ok(rpc) => return Some(rpc),
+                        Err(e) => Status::invalid_argument(format!("malformed raft payload: {e}")),
+                    }
+                }
+                Err(s) => s,
+            };
+            *fail.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+            None
+        });
+        let replies = self
+            .raft
+            .stream_append(requests)
+            .map(|r| {
+                serde_json::to_vec(&r)
+                    .map(|data| RaftPayload { data: data.into() })
+                    .map_err(|e| Status::internal(format!("encode append reply: {e}")))
+            })
+            .chain(futures::stream::iter(std::iter::from_fn(move || {
+                failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .map(Err)
+            })));
+        Ok(Response::new(Box::pin(replies)))
+    }
+
     async fn append_entries(
         &self,
         r: Request<RaftPayload>,

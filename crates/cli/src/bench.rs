@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// propagation: revokes (and etcd puts) per second.
     #[arg(long, default_value_t = 500)]
     pub rate: u64,
+    /// propagation: veto and etcd take turns this many times per edge
+    /// count, splitting --duration-secs between the rounds.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
     /// verify: unary Verify requests per second (open loop).
     #[arg(long, default_value_t = 10_000)]
     pub verify_rate: u64,

@@ -490,7 +490,7 @@ pub async fn propagation(args: &BenchArgs, json_out: bool) -> Result<()> {
     let dur = Duration::from_secs(args.duration_secs.max(1));
     let (cluster, addr) = cluster_with_key().await?;
     let servers: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
-    let mut etcd = if args.no_etcd {
+    let etcd = if args.no_etcd {
         None
     } else {
         Some(Etcd::start(&args.etcd_bin, cluster.base_dir()).await?)
@@ -529,31 +529,63 @@ pub async fn propagation(args: &BenchArgs, json_out: bool) -> Result<()> {
             )
             .await?;
         }
+        let watchers = match etcd.as_ref() {
+            Some(etcd) => Some(EtcdWatchers::start(etcd, n, args.connections).await?),
+            None => None,
+        };
+        let rounds = args.rounds.max(1);
+        let slice = dur / rounds;
         eprintln!(
-            "N = {n}: revoking at {}/s for {} s...",
+            "N = {n}: revokes{} at {}/s, {rounds} rounds of {:.1} s each...",
+            if watchers.is_some() {
+                " and etcd puts in turn"
+            } else {
+                ""
+            },
             args.rate,
-            dur.as_secs()
+            slice.as_secs_f64()
         );
         let clients: Vec<_> = (0..args.connections.max(1))
             .map(|_| channel(&addr).map(TokenServiceClient::new))
             .collect::<Result<_>>()?;
-        let revokes = {
-            let toks = toks.clone();
-            open_loop(args.rate, dur, move |i| {
-                let mut c = clients[i % clients.len()].clone();
-                let jti = toks.get(i).map(|t| t.0.clone()).unwrap_or_default();
-                async move {
-                    c.revoke(pb::RevokeRequest {
-                        jti,
-                        ..Default::default()
-                    })
-                    .await
-                    .ok()
-                    .map(|r| r.into_inner().revision)
+        let next_token = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut revokes = Vec::new();
+        let mut puts = Vec::new();
+        for round in 0..rounds {
+            // The VM drifts by more than the difference measured: both
+            // systems take turns, in alternating order, so each sees the
+            // same conditions.
+            for veto_turn in [round % 2 == 0, round % 2 == 1] {
+                if veto_turn {
+                    let toks = toks.clone();
+                    let clients = clients.clone();
+                    let next = next_token.clone();
+                    revokes.extend(
+                        open_loop(args.rate, slice, move |i| {
+                            let mut c = clients[i % clients.len()].clone();
+                            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let jti = toks.get(k).map(|t| t.0.clone()).unwrap_or_default();
+                            async move {
+                                c.revoke(pb::RevokeRequest {
+                                    jti,
+                                    ..Default::default()
+                                })
+                                .await
+                                .ok()
+                                .map(|r| r.into_inner().revision)
+                            }
+                        })
+                        .await,
+                    );
+                } else if let Some(w) = watchers.as_ref() {
+                    puts.extend(w.round(args.rate, slice).await);
+                } else {
+                    continue;
                 }
-            })
-            .await
-        };
+                // Let the turn's tail drain before the other system starts.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
         let last = revokes.iter().map(|r| r.revision).max().unwrap_or(0);
         for e in &edges {
             let h = e.handle.clone();
@@ -606,12 +638,9 @@ pub async fn propagation(args: &BenchArgs, json_out: bool) -> Result<()> {
         for e in edges {
             e.stop().await;
         }
-        if let Some(etcd) = etcd.as_mut() {
-            eprintln!(
-                "N = {n}: etcd with {n} watchers, puts at {}/s...",
-                args.rate
-            );
-            let (revs, per) = etcd_propagation(etcd, n, args.rate, dur, args.connections).await?;
+        if let Some(w) = watchers {
+            let revs = puts;
+            let per = w.finish(&revs).await;
             let (all, each, missing) = propagation_stats(&starts(&revs), &per)?;
             let reply = reply_histogram(&revs)?;
             notes.push(format!(
@@ -673,110 +702,135 @@ pub async fn propagation(args: &BenchArgs, json_out: bool) -> Result<()> {
     Ok(())
 }
 
-async fn etcd_propagation(
-    etcd: &Etcd,
-    n: usize,
-    rate: u64,
-    dur: Duration,
-    connections: usize,
-) -> Result<(Vec<Call>, Vec<Vec<(Instant, u64)>>)> {
-    use veto_proto::etcd::watch_client::WatchClient;
-    use veto_proto::etcd::{watch_request, WatchCreateRequest, WatchRequest};
-    let prefix = format!("prop{n}/");
-    let mut end = prefix.clone().into_bytes();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    let records: Vec<Recorder> = (0..n).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(n.max(1));
-    let mut tasks = Vec::new();
-    // Watchers spread over every member, as veto's edges spread over every node.
-    for (i, rec) in records.iter().enumerate() {
-        let mut w = WatchClient::new(channel(&etcd.urls[i % etcd.urls.len()])?);
-        let req = WatchRequest {
-            request_union: Some(watch_request::RequestUnion::CreateRequest(
-                WatchCreateRequest {
-                    key: prefix.clone().into_bytes(),
-                    range_end: end.clone(),
-                    start_revision: 0,
-                },
-            )),
-        };
-        let (rec, ready) = (rec.clone(), ready_tx.clone());
-        tasks.push(tokio::spawn(async move {
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            let _ = tx.send(req).await;
-            let Ok(resp) = w
-                .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-            else {
-                return;
+/// N etcd watchers on one prefix (standing in for N edges), spread over
+/// the members, each recording when it receives an event.
+struct EtcdWatchers {
+    records: Vec<Recorder>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    kvs: Vec<veto_proto::etcd::kv_client::KvClient<tonic::transport::Channel>>,
+    prefix: String,
+    next_key: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl EtcdWatchers {
+    async fn start(etcd: &Etcd, n: usize, connections: usize) -> Result<Self> {
+        use veto_proto::etcd::watch_client::WatchClient;
+        use veto_proto::etcd::{watch_request, WatchCreateRequest, WatchRequest};
+        let prefix = format!("prop{n}/");
+        let mut end = prefix.clone().into_bytes();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let records: Vec<Recorder> = (0..n).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(n.max(1));
+        let mut tasks = Vec::new();
+        // Watchers spread over every member, as veto's edges spread over every node.
+        for (i, rec) in records.iter().enumerate() {
+            let mut w = WatchClient::new(channel(&etcd.urls[i % etcd.urls.len()])?);
+            let req = WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(
+                    WatchCreateRequest {
+                        key: prefix.clone().into_bytes(),
+                        range_end: end.clone(),
+                        start_revision: 0,
+                    },
+                )),
             };
-            let mut s = resp.into_inner();
-            while let Some(Ok(m)) = s.next().await {
-                if m.created {
-                    let _ = ready.send(()).await;
-                }
-                if let Some(rev) = m
-                    .events
-                    .iter()
-                    .filter_map(|e| e.kv.as_ref().map(|k| k.mod_revision))
-                    .max()
-                {
-                    if let Ok(mut v) = rec.lock() {
-                        v.push((Instant::now(), rev as u64));
+            let (rec, ready) = (rec.clone(), ready_tx.clone());
+            tasks.push(tokio::spawn(async move {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                let _ = tx.send(req).await;
+                let Ok(resp) = w
+                    .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                else {
+                    return;
+                };
+                let mut s = resp.into_inner();
+                while let Some(Ok(m)) = s.next().await {
+                    if m.created {
+                        let _ = ready.send(()).await;
+                    }
+                    if let Some(rev) = m
+                        .events
+                        .iter()
+                        .filter_map(|e| e.kv.as_ref().map(|k| k.mod_revision))
+                        .max()
+                    {
+                        if let Ok(mut v) = rec.lock() {
+                            v.push((Instant::now(), rev as u64));
+                        }
                     }
                 }
+                drop(tx);
+            }));
+        }
+        for _ in 0..n {
+            tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
+                .await
+                .context("etcd watch create")?;
+        }
+        let kvs = (0..connections.max(1))
+            .map(|_| etcd.leader_kv())
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            records,
+            tasks,
+            kvs,
+            prefix,
+            next_key: Arc::default(),
+        })
+    }
+
+    /// Puts (each the size of a revoke entry) at `rate` for `dur`.
+    async fn round(&self, rate: u64, dur: Duration) -> Vec<Call> {
+        let kvs = self.kvs.clone();
+        let prefix = self.prefix.clone();
+        let next = self.next_key.clone();
+        let value = vec![b'x'; 131];
+        open_loop(rate, dur, move |i| {
+            let mut kv = kvs[i % kvs.len()].clone();
+            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let key = format!("{prefix}{k}").into_bytes();
+            let value = value.clone();
+            async move {
+                kv.put(veto_proto::etcd::PutRequest {
+                    key,
+                    value,
+                    lease: 0,
+                    prev_kv: false,
+                })
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().header.map(|h| h.revision as u64))
             }
-            drop(tx);
-        }));
+        })
+        .await
     }
-    for _ in 0..n {
-        tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
-            .await
-            .context("etcd watch create")?;
-    }
-    let kvs: Vec<_> = (0..connections.max(1))
-        .map(|_| etcd.leader_kv())
-        .collect::<Result<_>>()?;
-    let value = vec![b'x'; 131];
-    let revs = open_loop(rate, dur, move |i| {
-        let mut kv = kvs[i % kvs.len()].clone();
-        let key = format!("{prefix}{i}").into_bytes();
-        let value = value.clone();
-        async move {
-            kv.put(veto_proto::etcd::PutRequest {
-                key,
-                value,
-                lease: 0,
-                prev_kv: false,
-            })
-            .await
-            .ok()
-            .and_then(|r| r.into_inner().header.map(|h| h.revision as u64))
+
+    /// Waits (up to 30 s) for every watcher to see the last put of `calls`,
+    /// stops them, and returns what each recorded.
+    async fn finish(self, calls: &[Call]) -> Vec<Vec<(Instant, u64)>> {
+        let last = calls.iter().map(|r| r.revision).max().unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.records.iter().all(|r| {
+                r.lock()
+                    .map(|v| v.last().is_some_and(|x| x.1 >= last))
+                    .unwrap_or(true)
+            }) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    })
-    .await;
-    let last = revs.iter().map(|r| r.revision).max().unwrap_or(0);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if records.iter().all(|r| {
-            r.lock()
-                .map(|v| v.last().is_some_and(|x| x.1 >= last))
-                .unwrap_or(true)
-        }) {
-            break;
+        for t in self.tasks {
+            t.abort();
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        self.records
+            .iter()
+            .map(|r| r.lock().map(|v| v.clone()).unwrap_or_default())
+            .collect()
     }
-    for t in tasks {
-        t.abort();
-    }
-    let per: Vec<Vec<(Instant, u64)>> = records
-        .iter()
-        .map(|r| r.lock().map(|v| v.clone()).unwrap_or_default())
-        .collect();
-    Ok((revs, per))
 }
 
 fn rss_mb() -> f64 {

@@ -153,10 +153,13 @@ async fn next_reply(
                 let deadline = t + limit;
                 match tokio::time::timeout_at(deadline.into(), inbound.message()).await {
                     Ok(m) => break m,
+                    // A late reply is a timeout (a network error), as it was
+                    // for a unary call: it must not cost the follower the
+                    // 200 ms backoff openraft gives an unreachable peer.
                     Err(_) => {
-                        return Some(Err(RPCError::Unreachable(Unreachable::from_string(
-                            format!("no append reply within {limit:?}"),
-                        ))))
+                        return Some(Err(RPCError::Network(NetworkError::from_string(format!(
+                            "no append reply within {limit:?}"
+                        )))))
                     }
                 }
             }
@@ -215,7 +218,7 @@ impl RaftNetworkV2<C> for Client {
             let inbound = match tokio::time::timeout(limit, client.append_stream(req)).await {
                 Ok(r) => r.map_err(status_err)?.into_inner(),
                 Err(_) => {
-                    return Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                    return Err(RPCError::Network(NetworkError::from_string(format!(
                         "append stream not opened within {limit:?}"
                     ))))
                 }

@@ -560,30 +560,46 @@ pub async fn propagation(args: &BenchArgs, json_out: bool) -> Result<()> {
                     let toks = toks.clone();
                     let clients = clients.clone();
                     let next = next_token.clone();
-                    revokes.extend(
-                        open_loop(args.rate, slice, move |i| {
-                            let mut c = clients[i % clients.len()].clone();
-                            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let jti = toks.get(k).map(|t| t.0.clone()).unwrap_or_default();
-                            async move {
-                                c.revoke(pb::RevokeRequest {
-                                    jti,
-                                    ..Default::default()
-                                })
-                                .await
-                                .ok()
-                                .map(|r| r.into_inner().revision)
-                            }
-                        })
-                        .await,
-                    );
+                    let calls = open_loop(args.rate, slice, move |i| {
+                        let mut c = clients[i % clients.len()].clone();
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let jti = toks.get(k).map(|t| t.0.clone()).unwrap_or_default();
+                        async move {
+                            c.revoke(pb::RevokeRequest {
+                                jti,
+                                ..Default::default()
+                            })
+                            .await
+                            .ok()
+                            .map(|r| r.into_inner().revision)
+                        }
+                    })
+                    .await;
+                    // The turn ends when every edge has applied its last
+                    // revoke, so its tail does not load the other's turn.
+                    let last = calls.iter().map(|r| r.revision).max().unwrap_or(0);
+                    for e in &edges {
+                        let h = e.handle.clone();
+                        let _ = eventually(
+                            "edge applied the turn's last revoke",
+                            Duration::from_secs(30),
+                            Duration::from_millis(5),
+                            || {
+                                let h = h.clone();
+                                async move { (h.revision() >= last).then_some(()) }
+                            },
+                        )
+                        .await;
+                    }
+                    revokes.extend(calls);
                 } else if let Some(w) = watchers.as_ref() {
-                    puts.extend(w.round(args.rate, slice).await);
+                    let calls = w.round(args.rate, slice).await;
+                    w.wait_for(&calls).await;
+                    puts.extend(calls);
                 } else {
                     continue;
                 }
-                // Let the turn's tail drain before the other system starts.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         let last = revokes.iter().map(|r| r.revision).max().unwrap_or(0);
@@ -808,9 +824,8 @@ impl EtcdWatchers {
         .await
     }
 
-    /// Waits (up to 30 s) for every watcher to see the last put of `calls`,
-    /// stops them, and returns what each recorded.
-    async fn finish(self, calls: &[Call]) -> Vec<Vec<(Instant, u64)>> {
+    /// Waits (up to 30 s) for every watcher to see the last put of `calls`.
+    async fn wait_for(&self, calls: &[Call]) {
         let last = calls.iter().map(|r| r.revision).max().unwrap_or(0);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -821,8 +836,14 @@ impl EtcdWatchers {
             }) {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// Waits for the last put of `calls`, stops the watchers, and returns
+    /// what each recorded.
+    async fn finish(self, calls: &[Call]) -> Vec<Vec<(Instant, u64)>> {
+        self.wait_for(calls).await;
         for t in self.tasks {
             t.abort();
         }

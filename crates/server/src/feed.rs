@@ -32,6 +32,9 @@ pub const STREAM_BUFFER: usize = 64;
 pub const SLOW_EDGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Snapshot chunk size.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Largest ack delay believed: an edge acks within a few milliseconds of
+/// applying, so more is a bug or a lie, and must not make lag look smaller.
+pub const MAX_ACK_DELAY: Duration = Duration::from_millis(50);
 /// Longest a probe waits for this node to apply the read index.
 pub const PROBE_APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -287,8 +290,13 @@ impl Hub {
         }
     }
 
-    fn ack(&self, edge: &str, applied: u64) {
-        let now = Instant::now();
+    /// Records an ack of `applied`, sent `delay` after the edge applied it
+    /// (a delay beyond [`MAX_ACK_DELAY`] is taken as that).
+    fn ack(&self, edge: &str, applied: u64, delay: Duration) {
+        let received = Instant::now();
+        let now = received
+            .checked_sub(delay.min(MAX_ACK_DELAY))
+            .unwrap_or(received);
         let advanced = match self.edges().get_mut(edge) {
             Some(s) if applied > s.applied => {
                 s.applied = applied;
@@ -706,7 +714,11 @@ impl Service {
                     }
                     Ok(Some(pb::EdgeMessage {
                         msg: Some(pb::edge_message::Msg::Ack(a)),
-                    })) => hub.ack(&edge, a.applied_revision),
+                    })) => hub.ack(
+                        &edge,
+                        a.applied_revision,
+                        Duration::from_micros(a.ack_delay_us),
+                    ),
                     Ok(Some(_)) => {
                         let _ = tx
                             .send(Err(Status::invalid_argument(

@@ -94,6 +94,14 @@ fn sample(name: &str, c: usize, h: &Histogram<u64>, errors: u64, elapsed: Durati
     }
 }
 
+/// Prints the first few failed calls of a run (the table counts them all).
+fn note_error(op: &str, s: &tonic::Status) {
+    static SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
+        eprintln!("{op} failed: {:?}: {}", s.code(), s.message());
+    }
+}
+
 /// Runs `c` workers for `dur`; each calls `op(worker, i)` until time is up
 /// or it returns `None` (out of work).
 async fn drive<F, Fut>(c: usize, dur: Duration, op: F) -> Result<(Histogram<u64>, u64, Duration)>
@@ -205,7 +213,10 @@ pub async fn run(args: BenchArgs, json_out: bool) -> Result<()> {
                             }
                             true
                         }
-                        Err(_) => false,
+                        Err(s) => {
+                            note_error("issue", &s);
+                            false
+                        }
                     })
                 }
             })
@@ -231,6 +242,9 @@ pub async fn run(args: BenchArgs, json_out: bool) -> Result<()> {
                             ..Default::default()
                         })
                         .await;
+                    if let Err(s) = &r {
+                        note_error("revoke", s);
+                    }
                     Some(r.is_ok())
                 }
             })
@@ -260,6 +274,9 @@ pub async fn run(args: BenchArgs, json_out: bool) -> Result<()> {
                             prev_kv: false,
                         })
                         .await;
+                    if let Err(s) = &r {
+                        note_error("revoke", s);
+                    }
                     Some(r.is_ok())
                 }
             })

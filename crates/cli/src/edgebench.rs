@@ -28,7 +28,12 @@ pub(crate) async fn cluster_with_key() -> Result<(Cluster, String)> {
 }
 
 /// [`cluster_with_key`] with options (e.g. environment for the servers).
-pub(crate) async fn cluster_with_key_opts(opts: ClusterOptions) -> Result<(Cluster, String)> {
+pub(crate) async fn cluster_with_key_opts(mut opts: ClusterOptions) -> Result<(Cluster, String)> {
+    // Every bench client calls from 127.0.0.1: the per-client write limit
+    // (5,000/s by default) would measure the limiter, not the cluster.
+    if !opts.env.iter().any(|(k, _)| k == "VETO_WRITE_RATE") {
+        opts.env.push(("VETO_WRITE_RATE".into(), "0".into()));
+    }
     let cluster = Cluster::start(opts).await?;
     let leader = cluster.wait_leader(Duration::from_secs(20)).await?;
     let addr = cluster.node(leader)?.grpc_addr.clone();

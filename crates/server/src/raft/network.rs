@@ -114,6 +114,15 @@ impl Client {
     }
 }
 
+/// Whether replication uses `AppendStream` (the default) or one
+/// `AppendEntries` at a time (`VETO_RAFT_PIPELINE=0`, read once: for
+/// comparing the two in benchmarks, and a way back should a peer
+/// misbehave).
+fn pipelined() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("VETO_RAFT_PIPELINE").map_or(true, |v| v != "0"))
+}
+
 /// The requests on an append stream not yet answered: their send times,
 /// and a wake-up for a reader waiting on an idle stream.
 #[derive(Default)]
@@ -196,6 +205,9 @@ impl RaftNetworkV2<C> for Client {
     where
         S: Stream<Item = AppendEntriesRequest<C>> + Send + Unpin + 'static,
     {
+        if !pipelined() {
+            return openraft::network::stream_append_sequential(self, input, option);
+        }
         Box::pin(async move {
             let limit = option.soft_ttl();
             let mut client = self.client()?.clone();

@@ -15,7 +15,12 @@ fuzz_target!(|data: &[u8]| {
     let signed = match token::parse(s, 4096) {
         Ok(p) => {
             let ok = p.verify_signature(&signing_key().verifying_key()).is_ok();
-            let _ = token::check_claims(&p.claims, NOW, &Requirements::default());
+            let _ = token::check_claims(
+                &p.claims,
+                NOW,
+                &Requirements::default(),
+                token::Leeway::default(),
+            );
             ok
         }
         Err(_) => false,
@@ -23,6 +28,9 @@ fuzz_target!(|data: &[u8]| {
     let mut r = replica();
     let v = r.verify(s, &Requirements::default(), Instant::now(), NOW);
     if v.outcome == veto_feed::Outcome::Valid {
-        assert!(signed, "the edge accepted a token whose signature does not verify");
+        assert!(
+            signed,
+            "the edge accepted a token whose signature does not verify"
+        );
     }
 });

@@ -87,7 +87,13 @@ pub async fn verify_with_jwks(node: &Node, token_str: &str, now: i64) -> Result<
     let arr: [u8; 32] = raw.as_slice().try_into().map_err(|_| "x is not 32 bytes")?;
     let vk = ed25519_dalek::VerifyingKey::from_bytes(&arr).map_err(|e| e.to_string())?;
     parsed.verify_signature(&vk).map_err(|e| e.to_string())?;
-    token::check_claims(&parsed.claims, now, &token::Requirements::default())
+    // A JWKS verifier checks the signature and the time window; it names
+    // the token's own audience, having no route of its own to require.
+    let req = token::Requirements {
+        audience: parsed.claims.aud.as_deref(),
+        scopes: &[],
+    };
+    token::check_claims(&parsed.claims, now, &req, token::Leeway::default())
         .map_err(|e| e.to_string())?;
     Ok(kid)
 }

@@ -548,6 +548,7 @@ async fn edges_stream_as_themselves_and_the_audit_names_the_caller() -> anyhow::
             reason: "audit test".into(),
             wait_for: pb::WaitFor::AllEdges as i32,
             wait_timeout_ms: 5_000,
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -27,6 +27,17 @@ fn needles(token: &str) -> Vec<String> {
     v
 }
 
+/// `token` with one payload character changed and its signature kept, so
+/// an echo of it would carry the signature needle.
+fn payload_tampered(token: &str) -> String {
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    if let Some(p) = parts.get_mut(1) {
+        let flip = if p.starts_with('e') { "f" } else { "e" };
+        p.replace_range(0..1, flip);
+    }
+    parts.join(".")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_string_in_logs_metrics_spans_or_errors() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -178,6 +189,7 @@ async fn no_token_string_in_logs_metrics_spans_or_errors() -> anyhow::Result<()>
             reason: "leak test".into(),
             wait_for: pb::WaitFor::AllEdges as i32,
             wait_timeout_ms: 5_000,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -201,6 +213,14 @@ async fn no_token_string_in_logs_metrics_spans_or_errors() -> anyhow::Result<()>
         tokens
             .revoke(pb::RevokeRequest {
                 jti: issued[1].token.clone(),
+                ..Default::default()
+            })
+            .await
+            .err(),
+        // A presented token whose signature does not verify.
+        tokens
+            .revoke(pb::RevokeRequest {
+                token: payload_tampered(&issued[1].token),
                 ..Default::default()
             })
             .await

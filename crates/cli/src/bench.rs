@@ -335,6 +335,7 @@ fn revoke_entry_bytes() -> usize {
         reason: "bench".into(),
         at: 1_800_000_000,
         actor: veto_core::Actor("anonymous@127.0.0.1:50000".into()),
+        presented: None,
     };
     serde_json::to_vec(&cmd).map(|v| v.len()).unwrap_or(128)
 }

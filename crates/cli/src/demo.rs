@@ -225,6 +225,7 @@ pub async fn run(args: DemoArgs, json_out: bool) -> Result<()> {
             reason: "demo: leaked".into(),
             wait_for: pb::WaitFor::AllEdges as i32,
             wait_timeout_ms: 5_000,
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -890,6 +890,7 @@ pub async fn scale(json_out: bool) -> Result<()> {
                         jti: veto_core::Jti(j),
                         exp: 2_000_000_000,
                         effective_at: 1,
+                        grace_ms: 0,
                     },
                 )
             })

@@ -275,27 +275,35 @@ pub enum TokenCmd {
         #[arg(long, default_value_t = 0)]
         grace: u64,
     },
-    /// Revoke one token.
+    /// Revoke one token, by jti or by presenting the token itself.
     Revoke {
-        /// jti of the token.
-        jti: String,
+        /// jti of the token (or give --token-file).
+        #[arg(required_unless_present = "token_file", conflicts_with = "token_file")]
+        jti: Option<String>,
+        /// Revoke by presenting the token, read from this file (`-`: stdin):
+        /// works even when the cluster holds no record of it. The token is
+        /// never taken on the command line, where it would leak.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         /// Reason for the audit trail.
         #[arg(long, default_value = "")]
         reason: String,
-        /// Wait until every live edge has applied the revoke; print the propagation.
-        #[arg(long)]
-        wait_edges: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Revoke every token of a subject issued up to now (or --before).
     RevokeSubject {
         /// The subject.
         sub: String,
-        /// Unix seconds; default now.
+        /// Unix seconds in a past second; default (0): every token issued
+        /// before this revoke, exactly (by revision).
         #[arg(long, default_value_t = 0)]
         before: i64,
         /// Reason for the audit trail.
         #[arg(long, default_value = "")]
         reason: String,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Revoke a whole rotation family.
     RevokeFamily {
@@ -304,6 +312,8 @@ pub enum TokenCmd {
         /// Reason for the audit trail.
         #[arg(long, default_value = "")]
         reason: String,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Show one token's record and status.
     Get {
@@ -325,6 +335,28 @@ pub enum TokenCmd {
         #[arg(long, default_value = "")]
         page_token: String,
     },
+}
+
+/// Waiting for the edges after a revoke.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WaitArgs {
+    /// Wait until every edge of every member has applied the revoke; print
+    /// the measured propagation and any edge behind or unknown.
+    #[arg(long)]
+    pub wait_edges: bool,
+    /// How long to wait for the edges, ms (at most 60000).
+    #[arg(long, default_value_t = 10_000)]
+    pub wait_timeout_ms: u64,
+}
+
+impl WaitArgs {
+    fn wait_for(self) -> i32 {
+        if self.wait_edges {
+            pb::WaitFor::AllEdges as i32
+        } else {
+            pb::WaitFor::Unspecified as i32
+        }
+    }
 }
 
 /// Arguments of `veto token issue`.
@@ -361,6 +393,9 @@ pub enum KeysCmd {
         /// Reason for the audit trail.
         #[arg(long, default_value = "")]
         reason: String,
+        /// revoke: wait for the edges (see `veto token revoke`).
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// KEK rotation: re-seal every private key with the leader's current KEK
     /// (the leader must also hold the old one via --previous-kek-file).
@@ -604,14 +639,18 @@ fn print_membership(json_out: bool, r: &pb::MembershipResponse) {
     }
 }
 
-fn print_revoke(json_out: bool, r: &pb::RevokeResponse) {
+fn revoke_json(r: &pb::RevokeResponse) -> serde_json::Value {
+    json!({"revision": r.revision, "already_revoked": r.already_revoked, "commit_ms": r.commit_ms,
+           "propagation_ms": r.propagation_ms, "edges_confirmed": r.edges_confirmed,
+           "edges_behind": r.edges_behind, "edges_unknown": r.edges_unknown})
+}
+
+fn print_revoke(json_out: bool, r: &pb::RevokeResponse, waited: bool) {
     if json_out {
-        println!(
-            "{}",
-            json!({"revision": r.revision, "already_revoked": r.already_revoked, "commit_ms": r.commit_ms,
-                   "propagation_ms": r.propagation_ms, "edges_behind": r.edges_behind})
-        );
-    } else if r.already_revoked {
+        println!("{}", revoke_json(r));
+        return;
+    }
+    if r.already_revoked {
         println!("already revoked at revision {}", r.revision);
     } else {
         println!(
@@ -619,6 +658,56 @@ fn print_revoke(json_out: bool, r: &pb::RevokeResponse) {
             r.revision, r.commit_ms
         );
     }
+    if waited {
+        println!("{}", propagation_line(r));
+    }
+}
+
+/// What a wait for the edges measured, in one line.
+pub fn propagation_line(r: &pb::RevokeResponse) -> String {
+    match r.propagation_ms {
+        Some(p) => format!(
+            "applied by all {} edges {p:.2} ms after commit",
+            r.edges_confirmed
+        ),
+        None => {
+            let mut parts = vec![format!(
+                "NOT confirmed everywhere: {} edges applied it",
+                r.edges_confirmed
+            )];
+            if !r.edges_behind.is_empty() {
+                parts.push(format!("behind: {}", r.edges_behind.join(", ")));
+            }
+            if !r.edges_unknown.is_empty() {
+                parts.push(format!(
+                    "unknown (member did not answer): {}",
+                    r.edges_unknown.join(", ")
+                ));
+            }
+            if r.edges_confirmed == 0 && r.edges_behind.is_empty() && r.edges_unknown.is_empty() {
+                parts.push("no edge is connected".into());
+            }
+            parts.join("; ")
+        }
+    }
+}
+
+/// Reads a token to present from a file or stdin (`-`), trimmed.
+fn read_token(path: &std::path::Path) -> Result<String> {
+    let raw = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("reading the token from stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token from {}", path.display()))?
+    };
+    let t = raw.trim();
+    if t.is_empty() {
+        bail!("no token in {}", path.display());
+    }
+    Ok(t.to_owned())
 }
 
 /// Runs one CLI invocation.
@@ -850,54 +939,59 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             TokenCmd::Revoke {
                 jti,
+                token_file,
                 reason,
-                wait_edges,
+                wait,
             } => {
-                let wait_for = if wait_edges {
-                    pb::WaitFor::AllEdges as i32
-                } else {
-                    0
-                };
+                let token = token_file.as_deref().map(read_token).transpose()?;
                 let r = tokens
                     .revoke(pb::RevokeRequest {
-                        jti,
+                        jti: jti.unwrap_or_default(),
                         reason,
-                        wait_for,
-                        wait_timeout_ms: 10_000,
+                        wait_for: wait.wait_for(),
+                        wait_timeout_ms: wait.wait_timeout_ms,
+                        token: token.unwrap_or_default(),
                     })
                     .await
                     .map_err(status_err)?
                     .into_inner();
-                print_revoke(j, &r);
+                print_revoke(j, &r, wait.wait_edges);
             }
             TokenCmd::RevokeSubject {
                 sub,
                 before,
                 reason,
+                wait,
             } => {
                 let r = tokens
                     .revoke_subject(pb::RevokeSubjectRequest {
                         sub,
                         before_unix: before,
                         reason,
-                        ..Default::default()
+                        wait_for: wait.wait_for(),
+                        wait_timeout_ms: wait.wait_timeout_ms,
                     })
                     .await
                     .map_err(status_err)?
                     .into_inner();
-                print_revoke(j, &r);
+                print_revoke(j, &r, wait.wait_edges);
             }
-            TokenCmd::RevokeFamily { family, reason } => {
+            TokenCmd::RevokeFamily {
+                family,
+                reason,
+                wait,
+            } => {
                 let r = tokens
                     .revoke_family(pb::RevokeFamilyRequest {
                         family,
                         reason,
-                        ..Default::default()
+                        wait_for: wait.wait_for(),
+                        wait_timeout_ms: wait.wait_timeout_ms,
                     })
                     .await
                     .map_err(status_err)?
                     .into_inner();
-                print_revoke(j, &r);
+                print_revoke(j, &r, wait.wait_edges);
             }
             TokenCmd::Get { jti } => {
                 let r = tokens
@@ -991,6 +1085,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 kid,
                 force,
                 reason,
+                wait,
             } => {
                 let stage = match stage.as_str() {
                     "publish" => pb::KeyStage::Publish,
@@ -1001,19 +1096,34 @@ pub async fn run(cli: Cli) -> Result<()> {
                         bail!("unknown stage {other:?}: use publish, activate, retire or revoke")
                     }
                 };
+                if wait.wait_edges && stage != pb::KeyStage::Revoke {
+                    bail!("--wait-edges applies to the revoke stage only (activate always waits for the edges unless --force)");
+                }
                 let r = admin
                     .rotate_signing_key(pb::RotateSigningKeyRequest {
                         stage: stage as i32,
                         kid: kid.unwrap_or_default(),
                         force,
-                        wait_timeout_ms: 0,
+                        wait_timeout_ms: if stage == pb::KeyStage::Revoke {
+                            wait.wait_timeout_ms
+                        } else {
+                            0
+                        },
                         reason,
+                        wait_for: wait.wait_for(),
                     })
                     .await
                     .map_err(status_err)?
                     .into_inner();
-                if !j {
+                if j && wait.wait_edges {
+                    if let Some(e) = &r.edges {
+                        println!("{}", revoke_json(e));
+                    }
+                } else if !j {
                     println!("key {} at revision {}", r.kid, r.revision);
+                    if let (true, Some(e)) = (wait.wait_edges, &r.edges) {
+                        println!("{}", propagation_line(e));
+                    }
                 }
                 print_keys(j, &r.keys, r.revision);
             }

@@ -157,16 +157,24 @@ pub(crate) fn event_of(s: &State, revision: u64, cmd: &Command) -> Option<AuditE
             reason,
             at,
             actor,
+            presented,
         } => ev(
             Some(*at),
             actor,
-            s.token(jti).map(|r| r.token.sub.clone()),
-            jti.to_string(),
+            s.token(jti)
+                .map(|r| r.token.sub.clone())
+                .or_else(|| presented.as_ref().map(|p| p.sub.clone())),
+            if presented.is_some() {
+                format!("{jti} (presented)")
+            } else {
+                jti.to_string()
+            },
             reason,
         ),
         Command::RevokeSubject {
             sub,
             before,
+            by_revision,
             reason,
             at,
             actor,
@@ -175,7 +183,11 @@ pub(crate) fn event_of(s: &State, revision: u64, cmd: &Command) -> Option<AuditE
             Some(*at),
             actor,
             Some(sub.clone()),
-            format!("issued at or before {before}"),
+            match (*by_revision, *before) {
+                (true, i64::MIN) => format!("issued before revision {revision}"),
+                (true, b) => format!("issued before revision {revision} or at or before {b}"),
+                (false, b) => format!("issued at or before {b}"),
+            },
             reason,
         ),
         Command::RevokeFamily {

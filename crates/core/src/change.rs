@@ -28,23 +28,35 @@ pub enum EdgeChange {
         /// Key id.
         kid: Kid,
     },
-    /// A token refused from `effective_at`.
+    /// A token refused once its grace period (usually none) has passed,
+    /// counted on the edge's monotonic clock: the edge's wall clock plays
+    /// no part in a revocation's effect.
     TokenRevoked {
         /// Token id.
         jti: Jti,
         /// Token expiry (the entry is dropped after it).
         exp: i64,
-        /// Refused from this time.
+        /// The leader's time from which the token is refused; informational
+        /// (and what edges of earlier versions compare with their clock).
         effective_at: i64,
+        /// Milliseconds the token stays valid after the change's commit
+        /// (a refresh's grace); 0 refuses it as soon as it is applied.
+        #[serde(default)]
+        grace_ms: u64,
     },
-    /// Tokens of `sub` with `iat <= before` are refused.
+    /// Tokens of `sub` with `iat <= before` or `rev < before_revision` are
+    /// refused.
     SubjectRevoked {
         /// Subject.
         sub: String,
-        /// Inclusive cutoff.
+        /// Inclusive cutoff on `iat`; `i64::MIN` for none.
         before: i64,
         /// Dropped after this time.
         drop_after: i64,
+        /// Tokens signed before the issuer had applied this revision are
+        /// refused (0: none).
+        #[serde(default)]
+        before_revision: u64,
     },
     /// Every token of the family is refused.
     FamilyRevoked {
@@ -80,12 +92,18 @@ impl State {
             | Command::ActivateKey { .. }
             | Command::RewrapKey { .. }
             | Command::Traced { .. } => {}
-            Command::Refresh { predecessor, .. } => {
+            Command::Refresh {
+                predecessor, at, ..
+            } => {
                 if let Some(r) = self.token_revocation(predecessor) {
+                    // The grace as a duration, both ends stamped by the same
+                    // leader clock: the edge counts it on its own.
+                    let grace_s = r.effective_at.saturating_sub(*at).max(0);
                     out.push(EdgeChange::TokenRevoked {
                         jti: *predecessor,
                         exp: r.exp,
                         effective_at: r.effective_at,
+                        grace_ms: (grace_s as u64).saturating_mul(1000),
                     });
                 }
             }
@@ -95,6 +113,7 @@ impl State {
                         jti: *jti,
                         exp: r.exp,
                         effective_at: r.effective_at,
+                        grace_ms: 0,
                     });
                 }
             }
@@ -104,6 +123,7 @@ impl State {
                         sub: sub.clone(),
                         before: c.before,
                         drop_after: c.drop_after,
+                        before_revision: c.before_revision,
                     });
                 }
             }
@@ -128,8 +148,17 @@ impl State {
     }
 
     /// The changes that rebuild an edge's view of this state from nothing.
+    ///
+    /// A revocation still in its grace period is sent as immediate: the
+    /// snapshot carries no clock-free way to say how much of the grace is
+    /// left, and refusing a refreshed token early is the safe direction.
     pub fn edge_snapshot(&self) -> Vec<EdgeChange> {
         let mut out = Vec::new();
+        if self.swept_through() > 0 {
+            out.push(EdgeChange::Swept {
+                cutoff: self.swept_through(),
+            });
+        }
         for k in self.keys() {
             out.push(EdgeChange::KeyPublished {
                 kid: k.kid,
@@ -144,6 +173,7 @@ impl State {
                 jti: *jti,
                 exp: r.exp,
                 effective_at: r.effective_at,
+                grace_ms: 0,
             });
         }
         for (sub, c) in self.revoked_subjects_iter() {
@@ -151,6 +181,7 @@ impl State {
                 sub: sub.clone(),
                 before: c.before,
                 drop_after: c.drop_after,
+                before_revision: c.before_revision,
             });
         }
         for (fam, c) in self.revoked_families_iter() {

@@ -25,6 +25,14 @@ pub struct Claims {
     /// Optional audience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// The revision the issuer had applied when it signed the token. A
+    /// subject revoke at a later revision covers the token; one at or
+    /// before it cannot (the issuer had seen it, and the state machine
+    /// refuses to record a token signed without having seen a revoke of its
+    /// subject). Ordering by revision, not by `iat`, makes the cutoff exact
+    /// and independent of every clock. 0 in tokens from before this claim.
+    #[serde(default)]
+    pub rev: u64,
 }
 
 impl Claims {

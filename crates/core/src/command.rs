@@ -33,6 +33,9 @@ pub struct NewToken {
     pub fam: Jti,
     /// Signing key.
     pub kid: Kid,
+    /// Revision the leader had applied when it signed (the token's `rev`).
+    #[serde(default)]
+    pub rev: u64,
 }
 
 /// A replicated command.
@@ -69,13 +72,27 @@ pub enum Command {
         at: i64,
         /// Caller.
         actor: Actor,
+        /// The token was presented (its signature checked by the leader
+        /// against a key in the state): it is revoked until this `exp`,
+        /// taken from the token, even if the state holds no record of it
+        /// (issued after the backup a cluster was restored from, or lost
+        /// with members before a `force-new`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        presented: Option<Presented>,
     },
-    /// Revoke every token of `sub` with `iat <= before`.
+    /// Revoke every token of `sub` issued before this entry (by revision,
+    /// when `by_revision`) or with `iat <= before`.
     RevokeSubject {
         /// Subject.
         sub: String,
-        /// Cutoff (inclusive), unix seconds.
+        /// Time cutoff (inclusive) on `iat`, unix seconds; `i64::MIN` for
+        /// none. Entries written before `by_revision` existed carry the
+        /// leader's time here and are applied exactly as they were.
         before: i64,
+        /// Revoke every token issued before this entry's revision: tokens
+        /// whose `rev` is below it. Exact on any clock.
+        #[serde(default)]
+        by_revision: bool,
         /// When the cutoff can no longer matter (before + max TTL).
         drop_after: i64,
         /// Audit reason.
@@ -208,6 +225,17 @@ impl Command {
     }
 }
 
+/// What a presented token told the leader, for a revoke by token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presented {
+    /// The token's `exp`.
+    pub exp: i64,
+    /// The token's subject.
+    pub sub: String,
+    /// The key that signed it.
+    pub kid: Kid,
+}
+
 /// Why the state machine refused a command. Refusals are deterministic, so
 /// every replica refuses the same entry the same way and nothing changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -223,6 +251,11 @@ pub enum Rejection {
     /// The object exists but is in the wrong state for this command.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A change applied between the leader preparing this command and its
+    /// apply makes it stale (a subject revoked while its token was being
+    /// signed); preparing it again succeeds or fails for good.
+    #[error("{0}")]
+    Conflict(String),
     /// The object already exists.
     #[error("{what} {id} already exists")]
     AlreadyExists {
@@ -302,6 +335,12 @@ impl std::fmt::Display for Command {
                 write!(f, "refresh {} -> {}", predecessor, successor.jti)
             }
             Command::RevokeToken { jti, .. } => write!(f, "revoke_token jti={jti}"),
+            Command::RevokeSubject {
+                sub,
+                before,
+                by_revision: true,
+                ..
+            } if *before == i64::MIN => write!(f, "revoke_subject sub={sub} before=this revision"),
             Command::RevokeSubject { sub, before, .. } => {
                 write!(f, "revoke_subject sub={sub} before={before}")
             }

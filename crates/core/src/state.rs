@@ -106,8 +106,14 @@ pub struct Revocation {
 /// A cutoff revoking many tokens (subject or family).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cutoff {
-    /// Tokens with `iat <= before` are refused (families: all tokens).
+    /// Subjects: tokens with `iat <= before` are refused (`i64::MIN`: no
+    /// time cutoff). Families: the leader's time of the revoke.
     pub before: i64,
+    /// Subjects: tokens whose `rev` is below this revision are refused
+    /// (0: none). Exact on any clock: a token signed by a leader that had
+    /// applied the revoke carries a `rev` at or above it.
+    #[serde(default)]
+    pub before_revision: u64,
     /// The entry is swept after this time.
     pub drop_after: i64,
     /// Revision that put it in force.
@@ -116,6 +122,13 @@ pub struct Cutoff {
     pub reason: String,
     /// Who revoked.
     pub actor: Actor,
+}
+
+impl Cutoff {
+    /// Whether this subject cutoff covers a token with `iat` and `rev`.
+    pub fn covers(&self, iat: i64, rev: u64) -> bool {
+        iat <= self.before || rev < self.before_revision
+    }
 }
 
 /// What revoked a token, for status answers.
@@ -155,6 +168,11 @@ pub struct State {
     revoked_tokens: BTreeMap<Jti, Revocation>,
     revoked_subjects: BTreeMap<String, Cutoff>,
     revoked_families: BTreeMap<Jti, Cutoff>,
+    /// Highest sweep cutoff applied: every token with `exp` at or before it
+    /// has expired on the cluster's clock, and edges refuse it as expired
+    /// whatever their own clock says (its revocation may have been swept).
+    #[serde(default)]
+    swept_through: i64,
     #[serde(default)]
     audit: crate::audit::AuditLog,
     #[serde(skip)]
@@ -220,15 +238,24 @@ impl State {
                 reason,
                 at,
                 actor,
-            } => self.revoke_token(revision, *jti, reason, *at, actor),
+                presented,
+            } => self.revoke_token(revision, *jti, reason, *at, actor, presented.as_ref()),
             Command::RevokeSubject {
                 sub,
                 before,
+                by_revision,
                 drop_after,
                 reason,
                 actor,
                 ..
-            } => self.revoke_subject(revision, sub, *before, *drop_after, reason, actor),
+            } => {
+                let cut = SubjectCut {
+                    before: *before,
+                    before_revision: if *by_revision { revision } else { 0 },
+                    drop_after: *drop_after,
+                };
+                self.revoke_subject(revision, sub, cut, reason, actor)
+            }
             Command::RevokeFamily {
                 family,
                 drop_after,
@@ -301,6 +328,17 @@ impl State {
                 "family {} is revoked",
                 t.fam
             )));
+        }
+        // A token the edges would refuse on arrival is never recorded as
+        // issued. `rev == 0` marks entries from before the claim existed:
+        // they apply as they always did.
+        if let Some(c) = self.revoked_subjects.get(&t.sub) {
+            if t.rev > 0 && c.covers(t.iat, t.rev) {
+                return Err(Rejection::Conflict(format!(
+                    "subject {} was revoked at revision {} while this token was being signed; issue it again",
+                    t.sub, c.revision
+                )));
+            }
         }
         Ok(())
     }
@@ -382,11 +420,18 @@ impl State {
         reason: &str,
         at: i64,
         actor: &Actor,
+        presented: Option<&crate::command::Presented>,
     ) -> Result<Response, Rejection> {
-        let Some(rec) = self.tokens.get(&jti) else {
-            return Err(not_found("token", jti));
+        let exp = match (self.tokens.get(&jti), presented) {
+            (Some(rec), _) => rec.token.exp,
+            (None, Some(p)) => {
+                if !self.keys.contains_key(&p.kid) {
+                    return Err(not_found("key", p.kid));
+                }
+                p.exp
+            }
+            (None, None) => return Err(not_found("token", jti)),
         };
-        let exp = rec.token.exp;
         if let Some(existing) = self.revoked_tokens.get_mut(&jti) {
             if existing.effective_at <= at {
                 return Ok(Response::Revoked {
@@ -427,20 +472,27 @@ impl State {
         &mut self,
         revision: u64,
         sub: &str,
-        before: i64,
-        drop_after: i64,
+        cut: SubjectCut,
         reason: &str,
         actor: &Actor,
     ) -> Result<Response, Rejection> {
+        let SubjectCut {
+            before,
+            before_revision,
+            drop_after,
+        } = cut;
         if let Some(c) = self.revoked_subjects.get_mut(sub) {
-            if c.before >= before {
+            if c.before >= before && c.before_revision >= before_revision {
                 return Ok(Response::Revoked {
                     revision: c.revision,
                     already: true,
                 });
             }
+            // Both cutoffs only grow, so the merged one covers exactly the
+            // union of what each revoke covered.
             *c = Cutoff {
-                before,
+                before: before.max(c.before),
+                before_revision: before_revision.max(c.before_revision),
                 drop_after: drop_after.max(c.drop_after),
                 revision,
                 reason: reason.to_owned(),
@@ -455,6 +507,7 @@ impl State {
             sub.to_owned(),
             Cutoff {
                 before,
+                before_revision,
                 drop_after,
                 revision,
                 reason: reason.to_owned(),
@@ -494,6 +547,7 @@ impl State {
             family,
             Cutoff {
                 before: at,
+                before_revision: 0,
                 drop_after,
                 revision,
                 reason: reason.to_owned(),
@@ -667,6 +721,7 @@ impl State {
             + self.revoked_subjects.len()
             + self.revoked_families.len()
             + self.tokens.len();
+        self.swept_through = self.swept_through.max(cutoff);
         self.revoked_tokens.retain(|_, r| r.exp > cutoff);
         self.revoked_subjects.retain(|_, c| c.drop_after > cutoff);
         self.revoked_families.retain(|_, c| c.drop_after > cutoff);
@@ -745,6 +800,31 @@ impl State {
         self.revoked_families.iter()
     }
 
+    /// The highest sweep cutoff applied (0 before any sweep).
+    pub fn swept_through(&self) -> i64 {
+        self.swept_through
+    }
+
+    /// The latest `exp` among recorded tokens of `sub` (0 if none).
+    pub fn subject_max_exp(&self, sub: &str) -> i64 {
+        self.by_subject
+            .range((sub.to_owned(), Jti([0; 16]))..=(sub.to_owned(), Jti([0xff; 16])))
+            .filter_map(|(_, j)| self.tokens.get(j))
+            .map(|r| r.token.exp)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The latest `exp` among recorded tokens of family `fam` (0 if none).
+    pub fn family_max_exp(&self, fam: &Jti) -> i64 {
+        self.by_family
+            .range((*fam, Jti([0; 16]))..=(*fam, Jti([0xff; 16])))
+            .filter_map(|(_, j)| self.tokens.get(j))
+            .map(|r| r.token.exp)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The cutoff recorded for a subject.
     pub fn subject_cutoff(&self, sub: &str) -> Option<&Cutoff> {
         self.revoked_subjects.get(sub)
@@ -810,7 +890,7 @@ impl State {
             return Some(cutoff_info(RevocationKind::Family, c));
         }
         if let Some(c) = self.revoked_subjects.get(&t.sub) {
-            if t.iat <= c.before {
+            if c.covers(t.iat, t.rev) {
                 return Some(cutoff_info(RevocationKind::Subject, c));
             }
         }
@@ -882,13 +962,23 @@ impl State {
     }
 }
 
+/// Subject and family revocations take effect at their revision, not at a
+/// time: `effective_at` 0 says so (as for a revoked key).
 fn cutoff_info(kind: RevocationKind, c: &Cutoff) -> RevocationInfo {
     RevocationInfo {
         kind,
         revision: c.revision,
-        effective_at: c.before,
+        effective_at: 0,
         reason: c.reason.clone(),
     }
+}
+
+/// A subject revoke's cutoffs, as apply computes them.
+#[derive(Debug, Clone, Copy)]
+struct SubjectCut {
+    before: i64,
+    before_revision: u64,
+    drop_after: i64,
 }
 
 fn not_found(what: &str, id: impl std::fmt::Display) -> Rejection {

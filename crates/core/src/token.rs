@@ -34,12 +34,16 @@ pub enum Error {
     /// `now >= exp`.
     #[error("expired at {0}")]
     Expired(i64),
-    /// `now < nbf`.
+    /// `now + leeway < nbf` (or `iat`).
     #[error("not valid before {0}")]
     NotYetValid(i64),
-    /// Audience missing or different from the required one.
+    /// The verifier required an audience the token does not name.
     #[error("wrong audience")]
     WrongAudience,
+    /// The token is for an audience and the verifier named none: a token
+    /// with `aud` is accepted only by a verifier that names it.
+    #[error("token is for a named audience; the verifier must name it")]
+    AudienceRequired,
     /// A required scope is not granted.
     #[error("missing required scope")]
     InsufficientScope,
@@ -146,19 +150,64 @@ pub struct Requirements<'a> {
     pub scopes: &'a [String],
 }
 
+/// How far a verifier's wall clock may differ from the issuer's before the
+/// time claims refuse a token. Only `exp`, `nbf` and `iat` are compared
+/// with a wall clock; revocations never are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leeway {
+    /// Seconds a token's `nbf` or `iat` may lie in the verifier's future
+    /// (its clock behind the issuer's) and still be accepted.
+    pub nbf_seconds: u64,
+    /// Seconds past `exp` a token is still accepted (the verifier's clock
+    /// ahead of the issuer's).
+    pub exp_seconds: u64,
+}
+
+impl Default for Leeway {
+    /// 60 s for `nbf`/`iat`, as JWT libraries default to, so a new token
+    /// works at first use on an edge whose clock is behind; none past `exp`,
+    /// so a token never outlives its stated lifetime on a true clock.
+    fn default() -> Self {
+        Self {
+            nbf_seconds: 60,
+            exp_seconds: 0,
+        }
+    }
+}
+
+impl Leeway {
+    /// No tolerance at all.
+    pub const NONE: Leeway = Leeway {
+        nbf_seconds: 0,
+        exp_seconds: 0,
+    };
+}
+
 /// Checks the time window, audience and scopes of verified claims at `now`
-/// (unix seconds).
-pub fn check_claims(claims: &Claims, now: i64, req: &Requirements<'_>) -> Result<(), Error> {
-    if now >= claims.exp {
+/// (unix seconds on the verifier's clock), tolerating `leeway`.
+///
+/// The audience rule: a token that names an audience is accepted only by a
+/// verifier that requires that same audience; a verifier that requires an
+/// audience accepts only tokens naming it.
+pub fn check_claims(
+    claims: &Claims,
+    now: i64,
+    req: &Requirements<'_>,
+    leeway: Leeway,
+) -> Result<(), Error> {
+    let exp_leeway = i64::try_from(leeway.exp_seconds).unwrap_or(i64::MAX);
+    let nbf_leeway = i64::try_from(leeway.nbf_seconds).unwrap_or(i64::MAX);
+    if now >= claims.exp.saturating_add(exp_leeway) {
         return Err(Error::Expired(claims.exp));
     }
-    if now < claims.nbf {
-        return Err(Error::NotYetValid(claims.nbf));
+    let earliest = claims.nbf.max(claims.iat);
+    if now.saturating_add(nbf_leeway) < earliest {
+        return Err(Error::NotYetValid(earliest));
     }
-    if let Some(want) = req.audience {
-        if claims.aud.as_deref() != Some(want) {
-            return Err(Error::WrongAudience);
-        }
+    match (req.audience, claims.aud.as_deref()) {
+        (Some(want), have) if have != Some(want) => return Err(Error::WrongAudience),
+        (None, Some(_)) => return Err(Error::AudienceRequired),
+        _ => {}
     }
     if !claims.has_scopes(req.scopes.iter().map(String::as_str)) {
         return Err(Error::InsufficientScope);
@@ -186,6 +235,7 @@ mod tests {
             exp: 2_000,
             fam: jti,
             aud: Some("api".into()),
+            rev: 5,
         }
     }
 
@@ -197,7 +247,7 @@ mod tests {
     ) -> Result<Claims, Error> {
         let p = parse(token, 4096)?;
         p.verify_signature(k)?;
-        check_claims(&p.claims, now, req)?;
+        check_claims(&p.claims, now, req, Leeway::NONE)?;
         Ok(p.claims)
     }
 
@@ -249,6 +299,51 @@ mod tests {
     }
 
     #[test]
+    fn leeway_covers_a_clock_behind_or_ahead() {
+        let c = claims(); // nbf = iat = 1_000, exp = 2_000
+        let req = Requirements {
+            audience: Some("api"),
+            scopes: &[],
+        };
+        let lw = Leeway {
+            nbf_seconds: 60,
+            exp_seconds: 5,
+        };
+        // A verifier 60 s behind accepts a brand-new token; 61 s behind does not.
+        assert_eq!(check_claims(&c, 940, &req, lw), Ok(()));
+        assert_eq!(
+            check_claims(&c, 939, &req, lw),
+            Err(Error::NotYetValid(1_000))
+        );
+        // iat is held to the same rule as nbf.
+        let mut later_iat = c.clone();
+        later_iat.nbf = 0;
+        assert_eq!(
+            check_claims(&later_iat, 939, &req, lw),
+            Err(Error::NotYetValid(1_000))
+        );
+        // Past exp by less than the exp leeway: accepted; at it: refused.
+        assert_eq!(check_claims(&c, 2_004, &req, lw), Ok(()));
+        assert_eq!(
+            check_claims(&c, 2_005, &req, lw),
+            Err(Error::Expired(2_000))
+        );
+        // The default tolerates 60 s before nbf and nothing past exp.
+        assert_eq!(check_claims(&c, 940, &req, Leeway::default()), Ok(()));
+        assert_eq!(
+            check_claims(&c, 2_000, &req, Leeway::default()),
+            Err(Error::Expired(2_000))
+        );
+        // Huge leeways saturate instead of overflowing.
+        let huge = Leeway {
+            nbf_seconds: u64::MAX,
+            exp_seconds: u64::MAX,
+        };
+        assert_eq!(check_claims(&c, 0, &req, huge), Ok(()));
+        assert_eq!(check_claims(&c, i64::MAX - 1, &req, huge), Ok(()));
+    }
+
+    #[test]
     fn wrong_key_fails() {
         let t = encode(&claims(), Kid([1; 16]), &key(1));
         let r = verify(&t, &key(2).verifying_key(), 1_500, &Requirements::default());
@@ -259,7 +354,10 @@ mod tests {
     fn time_window() {
         let k = key(1);
         let t = encode(&claims(), Kid([1; 16]), &k);
-        let req = Requirements::default();
+        let req = Requirements {
+            audience: Some("api"),
+            scopes: &[],
+        };
         assert_eq!(
             verify(&t, &k.verifying_key(), 2_000, &req),
             Err(Error::Expired(2_000))
@@ -284,9 +382,18 @@ mod tests {
             verify(&t, &k.verifying_key(), 1_500, &wrong),
             Err(Error::WrongAudience)
         );
+        // A token for an audience is refused by a verifier naming none.
+        let anyone = Requirements {
+            audience: None,
+            scopes: &none,
+        };
+        assert_eq!(
+            verify(&t, &k.verifying_key(), 1_500, &anyone),
+            Err(Error::AudienceRequired)
+        );
         let admin = vec!["admin".to_string()];
         let req = Requirements {
-            audience: None,
+            audience: Some("api"),
             scopes: &admin,
         };
         assert_eq!(
@@ -304,6 +411,8 @@ mod tests {
             verify(&t2, &k.verifying_key(), 1_500, &req),
             Err(Error::WrongAudience)
         );
+        // No audience on either side: accepted.
+        assert!(verify(&t2, &k.verifying_key(), 1_500, &anyone).is_ok());
     }
 
     #[test]

@@ -173,6 +173,7 @@ mod tests {
             jti: Jti([n; 16]),
             exp: 10,
             effective_at: 0,
+            grace_ms: 0,
         }
     }
 

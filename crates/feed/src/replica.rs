@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
-use veto_core::token::{self, Requirements};
+use veto_core::token::{self, Leeway, Requirements};
 use veto_core::{Claims, EdgeChange, Jti, Kid};
 
 use crate::cache::SigCache;
@@ -152,14 +152,36 @@ struct KeyEntry {
 
 const MAX_OUTSTANDING_PROBES: usize = 256;
 
+/// A revoked token: refused from `refuse_from` on this replica's monotonic
+/// clock (`None`: refused now), kept until its `exp`.
+#[derive(Debug, Clone, Copy)]
+struct TokenEntry {
+    exp: i64,
+    refuse_from: Option<Instant>,
+}
+
+/// A subject's cutoffs: tokens with `iat <= before` or `rev <
+/// before_revision` are refused.
+#[derive(Debug, Clone, Copy)]
+struct SubjectEntry {
+    before: i64,
+    before_revision: u64,
+    drop_after: i64,
+}
+
 /// The edge replica.
 #[derive(Debug)]
 pub struct Replica {
     revision: u64,
     keys: HashMap<Kid, KeyEntry>,
-    tokens: HashMap<Jti, (i64, i64)>,
-    subjects: HashMap<String, (i64, i64)>,
+    tokens: HashMap<Jti, TokenEntry>,
+    subjects: HashMap<String, SubjectEntry>,
     families: HashMap<Jti, i64>,
+    /// Tokens with `exp` at or before this have expired on the cluster's
+    /// clock (the highest sweep applied): refused whatever this edge's wall
+    /// clock says, since their revocations may have been swept.
+    expired_through: i64,
+    leeway: Leeway,
     cache: SigCache,
     probes: VecDeque<(u64, Instant)>,
     pending: VecDeque<(Instant, u64)>,
@@ -178,6 +200,8 @@ impl Replica {
             tokens: HashMap::new(),
             subjects: HashMap::new(),
             families: HashMap::new(),
+            expired_through: 0,
+            leeway: Leeway::default(),
             cache: SigCache::new(sig_cache),
             probes: VecDeque::new(),
             pending: VecDeque::new(),
@@ -186,6 +210,17 @@ impl Replica {
             policy,
             max_token_bytes,
         }
+    }
+
+    /// Sets the wall-clock tolerance for `nbf`/`iat` and `exp`.
+    pub fn with_leeway(mut self, leeway: Leeway) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// The wall-clock tolerance in force.
+    pub fn leeway(&self) -> Leeway {
+        self.leeway
     }
 
     /// Revision applied.
@@ -209,6 +244,13 @@ impl Replica {
     }
 
     /// Applies a batch in order, or refuses it whole.
+    ///
+    /// A revocation with a grace period is refused from `fresh_at + grace`:
+    /// `fresh_at` was proven by a probe answered at a revision below every
+    /// change in this batch, so each of them was committed after that probe
+    /// was sent, and the grace (a duration, stamped by one leader clock)
+    /// ends no later on this edge than it does on the leader. With no proof
+    /// yet, the grace is not granted at all.
     pub fn apply(&mut self, b: &Batch) -> Result<(), Error> {
         if b.from != self.revision {
             return Err(Error::Gap {
@@ -232,8 +274,9 @@ impl Replica {
                 VerifyingKey::from_bytes(public).map_err(|_| Error::BadKey(*kid))?;
             }
         }
+        let committed_after = self.fresh_at;
         for (_, c) in &b.changes {
-            self.apply_change(c);
+            self.apply_change(c, committed_after);
         }
         self.revision = b.to;
         self.promote_pending();
@@ -251,16 +294,19 @@ impl Replica {
         self.tokens.clear();
         self.subjects.clear();
         self.families.clear();
+        self.expired_through = 0;
         self.cache.clear();
+        // A snapshot says nothing about when its revocations were
+        // committed: grace periods still running are not granted.
         for c in changes {
-            self.apply_change(c);
+            self.apply_change(c, None);
         }
         self.revision = revision;
         self.promote_pending();
         Ok(())
     }
 
-    fn apply_change(&mut self, c: &EdgeChange) {
+    fn apply_change(&mut self, c: &EdgeChange, committed_after: Option<Instant>) {
         match c {
             EdgeChange::KeyPublished { kid, public } => {
                 if let Ok(vk) = VerifyingKey::from_bytes(public) {
@@ -275,31 +321,46 @@ impl Replica {
                 }
             }
             EdgeChange::TokenRevoked {
-                jti,
-                exp,
-                effective_at,
+                jti, exp, grace_ms, ..
             } => {
-                let e = self.tokens.entry(*jti).or_insert((*exp, *effective_at));
-                e.1 = e.1.min(*effective_at);
+                let refuse_from = match (*grace_ms, committed_after) {
+                    (0, _) | (_, None) => None,
+                    (g, Some(t)) => t.checked_add(Duration::from_millis(g)),
+                };
+                let e = self.tokens.entry(*jti).or_insert(TokenEntry {
+                    exp: *exp,
+                    refuse_from,
+                });
+                // The earlier refusal wins; `None` (now) is the earliest.
+                e.refuse_from = match (e.refuse_from, refuse_from) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    _ => None,
+                };
+                e.exp = e.exp.max(*exp);
             }
             EdgeChange::SubjectRevoked {
                 sub,
                 before,
                 drop_after,
+                before_revision,
             } => {
-                let e = self
-                    .subjects
-                    .entry(sub.clone())
-                    .or_insert((*before, *drop_after));
-                e.0 = e.0.max(*before);
-                e.1 = e.1.max(*drop_after);
+                let e = self.subjects.entry(sub.clone()).or_insert(SubjectEntry {
+                    before: *before,
+                    before_revision: *before_revision,
+                    drop_after: *drop_after,
+                });
+                e.before = e.before.max(*before);
+                e.before_revision = e.before_revision.max(*before_revision);
+                e.drop_after = e.drop_after.max(*drop_after);
             }
             EdgeChange::FamilyRevoked { family, drop_after } => {
-                self.families.insert(*family, *drop_after);
+                let d = self.families.entry(*family).or_insert(*drop_after);
+                *d = (*d).max(*drop_after);
             }
             EdgeChange::Swept { cutoff } => {
-                self.tokens.retain(|_, (exp, _)| *exp > *cutoff);
-                self.subjects.retain(|_, (_, d)| *d > *cutoff);
+                self.expired_through = self.expired_through.max(*cutoff);
+                self.tokens.retain(|_, e| e.exp > *cutoff);
+                self.subjects.retain(|_, e| e.drop_after > *cutoff);
                 self.families.retain(|_, d| *d > *cutoff);
             }
         }
@@ -373,7 +434,9 @@ impl Replica {
 
     // ---- verify ----
 
-    /// Verifies `token` at local monotonic time `now` and unix time `now_unix`.
+    /// Verifies `token` at local monotonic time `now` and unix time
+    /// `now_unix`. Revocations are judged on `now` alone; `now_unix` is
+    /// compared (with the leeway) only with the token's `exp`, `nbf`, `iat`.
     pub fn verify(
         &mut self,
         token_str: &str,
@@ -418,14 +481,20 @@ impl Replica {
             self.cache.insert(ck);
         }
         let c = parsed.claims;
-        if let Some(reason) = self.revoked(&c, now_unix) {
+        if let Some(reason) = self.revoked(&c, now) {
             return Verdict::no(Outcome::Revoked, reason, Some(c), stale);
         }
-        if let Err(e) = token::check_claims(&c, now_unix, req) {
+        if c.exp <= self.expired_through {
+            let reason = format!("expired at {} (on the cluster's clock)", c.exp);
+            return Verdict::no(Outcome::Expired, reason, Some(c), stale);
+        }
+        if let Err(e) = token::check_claims(&c, now_unix, req, self.leeway) {
             let o = match e {
                 token::Error::Expired(_) => Outcome::Expired,
                 token::Error::NotYetValid(_) => Outcome::NotYetValid,
-                token::Error::WrongAudience => Outcome::WrongAudience,
+                token::Error::WrongAudience | token::Error::AudienceRequired => {
+                    Outcome::WrongAudience
+                }
                 token::Error::InsufficientScope => Outcome::InsufficientScope,
                 _ => Outcome::Malformed,
             };
@@ -439,17 +508,17 @@ impl Replica {
         }
     }
 
-    fn revoked(&self, c: &Claims, now_unix: i64) -> Option<String> {
+    fn revoked(&self, c: &Claims, now: Instant) -> Option<String> {
         if self.families.contains_key(&c.fam) {
             return Some(format!("family {} revoked", c.fam));
         }
-        if let Some((before, _)) = self.subjects.get(&c.sub) {
-            if c.iat <= *before {
+        if let Some(s) = self.subjects.get(&c.sub) {
+            if c.iat <= s.before || c.rev < s.before_revision {
                 return Some("subject revoked".into());
             }
         }
-        if let Some((_, eff)) = self.tokens.get(&c.jti) {
-            if *eff <= now_unix {
+        if let Some(t) = self.tokens.get(&c.jti) {
+            if t.refuse_from.is_none_or(|at| now >= at) {
                 return Some("token revoked".into());
             }
         }

@@ -31,19 +31,30 @@ pub fn change_to_pb(revision: u64, c: &EdgeChange) -> pb::Change {
             jti,
             exp,
             effective_at,
+            grace_ms,
         } => Kind::TokenRevoked(pb::TokenRevoked {
             jti: jti.to_string(),
             exp: *exp,
             effective_at: *effective_at,
+            grace_ms: *grace_ms,
         }),
         EdgeChange::SubjectRevoked {
             sub,
             before,
             drop_after,
+            before_revision,
         } => Kind::SubjectRevoked(pb::SubjectRevoked {
             sub: sub.clone(),
-            before: *before,
+            // What an edge that knows only `before` must do to refuse at
+            // least every token this cutoff covers.
+            before: if *before_revision > 0 {
+                i64::MAX
+            } else {
+                *before
+            },
             drop_after: *drop_after,
+            before_revision: *before_revision,
+            iat_cutoff: Some(*before),
         }),
         EdgeChange::FamilyRevoked { family, drop_after } => {
             Kind::FamilyRevoked(pb::FamilyRevoked {
@@ -90,11 +101,13 @@ pub fn change_from_pb(c: &pb::Change) -> Result<(u64, EdgeChange), BadChange> {
             jti: t.jti.parse::<Jti>().map_err(|_| bad("bad jti"))?,
             exp: t.exp,
             effective_at: t.effective_at,
+            grace_ms: t.grace_ms,
         },
         Kind::SubjectRevoked(s) => EdgeChange::SubjectRevoked {
             sub: s.sub.clone(),
-            before: s.before,
+            before: s.iat_cutoff.unwrap_or(s.before),
             drop_after: s.drop_after,
+            before_revision: s.before_revision,
         },
         Kind::FamilyRevoked(f) => EdgeChange::FamilyRevoked {
             family: f.family.parse::<Jti>().map_err(|_| bad("bad family"))?,
@@ -121,11 +134,19 @@ mod tests {
                 jti: Jti([3; 16]),
                 exp: 5,
                 effective_at: 4,
+                grace_ms: 30_000,
             },
             EdgeChange::SubjectRevoked {
                 sub: "s".into(),
                 before: 1,
                 drop_after: 2,
+                before_revision: 0,
+            },
+            EdgeChange::SubjectRevoked {
+                sub: "s".into(),
+                before: i64::MIN,
+                drop_after: 2,
+                before_revision: 17,
             },
             EdgeChange::FamilyRevoked {
                 family: Jti([4; 16]),
@@ -143,5 +164,42 @@ mod tests {
             trace_context: Default::default(),
         };
         assert!(change_from_pb(&unknown).is_err());
+    }
+
+    #[test]
+    fn subject_cutoffs_stay_safe_for_older_edges() {
+        // An edge that reads only `before` refuses at least what a
+        // revision cutoff covers.
+        let c = EdgeChange::SubjectRevoked {
+            sub: "s".into(),
+            before: i64::MIN,
+            drop_after: 2,
+            before_revision: 17,
+        };
+        let Some(Kind::SubjectRevoked(p)) = change_to_pb(1, &c).kind else {
+            panic!("not a subject revoke");
+        };
+        assert_eq!(p.before, i64::MAX);
+        // A message from a server that predates iat_cutoff is a time cutoff.
+        let legacy = pb::Change {
+            revision: 4,
+            kind: Some(Kind::SubjectRevoked(pb::SubjectRevoked {
+                sub: "s".into(),
+                before: 1_000,
+                drop_after: 2_000,
+                before_revision: 0,
+                iat_cutoff: None,
+            })),
+            trace_context: Default::default(),
+        };
+        assert_eq!(
+            change_from_pb(&legacy).unwrap().1,
+            EdgeChange::SubjectRevoked {
+                sub: "s".into(),
+                before: 1_000,
+                drop_after: 2_000,
+                before_revision: 0,
+            }
+        );
     }
 }

@@ -28,6 +28,7 @@ fn claims(aud: Option<&str>) -> Claims {
         exp: 1_900_000_000,
         fam: Jti([2u8; 16]),
         aud: aud.map(str::to_string),
+        rev: 3,
     }
 }
 
@@ -56,11 +57,19 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             jti: Jti([2u8; 16]),
             exp: 1_900_000_000,
             effective_at: 0,
+            grace_ms: 30_000,
         },
         EdgeChange::SubjectRevoked {
             sub: "bob".into(),
             before: 1_700_000_100,
             drop_after: 1_900_000_000,
+            before_revision: 0,
+        },
+        EdgeChange::SubjectRevoked {
+            sub: "carol".into(),
+            before: i64::MIN,
+            drop_after: 1_900_000_000,
+            before_revision: 4,
         },
         EdgeChange::FamilyRevoked {
             family: Jti([4u8; 16]),
@@ -106,6 +115,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         msg(pb::feed_message::Msg::SyncReply(pb::SyncReply {
             nonce: 1,
             revision: 1,
+            leader_unix_ms: 1_700_000_000_123,
         })),
     ));
 
@@ -120,6 +130,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         exp: 1_900_000_000,
         fam: Jti([2u8; 16]),
         kid: KID,
+        rev: 3,
     };
     let seq = vec![
         Command::PublishKey {
@@ -153,10 +164,23 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             reason: "leaked".into(),
             at: 1_700_000_002,
             actor: actor(),
+            presented: None,
+        },
+        Command::RevokeToken {
+            jti: Jti([9u8; 16]),
+            reason: "presented".into(),
+            at: 1_700_000_002,
+            actor: actor(),
+            presented: Some(veto_core::command::Presented {
+                exp: 1_800_000_000,
+                sub: "mallory".into(),
+                kid: KID,
+            }),
         },
         Command::RevokeSubject {
             sub: "alice".into(),
-            before: 1_700_000_003,
+            before: i64::MIN,
+            by_revision: true,
             drop_after: 1_900_000_000,
             reason: String::new(),
             at: 1_700_000_003,

@@ -223,6 +223,8 @@ impl Service {
         actor: Actor,
     ) -> Result<pb::RotateSigningKeyResponse> {
         validate::reason("reason", &r.reason, self.node.limits())?;
+        crate::token_service::check_wait(r.wait_for, r.wait_timeout_ms)?;
+        let started = std::time::Instant::now();
         let stage = pb::KeyStage::try_from(r.stage)
             .map_err(|_| Invalid::new("stage", format!("unknown value {}", r.stage)))?;
         let kid = || validate::id::<Kid>("kid", &r.kid);
@@ -270,10 +272,33 @@ impl Service {
             }
         };
         self.node.state().read(|s| s.precheck(&cmd))?;
-        let revision = match self.node.propose(cmd).await? {
-            SmResponse::KeyChanged { revision } | SmResponse::Revoked { revision, .. } => revision,
+        let (revision, already) = match self.node.propose(cmd).await? {
+            SmResponse::KeyChanged { revision } => (revision, false),
+            SmResponse::Revoked { revision, already } => (revision, already),
             SmResponse::Rejected { rejection, .. } => return Err(rejection.into()),
             other => return Err(Error::Fatal(format!("unexpected response {other:?}"))),
+        };
+        // A key revoke is a revoke: it can wait for the edges and report
+        // its propagation like the others.
+        let edges = if stage == pb::KeyStage::Revoke {
+            let r0 = pb::RevokeResponse {
+                revision,
+                already_revoked: already,
+                commit_ms: started.elapsed().as_secs_f64() * 1e3,
+                ..Default::default()
+            };
+            Some(
+                crate::token_service::finish_revoke(
+                    &self.hub,
+                    r0,
+                    r.wait_for,
+                    r.wait_timeout_ms,
+                    started,
+                )
+                .await,
+            )
+        } else {
+            None
         };
         let keys = self
             .node
@@ -283,6 +308,7 @@ impl Service {
             kid: kid.to_string(),
             revision,
             keys,
+            edges,
         })
     }
 
@@ -440,7 +466,7 @@ impl Service {
     /// The state at a revision no older than the leader's commit index at
     /// the time of the call, serialised, in chunks.
     async fn backup_chunks(&self) -> Result<Vec<pb::BackupChunk>> {
-        let commit = self.node.leader_read_index().await?;
+        let commit = self.node.leader_read_index().await?.index;
         let mut applied = self.node.state().subscribe_applied();
         tokio::time::timeout(Duration::from_secs(10), applied.wait_for(|a| *a >= commit))
             .await

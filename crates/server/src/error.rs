@@ -45,6 +45,9 @@ pub enum Error {
     /// A wait ran out of time.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A presented credential (a token to revoke) does not verify.
+    #[error("{0}")]
+    Unauthenticated(String),
 }
 
 impl From<Error> for Status {
@@ -54,6 +57,8 @@ impl From<Error> for Status {
             Error::Rejected(Rejection::NotFound { .. }) => Code::NotFound,
             Error::Rejected(Rejection::AlreadyExists { .. }) => Code::AlreadyExists,
             Error::Rejected(Rejection::FailedPrecondition(_)) => Code::FailedPrecondition,
+            Error::Rejected(Rejection::Conflict(_)) => Code::Aborted,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::NotLeader(_) | Error::NoLeader | Error::Uninitialised | Error::Discarded => {
                 Code::Unavailable
             }

@@ -1,4 +1,5 @@
-//! `veto.v1.FeedService`: one bidirectional stream per edge (DESIGN.md §4).
+//! `veto.v1.FeedService`: one bidirectional stream per edge (docs/design.md,
+//! "The feed").
 //!
 //! Each stream has a writer task that reads the node's bounded change log
 //! at the edge's own cursor (snapshot if the cursor is behind the log),
@@ -22,7 +23,7 @@ use veto_proto as pb;
 use veto_proto::feed::change_to_pb;
 
 use crate::feed_codec::{Encoded, EncodedStream};
-use crate::node::Node;
+use crate::node::{Node, ReadIndex};
 
 /// Largest number of changes in one ChangeBatch message.
 pub const MAX_BATCH_CHANGES: usize = 1024;
@@ -64,7 +65,7 @@ pub struct Hub {
 struct HubInner {
     node: Node,
     edges: Mutex<HashMap<String, EdgeStat>>,
-    read_queue: Mutex<Vec<oneshot::Sender<Result<u64, String>>>>,
+    read_queue: Mutex<Vec<oneshot::Sender<Result<ReadIndex, String>>>>,
     read_notify: Notify,
     acked: tokio::sync::watch::Sender<u64>,
     /// The most recently encoded batch: edges reading the same range share it.
@@ -73,6 +74,37 @@ struct HubInner {
     propagation: Mutex<crate::propagation::Window>,
     /// Set when the node stops: every stream ends so edges move at once.
     closing: tokio::sync::watch::Sender<bool>,
+    /// The edges each other member reported connected when it last
+    /// answered, so a member that stops answering still has its edges
+    /// named (as unknown) in a wait for all edges.
+    member_edges: Mutex<HashMap<u64, Vec<String>>>,
+}
+
+/// A view of the edges across the cluster.
+#[derive(Debug, Default)]
+pub struct ClusterView {
+    /// Every edge every answering member reports, each with the time of its
+    /// latest ack on this node's clock.
+    pub edges: Vec<(pb::EdgeInfo, Instant)>,
+    /// Recent propagation histograms of the answering members, by second.
+    pub seconds: Vec<crate::propagation::Second>,
+    /// Members that did not answer, with the edges they last reported
+    /// connected (empty if never heard from).
+    pub unanswered: Vec<(u64, Vec<String>)>,
+}
+
+/// The outcome of waiting for every edge to apply a revision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EdgeWait {
+    /// Commit -> last ack, when every known edge confirmed and at least one did.
+    pub propagation_ms: Option<f64>,
+    /// Connected edges that had not applied the revision at the deadline.
+    pub behind: Vec<String>,
+    /// `edge@node` for edges last seen on a member that did not answer, or
+    /// `?@node` for a member never heard from.
+    pub unknown: Vec<String>,
+    /// Edges that applied the revision.
+    pub confirmed: u32,
 }
 
 impl Hub {
@@ -89,6 +121,7 @@ impl Hub {
                 last_batch: Mutex::new(None),
                 propagation: Mutex::new(Default::default()),
                 closing: tokio::sync::watch::channel(false).0,
+                member_edges: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -208,17 +241,84 @@ impl Hub {
     /// member's report is aged by its own `ack_age_ms`; the estimate is late
     /// by at most the one-way latency of the report).
     pub async fn cluster_edges(&self) -> Vec<(pb::EdgeInfo, Instant)> {
-        self.cluster_view().await.0
+        self.cluster_view().await.edges
     }
 
-    /// [`Hub::cluster_edges`] and every member's recent propagation
-    /// histograms, merged by second.
-    pub async fn cluster_view(
+    /// Waits until `deadline` for every edge of every member to apply
+    /// `revision` (committed here at `committed`), and reports what it saw.
+    /// An edge counts when it is connected to an answering member. The
+    /// edges of a member that does not answer are unknown (and so is a
+    /// member never heard from): they are reported, not waited for, and
+    /// keep `propagation_ms` unset, as does a cluster with no edge at all.
+    pub async fn wait_edges(
         &self,
-    ) -> (
-        Vec<(pb::EdgeInfo, Instant)>,
-        Vec<crate::propagation::Second>,
-    ) {
+        revision: u64,
+        committed: Instant,
+        deadline: Instant,
+    ) -> EdgeWait {
+        let mut acks = self.subscribe_acks();
+        loop {
+            let view = self.cluster_view().await;
+            let w = Self::edge_wait(&view, revision, committed);
+            if w.behind.is_empty() || Instant::now() >= deadline {
+                return w;
+            }
+            // The next ack, or a short pause to notice remote acks and
+            // members coming back.
+            let pause =
+                Duration::from_millis(2).min(deadline.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                _ = acks.changed() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    fn edge_wait(view: &ClusterView, revision: u64, committed: Instant) -> EdgeWait {
+        let live: Vec<&(pb::EdgeInfo, Instant)> =
+            view.edges.iter().filter(|(e, _)| e.connected).collect();
+        let seen = |id: &str| live.iter().any(|(e, _)| e.edge_id == id);
+        let mut behind: Vec<String> = live
+            .iter()
+            .filter(|(e, _)| e.applied_revision < revision)
+            .map(|(e, _)| e.edge_id.clone())
+            .collect();
+        behind.sort();
+        behind.dedup();
+        let mut unknown = Vec::new();
+        for (node, edges) in &view.unanswered {
+            if edges.is_empty() {
+                unknown.push(format!("?@{node}"));
+            }
+            unknown.extend(
+                edges
+                    .iter()
+                    .filter(|e| !seen(e))
+                    .map(|e| format!("{e}@{node}")),
+            );
+        }
+        let confirmed: Vec<Instant> = live
+            .iter()
+            .filter(|(e, _)| e.applied_revision >= revision)
+            .map(|(_, t)| *t)
+            .collect();
+        let complete = behind.is_empty() && unknown.is_empty() && !confirmed.is_empty();
+        EdgeWait {
+            propagation_ms: complete.then(|| {
+                confirmed
+                    .iter()
+                    .map(|t| ms(t.saturating_duration_since(committed)))
+                    .fold(0.0, f64::max)
+            }),
+            behind,
+            unknown,
+            confirmed: confirmed.len().min(u32::MAX as usize) as u32,
+        }
+    }
+
+    /// Every edge on every member, every member's recent propagation
+    /// histograms merged by second, and the members that did not answer.
+    pub async fn cluster_view(&self) -> ClusterView {
         let node = &self.inner.node;
         let m = node.metrics();
         let at = |e: pb::EdgeInfo, now: Instant| {
@@ -236,32 +336,75 @@ impl Hub {
             .collect();
         let mut out: Vec<_> = local.edges.into_iter().map(|e| at(e, now)).collect();
         let mut calls = Vec::new();
+        let mut unanswered = Vec::new();
         for (id, n) in m.membership_config.membership().nodes() {
             if *id == node.id() {
                 continue;
             }
+            let id = *id;
             let Ok(ch) = node.channel_to(&n.addr) else {
+                unanswered.push(id);
                 continue;
             };
             calls.push(async move {
                 let mut c = veto_proto::admin_service_client::AdminServiceClient::new(ch);
                 let mut req = Request::new(pb::EdgesRequest {});
                 req.set_timeout(Duration::from_secs(1));
-                c.edges(req)
+                let r = c
+                    .edges(req)
                     .await
                     .ok()
-                    .map(|r| (r.into_inner(), Instant::now()))
+                    .map(|r| (r.into_inner(), Instant::now()));
+                (id, r)
             });
         }
-        for (r, t) in futures::future::join_all(calls).await.into_iter().flatten() {
+        let mut last = self
+            .inner
+            .member_edges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (id, r) in futures::future::join_all(calls).await {
+            let Some((r, t)) = r else {
+                unanswered.push(id);
+                continue;
+            };
             seconds.extend(
                 r.propagation
                     .iter()
                     .map(crate::propagation::Second::from_pb),
             );
+            let connected: Vec<String> = r
+                .edges
+                .iter()
+                .filter(|e| e.connected)
+                .map(|e| e.edge_id.clone())
+                .collect();
+            last.insert(id, connected);
             out.extend(r.edges.into_iter().map(|e| at(e, t)));
         }
-        (out, crate::propagation::merge(seconds))
+        // Only members of the current membership are remembered.
+        let members: std::collections::HashSet<u64> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        last.retain(|id, _| members.contains(id));
+        let unanswered = unanswered
+            .into_iter()
+            .map(|id| (id, last.get(&id).cloned().unwrap_or_default()))
+            .collect();
+        *self
+            .inner
+            .member_edges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = last;
+        ClusterView {
+            edges: out,
+            seconds: crate::propagation::merge(seconds),
+            unanswered,
+        }
     }
 
     /// Notified on every ack (value: a counter).
@@ -353,7 +496,7 @@ impl Hub {
     }
 
     /// A leader-confirmed commit index from a round that starts after this call.
-    pub async fn read_index(&self) -> Result<u64, String> {
+    pub async fn read_index(&self) -> Result<ReadIndex, String> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .read_queue
@@ -490,12 +633,12 @@ async fn writer(
     edge: String,
     mut cursor: u64,
     tx: Out,
-    mut probes: mpsc::Receiver<(u64, u64)>,
+    mut probes: mpsc::Receiver<(u64, ReadIndex)>,
 ) {
     let state = hub.inner.node.state().clone();
     let mut applied = state.subscribe_applied();
     let mut closing = hub.inner.closing.subscribe();
-    let mut replies: VecDeque<(u64, u64)> = VecDeque::new();
+    let mut replies: VecDeque<(u64, ReadIndex)> = VecDeque::new();
     // A new edge (cursor 0) on a cluster with history gets a snapshot, so
     // its view is replaced atomically.
     let mut force_snapshot = cursor == 0;
@@ -506,7 +649,7 @@ async fn writer(
     // must be replaced, or revisions up to its cursor would never be sent
     // while its probes were answered.
     if cursor > state.changes().head() {
-        match hub.read_index().await {
+        match hub.read_index().await.map(|r| r.index) {
             Ok(commit) if cursor > commit => {
                 tracing::warn!(%edge, cursor, commit, "edge is ahead of the cluster; replacing its view with a snapshot");
                 force_snapshot = true;
@@ -578,13 +721,14 @@ async fn writer(
             }
         }
         while let Some(&(nonce, r)) = replies.front() {
-            if r > cursor {
+            if r.index > cursor {
                 break;
             }
             replies.pop_front();
             let m = pb::feed_message::Msg::SyncReply(pb::SyncReply {
                 nonce,
                 revision: cursor,
+                leader_unix_ms: r.leader_unix_ms,
             });
             if send(&tx, m).await.is_err() {
                 return;
@@ -607,7 +751,7 @@ async fn writer(
     }
 }
 
-async fn probe_worker(hub: Hub, mut rx: mpsc::Receiver<u64>, out: mpsc::Sender<(u64, u64)>) {
+async fn probe_worker(hub: Hub, mut rx: mpsc::Receiver<u64>, out: mpsc::Sender<(u64, ReadIndex)>) {
     let state = hub.inner.node.state().clone();
     while let Some(nonce) = rx.recv().await {
         let Ok(r) = hub.read_index().await else {
@@ -616,7 +760,8 @@ async fn probe_worker(hub: Hub, mut rx: mpsc::Receiver<u64>, out: mpsc::Sender<(
             continue;
         };
         let mut applied = state.subscribe_applied();
-        let wait = async move { applied.wait_for(|a| *a >= r).await.is_ok() };
+        let index = r.index;
+        let wait = async move { applied.wait_for(|a| *a >= index).await.is_ok() };
         let ok = tokio::time::timeout(PROBE_APPLY_TIMEOUT, wait).await;
         if ok != Ok(true) {
             continue;
@@ -685,7 +830,7 @@ impl Service {
         tracing::info!(%edge, applied = hello.applied_revision, "edge subscribed");
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let (probe_in, probe_rx) = mpsc::channel::<u64>(16);
-        let (replies_tx, replies_rx) = mpsc::channel::<(u64, u64)>(16);
+        let (replies_tx, replies_rx) = mpsc::channel::<(u64, ReadIndex)>(16);
         tokio::spawn(writer(
             self.hub.clone(),
             edge.clone(),

@@ -138,7 +138,7 @@ async fn status_json(State(h): State<Http>) -> impl IntoResponse {
             })
         })
         .collect();
-    let (edges, seconds) = h.hub.cluster_view().await;
+    let crate::feed::ClusterView { edges, seconds, .. } = h.hub.cluster_view().await;
     let mut totals: std::collections::BTreeMap<String, u64> = Default::default();
     // An edge that moved is listed by its old node too (disconnected, with
     // older counts): count each edge once, from its connected entry.

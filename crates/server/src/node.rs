@@ -56,6 +56,43 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// This node's wall clock, unix milliseconds.
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A commit index the leader confirmed (a quorum still follows it) in a
+/// round that started after the request, with the leader's wall clock
+/// right after the confirmation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReadIndex {
+    /// The confirmed commit index.
+    pub index: u64,
+    /// The leader's clock when it was confirmed, unix ms (0 if unknown).
+    pub leader_unix_ms: i64,
+}
+
+impl ReadIndex {
+    /// Decodes a forwarded answer: this version's, or an index alone from a
+    /// node of an earlier version (the leader's clock then unknown).
+    pub fn decode(data: &[u8]) -> std::result::Result<std::result::Result<Self, String>, String> {
+        if let Ok(r) = serde_json::from_slice::<std::result::Result<Self, String>>(data) {
+            return Ok(r);
+        }
+        serde_json::from_slice::<std::result::Result<u64, String>>(data)
+            .map(|r| {
+                r.map(|index| Self {
+                    index,
+                    leader_unix_ms: 0,
+                })
+            })
+            .map_err(|e| e.to_string())
+    }
+}
+
 impl Node {
     /// Wraps a started Raft instance.
     pub fn new(
@@ -212,7 +249,7 @@ impl Node {
     /// A commit index confirmed by the leader with a quorum at a moment
     /// after this call (ReadIndex); asks the leader over RaftService when
     /// this node follows.
-    pub async fn leader_read_index(&self) -> Result<u64> {
+    pub async fn leader_read_index(&self) -> Result<ReadIndex> {
         let m = self.metrics();
         match m.current_leader {
             Some(l) if l == self.inner.id => {
@@ -222,7 +259,10 @@ impl Node {
                     .get_read_linearizer(openraft::ReadPolicy::ReadIndex)
                     .await
                     .map_err(|_| Error::NotLeader(None))?;
-                Ok(lin.read_log_id().index())
+                Ok(ReadIndex {
+                    index: lin.read_log_id().index(),
+                    leader_unix_ms: unix_now_ms(),
+                })
             }
             Some(l) => {
                 let addr = self.member_addr(l).ok_or(Error::NotLeader(Some(l)))?;
@@ -246,9 +286,9 @@ impl Node {
                     .await
                     .map_err(|_| Error::NoLeader)?
                     .into_inner();
-                let r: std::result::Result<u64, String> =
-                    serde_json::from_slice(&p.data).map_err(|e| Error::Fatal(e.to_string()))?;
-                r.map_err(|_| Error::NotLeader(Some(l)))
+                ReadIndex::decode(&p.data)
+                    .map_err(Error::Fatal)?
+                    .map_err(|_| Error::NotLeader(Some(l)))
             }
             None => Err(Error::NoLeader),
         }

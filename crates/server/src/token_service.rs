@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
-use veto_core::command::{Actor, Command, NewToken, Response as SmResponse};
+use veto_core::command::{Actor, Command, NewToken, Presented, Rejection, Response as SmResponse};
 use veto_core::state::TokenStatus;
 use veto_core::{token, validate, Claims, Jti};
 use veto_proto as pb;
@@ -21,6 +21,51 @@ use crate::error::{Error, Result};
 use crate::node::{unix_now, Node};
 use crate::routed;
 use crate::routing::actor;
+
+/// Times an issue or refresh is signed again after a [`Rejection::Conflict`].
+const CONFLICT_RETRIES: u32 = 3;
+
+/// Default wait for edges when a request names none, ms.
+pub const DEFAULT_EDGE_WAIT_MS: u64 = 5_000;
+
+/// With `WAIT_FOR_ALL_EDGES`, waits (up to `timeout_ms`, 0 for the default)
+/// for every edge to apply `r.revision` and fills in what it measured.
+pub async fn finish_revoke(
+    hub: &crate::feed::Hub,
+    mut r: pb::RevokeResponse,
+    wait_for: i32,
+    timeout_ms: u64,
+    started: Instant,
+) -> pb::RevokeResponse {
+    if wait_for != pb::WaitFor::AllEdges as i32 {
+        return r;
+    }
+    let committed = started + std::time::Duration::from_secs_f64(r.commit_ms.max(0.0) / 1e3);
+    let limit = std::time::Duration::from_millis(if timeout_ms == 0 {
+        DEFAULT_EDGE_WAIT_MS
+    } else {
+        timeout_ms
+    });
+    let w = hub
+        .wait_edges(r.revision, committed, Instant::now() + limit)
+        .await;
+    r.propagation_ms = w.propagation_ms;
+    r.edges_behind = w.behind;
+    r.edges_unknown = w.unknown;
+    r.edges_confirmed = w.confirmed;
+    r
+}
+
+/// Checks a `wait_for` and its timeout.
+pub fn check_wait(wait_for: i32, timeout_ms: u64) -> Result<()> {
+    if pb::WaitFor::try_from(wait_for).is_err() {
+        return Err(validate::Invalid::new("wait_for", format!("unknown value {wait_for}")).into());
+    }
+    if timeout_ms > 60_000 {
+        return Err(validate::Invalid::new("wait_timeout_ms", "must be at most 60000").into());
+    }
+    Ok(())
+}
 
 /// The TokenService implementation.
 #[derive(Clone)]
@@ -40,47 +85,12 @@ impl Service {
     /// reports commit -> last ack on this node's clock.
     async fn finish(
         &self,
-        mut r: pb::RevokeResponse,
+        r: pb::RevokeResponse,
         wait_for: i32,
         timeout_ms: u64,
         started: Instant,
     ) -> Result<pb::RevokeResponse> {
-        if wait_for != pb::WaitFor::AllEdges as i32 {
-            return Ok(r);
-        }
-        let committed = started + std::time::Duration::from_secs_f64(r.commit_ms / 1e3);
-        let limit =
-            std::time::Duration::from_millis(if timeout_ms == 0 { 5_000 } else { timeout_ms });
-        let deadline = Instant::now() + limit;
-        let mut acks = self.hub.subscribe_acks();
-        loop {
-            let edges = self.hub.cluster_edges().await;
-            let live: Vec<_> = edges.iter().filter(|(e, _)| e.connected).collect();
-            let behind: Vec<String> = live
-                .iter()
-                .filter(|(e, _)| e.applied_revision < r.revision)
-                .map(|(e, _)| e.edge_id.clone())
-                .collect();
-            if behind.is_empty() {
-                let last = live
-                    .iter()
-                    .map(|(_, t)| t.saturating_duration_since(committed))
-                    .max()
-                    .unwrap_or_default();
-                r.propagation_ms = Some(last.as_secs_f64() * 1e3);
-                r.edges_behind.clear();
-                return Ok(r);
-            }
-            if Instant::now() >= deadline {
-                r.propagation_ms = None;
-                r.edges_behind = behind;
-                return Ok(r);
-            }
-            tokio::select! {
-                _ = acks.changed() => {}
-                _ = tokio::time::sleep(std::time::Duration::from_millis(2)) => {}
-            }
-        }
+        Ok(finish_revoke(&self.hub, r, wait_for, timeout_ms, started).await)
     }
 
     fn new_token(
@@ -91,6 +101,9 @@ impl Service {
         ttl: u64,
         fam: Option<Jti>,
     ) -> Result<(NewToken, String)> {
+        // Read before signing: every revision at or below it was applied
+        // here before the token existed.
+        let rev = self.node.state().read(|s| s.revision);
         let (kid, key) = self.node.signer()?;
         let now = unix_now();
         let jti = Jti::random();
@@ -104,6 +117,7 @@ impl Service {
             exp: now.saturating_add(ttl as i64),
             fam: fam.unwrap_or(jti),
             kid,
+            rev,
         };
         let claims = Claims {
             jti,
@@ -114,6 +128,7 @@ impl Service {
             exp: t.exp,
             fam: t.fam,
             aud: t.aud.clone(),
+            rev,
         };
         let s = token::encode(&claims, kid, &key);
         Ok((t, s))
@@ -140,22 +155,31 @@ impl Service {
             validate::audience("aud", a, l)?;
         }
         let ttl = validate::ttl("ttl_seconds", r.ttl_seconds, l)?;
-        let (t, s) = self.new_token(&r.sub, &r.scopes, r.aud.as_deref(), ttl, None)?;
-        let jti = t.jti;
         let started = Instant::now();
-        match self
-            .node
-            .propose(Command::Issue { token: t, actor })
-            .await?
-        {
-            SmResponse::Issued { revision } => {
-                veto_telemetry::metrics::counter!(veto_telemetry::ISSUED_TOTAL).increment(1);
-                veto_telemetry::metrics::histogram!(veto_telemetry::ISSUE_LATENCY_SECONDS)
-                    .record(started.elapsed().as_secs_f64());
-                self.issued(jti, s, revision)
+        let mut attempt = 0;
+        loop {
+            let (t, s) = self.new_token(&r.sub, &r.scopes, r.aud.as_deref(), ttl, None)?;
+            let jti = t.jti;
+            let cmd = Command::Issue {
+                token: t,
+                actor: actor.clone(),
+            };
+            match self.node.propose(cmd).await? {
+                SmResponse::Issued { revision } => {
+                    veto_telemetry::metrics::counter!(veto_telemetry::ISSUED_TOTAL).increment(1);
+                    veto_telemetry::metrics::histogram!(veto_telemetry::ISSUE_LATENCY_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    return self.issued(jti, s, revision);
+                }
+                // The subject was revoked while this token was signed: a
+                // token signed now has seen the revoke and is not covered.
+                SmResponse::Rejected {
+                    rejection: Rejection::Conflict(_),
+                    ..
+                } if attempt < CONFLICT_RETRIES => attempt += 1,
+                SmResponse::Rejected { rejection, .. } => return Err(rejection.into()),
+                other => return Err(Error::Fatal(format!("unexpected response {other:?}"))),
             }
-            SmResponse::Rejected { rejection, .. } => Err(rejection.into()),
-            other => Err(Error::Fatal(format!("unexpected response {other:?}"))),
         }
     }
 
@@ -258,22 +282,6 @@ impl Service {
             .await
     }
 
-    fn check_wait(&self, wait_for: i32, timeout_ms: u64) -> Result<()> {
-        match pb::WaitFor::try_from(wait_for) {
-            Ok(pb::WaitFor::Unspecified) => {}
-            Ok(pb::WaitFor::AllEdges) => {}
-            Err(_) => {
-                return Err(
-                    validate::Invalid::new("wait_for", format!("unknown value {wait_for}")).into(),
-                )
-            }
-        }
-        if timeout_ms > 60_000 {
-            return Err(validate::Invalid::new("wait_timeout_ms", "must be at most 60000").into());
-        }
-        Ok(())
-    }
-
     async fn revoke_cmd(&self, cmd: Command, started: Instant) -> Result<pb::RevokeResponse> {
         // The commit span's context rides inside the command, so every
         // edge's apply joins this trace.
@@ -299,8 +307,7 @@ impl Service {
                 revision,
                 already_revoked: already,
                 commit_ms: started.elapsed().as_secs_f64() * 1e3,
-                propagation_ms: None,
-                edges_behind: vec![],
+                ..Default::default()
             }),
             SmResponse::Rejected { rejection, .. } => Err(rejection.into()),
             other => Err(Error::Fatal(format!("unexpected response {other:?}"))),
@@ -312,8 +319,7 @@ impl Service {
             revision,
             already_revoked: true,
             commit_ms: started.elapsed().as_secs_f64() * 1e3,
-            propagation_ms: None,
-            edges_behind: vec![],
+            ..Default::default()
         }
     }
 
@@ -323,16 +329,34 @@ impl Service {
         actor: Actor,
     ) -> Result<pb::RevokeResponse> {
         let started = Instant::now();
-        let jti: Jti = validate::id("jti", &r.jti)?;
         validate::reason("reason", &r.reason, self.node.limits())?;
-        self.check_wait(r.wait_for, r.wait_timeout_ms)?;
+        check_wait(r.wait_for, r.wait_timeout_ms)?;
+        let (jti, presented) = match (r.jti.is_empty(), r.token.is_empty()) {
+            (false, true) => (validate::id::<Jti>("jti", &r.jti)?, None),
+            (true, false) => {
+                let (jti, p) = self.presented(&r.token)?;
+                (jti, Some(p))
+            }
+            _ => {
+                return Err(validate::Invalid::new(
+                    "jti",
+                    "exactly one of jti and token must be set",
+                )
+                .into())
+            }
+        };
         let now = unix_now();
         let known = self.node.state().read(|s| {
-            s.token(&jti).map(|_| {
+            let pending = || {
                 s.token_revocation(&jti)
                     .filter(|rv| rv.effective_at <= now)
                     .map(|rv| rv.revision)
-            })
+            };
+            match s.token(&jti) {
+                Some(_) => Some(pending()),
+                None if presented.is_some() => Some(pending()),
+                None => None,
+            }
         });
         match known {
             None => Err(veto_core::command::Rejection::NotFound {
@@ -347,10 +371,44 @@ impl Service {
                     reason: r.reason.clone(),
                     at: now,
                     actor,
+                    presented,
                 };
                 self.revoke_cmd(cmd, started).await
             }
         }
+    }
+
+    /// Checks a presented token's signature under the cluster's keys (any
+    /// stage: a retired or revoked key's token may still be revoked) and
+    /// returns what a revoke needs from it. The token is never logged.
+    fn presented(&self, token_str: &str) -> Result<(Jti, Presented)> {
+        let l = self.node.limits();
+        let parsed = token::parse(token_str, l.max_token_bytes)
+            .map_err(|e| validate::Invalid::new("token", e.to_string()))?;
+        let public = self
+            .node
+            .state()
+            .read(|s| s.key(&parsed.kid).map(|k| k.public))
+            .ok_or_else(|| {
+                Error::Unauthenticated(format!(
+                    "token is signed with key {}, which this cluster does not know",
+                    parsed.kid
+                ))
+            })?;
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&public)
+            .map_err(|_| Error::Fatal(format!("stored public key {} is invalid", parsed.kid)))?;
+        parsed
+            .verify_signature(&vk)
+            .map_err(|_| Error::Unauthenticated("token signature does not verify".to_string()))?;
+        let c = parsed.claims;
+        Ok((
+            c.jti,
+            Presented {
+                exp: c.exp,
+                sub: c.sub,
+                kid: parsed.kid,
+            },
+        ))
     }
 
     async fn revoke_subject_inner(
@@ -362,31 +420,45 @@ impl Service {
         let l = self.node.limits();
         validate::subject("sub", &r.sub, l)?;
         validate::reason("reason", &r.reason, l)?;
-        self.check_wait(r.wait_for, r.wait_timeout_ms)?;
+        check_wait(r.wait_for, r.wait_timeout_ms)?;
         let now = unix_now();
-        let before = match r.before_unix {
-            0 => now,
+        // 0: everything issued before this revoke, by revision (exact on
+        // any clock). A time cutoff must lie in a past second, so a token
+        // issued after the answer (this second or later) is never covered.
+        let (before, by_revision) = match r.before_unix {
+            0 => (i64::MIN, true),
             t if t < 0 => {
                 return Err(validate::Invalid::new("before_unix", "must not be negative").into())
             }
-            t if t > now => {
-                return Err(
-                    validate::Invalid::new("before_unix", "must not be in the future").into(),
+            t if t >= now => {
+                return Err(validate::Invalid::new(
+                    "before_unix",
+                    "must be in a past second; 0 revokes every token issued so far",
                 )
+                .into())
             }
-            t => t,
+            t => (t, false),
         };
-        if let Some(first) = self.node.state().read(|s| {
-            s.subject_cutoff(&r.sub)
-                .filter(|c| c.before >= before)
-                .map(|c| c.revision)
-        }) {
+        let (already, max_exp) = self.node.state().read(|s| {
+            let already = s
+                .subject_cutoff(&r.sub)
+                .filter(|c| !by_revision && c.before >= before)
+                .map(|c| c.revision);
+            (already, s.subject_max_exp(&r.sub))
+        });
+        if let Some(first) = already {
             return Ok(Self::already(first, started));
         }
+        // Kept until every token it can cover has expired: those recorded,
+        // and any signed up to now with the longest lifetime.
+        let horizon = if by_revision { now } else { before };
         let cmd = Command::RevokeSubject {
             sub: r.sub.clone(),
             before,
-            drop_after: before.saturating_add(l.max_ttl_seconds as i64),
+            by_revision,
+            drop_after: horizon
+                .saturating_add(l.max_ttl_seconds as i64)
+                .max(max_exp),
             reason: r.reason.clone(),
             at: now,
             actor,
@@ -402,7 +474,7 @@ impl Service {
         let started = Instant::now();
         let family: Jti = validate::id("family", &r.family)?;
         validate::reason("reason", &r.reason, self.node.limits())?;
-        self.check_wait(r.wait_for, r.wait_timeout_ms)?;
+        check_wait(r.wait_for, r.wait_timeout_ms)?;
         let known = self.node.state().read(|s| {
             if let Some(c) = s.family_revocation(&family) {
                 return Some(Some(c.revision));
@@ -418,9 +490,12 @@ impl Service {
             Some(Some(first)) => Ok(Self::already(first, started)),
             Some(None) => {
                 let now = unix_now();
+                let max_exp = self.node.state().read(|s| s.family_max_exp(&family));
                 let cmd = Command::RevokeFamily {
                     family,
-                    drop_after: now.saturating_add(self.node.limits().max_ttl_seconds as i64),
+                    drop_after: now
+                        .saturating_add(self.node.limits().max_ttl_seconds as i64)
+                        .max(max_exp),
                     reason: r.reason.clone(),
                     at: now,
                     actor,

@@ -531,6 +531,7 @@ async fn send_revoke(c: &Clients, first: usize, target: &Target, wait_all: bool)
                         reason: "chaos".into(),
                         wait_for: wait,
                         wait_timeout_ms: wait_ms,
+                        ..Default::default()
                     },
                     to,
                 ))

@@ -52,6 +52,7 @@ impl Fx {
             exp: iat + ttl,
             fam: jti,
             kid: self.kid,
+            rev: self.rev,
         }
     }
 
@@ -79,6 +80,7 @@ fn revoke_token_is_idempotent_and_unknown_is_not_found() {
         reason: "leak".into(),
         at: T0 + 1,
         actor: op(),
+        presented: None,
     });
     let Response::Revoked {
         revision: first,
@@ -92,6 +94,7 @@ fn revoke_token_is_idempotent_and_unknown_is_not_found() {
         reason: "again".into(),
         at: T0 + 2,
         actor: op(),
+        presented: None,
     });
     assert_eq!(
         r2,
@@ -107,6 +110,7 @@ fn revoke_token_is_idempotent_and_unknown_is_not_found() {
         reason: String::new(),
         at: T0,
         actor: op(),
+        presented: None,
     });
     assert!(matches!(
         r3,
@@ -130,6 +134,7 @@ fn revoke_subject_cuts_off_tokens_issued_up_to_the_time() {
     fx.apply(Command::RevokeSubject {
         sub: "bob".into(),
         before: T0 + 10,
+        by_revision: false,
         drop_after: T0 + 10 + 86_400,
         reason: "fired".into(),
         at: T0 + 10,
@@ -144,6 +149,7 @@ fn revoke_subject_cuts_off_tokens_issued_up_to_the_time() {
     let r = fx.apply(Command::RevokeSubject {
         sub: "bob".into(),
         before: T0,
+        by_revision: false,
         drop_after: T0 + 86_400,
         reason: String::new(),
         at: T0 + 12,
@@ -303,16 +309,19 @@ fn sweep_drops_only_what_can_no_longer_matter() {
         reason: String::new(),
         at: T0 + 1,
         actor: op(),
+        presented: None,
     });
     fx.apply(Command::RevokeToken {
         jti: b,
         reason: String::new(),
         at: T0 + 1001,
         actor: op(),
+        presented: None,
     });
     fx.apply(Command::RevokeSubject {
         sub: "h".into(),
         before: T0,
+        by_revision: false,
         drop_after: T0 + 4000,
         reason: String::new(),
         at: T0,
@@ -377,6 +386,7 @@ fn a_traced_command_applies_exactly_as_the_command() {
         reason: "leak".into(),
         at: T0 + 5,
         actor: op(),
+        presented: None,
     };
     let wrapped = Command::Traced {
         trace: [(
@@ -463,6 +473,7 @@ fn the_audit_trail_records_applied_changes_with_actor_subject_and_time() {
         reason: "leaked".into(),
         at: T0 + 30,
         actor: Actor("operator:carol".into()),
+        presented: None,
     });
     // Refused and housekeeping commands leave no event.
     fx.apply(Command::RevokeToken {
@@ -470,6 +481,7 @@ fn the_audit_trail_records_applied_changes_with_actor_subject_and_time() {
         reason: String::new(),
         at: T0 + 31,
         actor: op(),
+        presented: None,
     });
     fx.apply(Command::Sweep { cutoff: T0 });
     let all = |q: AuditQuery<'_>| {
@@ -554,4 +566,231 @@ fn the_audit_trail_is_bounded() {
     assert_eq!(a.len(), crate::audit::AUDIT_RETAIN);
     assert_eq!(a.dropped(), 7);
     assert_eq!(a.oldest(), 8);
+}
+
+fn revoke_subject_now(fx: &mut Fx, sub: &str, at: i64) -> u64 {
+    let r = fx.apply(Command::RevokeSubject {
+        sub: sub.into(),
+        before: i64::MIN,
+        by_revision: true,
+        drop_after: at + 86_400,
+        reason: "fired".into(),
+        at,
+        actor: op(),
+    });
+    let Response::Revoked {
+        revision,
+        already: false,
+    } = r
+    else {
+        panic!("{r:?}")
+    };
+    revision
+}
+
+#[test]
+fn a_subject_revoke_by_revision_is_exact_within_one_second() {
+    let mut fx = Fx::new();
+    let before = fx.issue(1, "erin", T0);
+    // Signed before the revoke (its rev is the state before it) but
+    // applied after: the state machine refuses to record it.
+    let signed_early = fx.token(2, "erin", T0, 3600);
+    let cut = revoke_subject_now(&mut fx, "erin", T0);
+    let snapshot = fx.st.clone();
+    let r = fx.apply(Command::Issue {
+        token: signed_early,
+        actor: op(),
+    });
+    assert!(
+        matches!(
+            r,
+            Response::Rejected {
+                rejection: Rejection::Conflict(_),
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    let mut unchanged = snapshot;
+    unchanged.revision = fx.st.revision;
+    assert_eq!(unchanged, fx.st, "a refused issue changes nothing");
+    // Issued after the revoke's answer, in the same second: valid.
+    let after = fx.issue(3, "erin", T0);
+    assert!(fx.st.token(&after).unwrap().token.rev >= cut);
+    assert_eq!(fx.status(before, T0), TokenStatus::Revoked);
+    assert_eq!(fx.status(after, T0), TokenStatus::Active);
+    // What the edges learn says the same.
+    let (_, changes) = fx.st.clone().apply_for_edges(
+        fx.rev + 1,
+        &Command::RevokeSubject {
+            sub: "erin".into(),
+            before: i64::MIN,
+            by_revision: true,
+            drop_after: T0 + 86_400,
+            reason: String::new(),
+            at: T0,
+            actor: op(),
+        },
+    );
+    assert_eq!(
+        changes,
+        vec![crate::EdgeChange::SubjectRevoked {
+            sub: "erin".into(),
+            before: i64::MIN,
+            drop_after: T0 + 86_400,
+            before_revision: fx.rev + 1,
+        }]
+    );
+}
+
+#[test]
+fn subject_cutoffs_merge_to_the_union_of_what_each_covers() {
+    let mut fx = Fx::new();
+    let early = fx.issue(1, "fay", T0);
+    fx.apply(Command::RevokeSubject {
+        sub: "fay".into(),
+        before: T0,
+        by_revision: false,
+        drop_after: T0 + 86_400,
+        reason: String::new(),
+        at: T0 + 100,
+        actor: op(),
+    });
+    let mid = fx.issue(2, "fay", T0 + 200);
+    assert_eq!(fx.status(early, T0 + 300), TokenStatus::Revoked);
+    assert_eq!(fx.status(mid, T0 + 300), TokenStatus::Active);
+    revoke_subject_now(&mut fx, "fay", T0 + 300);
+    let late = fx.issue(3, "fay", T0 + 300);
+    let c = fx.st.subject_cutoff("fay").unwrap().clone();
+    assert_eq!(c.before, T0, "the time cutoff is kept");
+    assert_eq!(fx.status(early, T0 + 300), TokenStatus::Revoked);
+    assert_eq!(fx.status(mid, T0 + 300), TokenStatus::Revoked);
+    assert_eq!(fx.status(late, T0 + 300), TokenStatus::Active);
+    // A time cutoff issued after a revision cutoff keeps both.
+    fx.apply(Command::RevokeSubject {
+        sub: "fay".into(),
+        before: T0 - 50,
+        by_revision: false,
+        drop_after: T0 + 86_400,
+        reason: String::new(),
+        at: T0 + 400,
+        actor: op(),
+    });
+    assert_eq!(fx.status(mid, T0 + 400), TokenStatus::Revoked);
+    assert_eq!(fx.status(late, T0 + 400), TokenStatus::Active);
+}
+
+#[test]
+fn a_presented_token_is_revoked_without_its_record() {
+    let mut fx = Fx::new();
+    let stranger = Jti([0x42; 16]);
+    let presented = crate::command::Presented {
+        exp: T0 + 600,
+        sub: "ghost".into(),
+        kid: fx.kid,
+    };
+    let r = fx.apply(Command::RevokeToken {
+        jti: stranger,
+        reason: "restored from an old backup".into(),
+        at: T0,
+        actor: op(),
+        presented: Some(presented.clone()),
+    });
+    assert!(
+        matches!(r, Response::Revoked { already: false, .. }),
+        "{r:?}"
+    );
+    let rv = fx.st.token_revocation(&stranger).unwrap();
+    assert_eq!(rv.exp, T0 + 600);
+    assert!(fx.st.token(&stranger).is_none(), "no record is invented");
+    let snap = fx.st.edge_snapshot();
+    assert!(snap.contains(&crate::EdgeChange::TokenRevoked {
+        jti: stranger,
+        exp: T0 + 600,
+        effective_at: T0,
+        grace_ms: 0,
+    }));
+    // Under a key the state does not know: refused, nothing changes.
+    let before = fx.st.clone();
+    let r = fx.apply(Command::RevokeToken {
+        jti: Jti([0x43; 16]),
+        reason: String::new(),
+        at: T0,
+        actor: op(),
+        presented: Some(crate::command::Presented {
+            kid: Kid([9; 16]),
+            ..presented
+        }),
+    });
+    assert!(matches!(
+        r,
+        Response::Rejected {
+            rejection: Rejection::NotFound { .. },
+            ..
+        }
+    ));
+    let mut b = before;
+    b.revision = fx.st.revision;
+    assert_eq!(b, fx.st);
+    // The revocation is swept with the token's exp.
+    fx.apply(Command::Sweep { cutoff: T0 + 600 });
+    assert!(fx.st.token_revocation(&stranger).is_none());
+}
+
+#[test]
+fn edges_learn_grace_as_a_duration_and_the_sweep_horizon() {
+    let mut fx = Fx::new();
+    let a = fx.issue(1, "hal", T0);
+    let mut succ = fx.token(2, "hal", T0 + 5, 3600);
+    succ.fam = a;
+    let rev = fx.rev + 1;
+    fx.rev = rev;
+    let (_, changes) = fx.st.apply_for_edges(
+        rev,
+        &Command::Refresh {
+            predecessor: a,
+            successor: succ,
+            revoke_at: T0 + 35,
+            at: T0 + 5,
+            actor: op(),
+        },
+    );
+    assert_eq!(
+        changes,
+        vec![crate::EdgeChange::TokenRevoked {
+            jti: a,
+            exp: T0 + 3600,
+            effective_at: T0 + 35,
+            grace_ms: 30_000,
+        }]
+    );
+    // A snapshot grants no grace: it cannot say when the refresh committed.
+    assert!(fx
+        .st
+        .edge_snapshot()
+        .contains(&crate::EdgeChange::TokenRevoked {
+            jti: a,
+            exp: T0 + 3600,
+            effective_at: T0 + 35,
+            grace_ms: 0,
+        }));
+    // After a sweep the snapshot carries its cutoff first, so an edge
+    // refuses what expired on the cluster's clock even if its own is behind.
+    assert!(!fx
+        .st
+        .edge_snapshot()
+        .iter()
+        .any(|c| matches!(c, crate::EdgeChange::Swept { .. })));
+    fx.apply(Command::Sweep { cutoff: T0 - 10 });
+    assert_eq!(fx.st.swept_through(), T0 - 10);
+    assert_eq!(
+        fx.st.edge_snapshot().first(),
+        Some(&crate::EdgeChange::Swept { cutoff: T0 - 10 })
+    );
+    fx.apply(Command::Sweep { cutoff: T0 - 20 });
+    assert_eq!(
+        fx.st.swept_through(),
+        T0 - 10,
+        "the horizon never moves back"
+    );
 }

@@ -134,12 +134,15 @@ impl RaftService for Service {
 
     async fn read_index(&self, r: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         self.check(&r)?;
-        let res: Result<u64, String> = match self
+        let res: Result<crate::node::ReadIndex, String> = match self
             .raft
             .get_read_linearizer(openraft::ReadPolicy::ReadIndex)
             .await
         {
-            Ok(l) => Ok(l.read_log_id().index()),
+            Ok(l) => Ok(crate::node::ReadIndex {
+                index: l.read_log_id().index(),
+                leader_unix_ms: crate::node::unix_now_ms(),
+            }),
             Err(e) => Err(e.to_string()),
         };
         encode(&res)

@@ -90,6 +90,9 @@ async fn a_backup_restores_into_a_new_cluster_with_every_token_status() -> anyho
     let out = veto(&["--json", "snapshot", "inspect", &file_s])?;
     let header: serde_json::Value = serde_json::from_str(out.trim())?;
     assert!(header["revision"].as_u64().unwrap_or(0) >= last, "{header}");
+    // Issued after the backup: the restored cluster will hold no record of
+    // it, yet it verifies there (same keys) until revoked by presentation.
+    let late = issue(l, "user:late", 3600).await?;
 
     // A corrupted copy is refused, by inspect and by restore.
     let bad = dir.path().join("bad.backup");
@@ -167,6 +170,79 @@ async fn a_backup_restores_into_a_new_cluster_with_every_token_status() -> anyho
     assert!(v.valid, "issued after the restore: {v:?}");
     let v = verify_at(&edges[0], &toks[4].token, r).await?;
     assert!(v.valid, "never revoked: {v:?}");
+    // The token issued after the backup: valid at the edge, unknown to the
+    // state, so a revoke by jti cannot find it; presenting it revokes it.
+    let v = verify_at(&edges[0], &late.token, r).await?;
+    assert!(v.valid, "issued after the backup, never revoked: {v:?}");
+    let late_jti = late
+        .record
+        .as_ref()
+        .map(|r| r.jti.clone())
+        .unwrap_or_default();
+    let by_jti = bl
+        .tokens()?
+        .revoke(pb::RevokeRequest {
+            jti: late_jti.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        by_jti.map(|_| ()).map_err(|s| s.code()),
+        Err(tonic::Code::NotFound)
+    );
+    let dir2 = tempfile::tempdir()?;
+    let token_file = dir2.path().join("leaked.jwt");
+    std::fs::write(&token_file, format!("{}\n", late.token))?;
+    let out = veto(&[
+        "--addr",
+        &bl.grpc_addr,
+        "--json",
+        "token",
+        "revoke",
+        "--token-file",
+        &token_file.display().to_string(),
+        "--reason",
+        "leaked; record lost in the restore",
+        "--wait-edges",
+    ])?;
+    let rv: serde_json::Value = serde_json::from_str(out.lines().next().unwrap_or(""))?;
+    let rr = rv["revision"].as_u64().unwrap_or(0);
+    assert!(rr > r, "{rv}");
+    assert!(!out.contains(&late.token), "the CLI echoed the token");
+    let v = verify_at(&edges[0], &late.token, rr).await?;
+    assert_eq!(v.outcome, pb::Outcome::Revoked as i32, "{v:?}");
+    // The audit trail says who revoked what, by presentation.
+    let audit = bl
+        .admin()?
+        .audit(pb::AuditRequest {
+            subject: "user:late".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(
+        audit
+            .events
+            .iter()
+            .any(|e| e.action == "revoke_token" && e.target.contains("presented")),
+        "{audit:?}"
+    );
+    // Presenting a forged token changes nothing.
+    let mut forged = late.token.clone().into_bytes();
+    let i = forged.len() - 2;
+    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged)?;
+    let bad = bl
+        .tokens()?
+        .revoke(pb::RevokeRequest {
+            token: forged,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        bad.map(|_| ()).map_err(|s| s.code()),
+        Err(tonic::Code::Unauthenticated)
+    );
     for e in edges {
         e.stop().await;
     }

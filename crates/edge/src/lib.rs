@@ -1,5 +1,6 @@
 //! The veto edge: an in-process replica of keys and revocations, fed by one
-//! FeedService stream, answering verifies locally (DESIGN.md §4).
+//! FeedService stream, answering verifies locally (docs/design.md, "The
+//! feed").
 //!
 //! Embed it with [`Edge::start_embedded`] (no gRPC server: call
 //! [`EdgeHandle::verify`] in-process), or run the `veto-edge` node, which
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
-use veto_core::token::Requirements;
+use veto_core::token::{Leeway, Requirements};
 use veto_feed::{Freshness, Policy, Replica, Verdict};
 
 /// Edge configuration. Every limit carries its unit.
@@ -52,6 +53,12 @@ pub struct Options {
     /// The library defaults to plaintext; the `veto-edge` binary makes the
     /// choice explicit (`--tls-*` or `--insecure`).
     pub transport: veto_auth::Transport,
+    /// Wall-clock tolerance for the time claims (`nbf`/`iat`, `exp`).
+    /// Revocations never depend on the wall clock.
+    pub leeway: Leeway,
+    /// Warn (log and `/healthz`) when this edge's clock differs from the
+    /// leader's by more than this, ms.
+    pub clock_offset_warn_ms: u64,
 }
 
 impl Default for Options {
@@ -69,8 +76,35 @@ impl Default for Options {
             record_applies: false,
             metrics: true,
             transport: veto_auth::Transport::Insecure,
+            leeway: Leeway::default(),
+            clock_offset_warn_ms: DEFAULT_CLOCK_OFFSET_WARN_MS,
         }
     }
+}
+
+/// Default clock-offset warning threshold: well inside the default 60 s
+/// `nbf` leeway, so an operator hears of a drifting clock before it refuses
+/// new tokens.
+pub const DEFAULT_CLOCK_OFFSET_WARN_MS: u64 = 10_000;
+
+/// Clock samples kept; the estimate is the one with the shortest round trip.
+const CLOCK_SAMPLES: usize = 16;
+
+/// This edge's wall clock measured against the leader's, from probe replies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClockOffset {
+    /// Leader's clock minus this edge's, ms: positive when this edge is
+    /// behind.
+    pub offset_ms: f64,
+    /// Half the round trip of the probe it came from: the offset is exact
+    /// to within this, ms.
+    pub uncertainty_ms: f64,
+}
+
+#[derive(Debug, Default)]
+struct ClockSamples {
+    recent: std::collections::VecDeque<ClockOffset>,
+    warned: bool,
 }
 
 impl Options {
@@ -117,6 +151,7 @@ struct Inner {
     verify_counters: Vec<veto_telemetry::metrics::Counter>,
     /// The same counts, readable (reported to the server in probes).
     verify_counts: Vec<AtomicU64>,
+    clock: Mutex<ClockSamples>,
     opts: Options,
 }
 
@@ -128,6 +163,14 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Unix milliseconds on this edge's clock.
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 impl EdgeHandle {
     fn new(opts: Options) -> Self {
         let replica = Replica::new(
@@ -135,7 +178,8 @@ impl EdgeHandle {
             opts.policy,
             opts.sig_cache_entries,
             opts.max_token_bytes,
-        );
+        )
+        .with_leeway(opts.leeway);
         let (applied, _) = watch::channel(0);
         Self {
             inner: Arc::new(Inner {
@@ -162,6 +206,7 @@ impl EdgeHandle {
                     .iter()
                     .map(|_| AtomicU64::new(0))
                     .collect(),
+                clock: Mutex::new(ClockSamples::default()),
                 opts,
             }),
         }
@@ -282,6 +327,65 @@ impl EdgeHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// This edge's clock against the leader's, if a probe reply carried
+    /// the leader's time yet: the sample with the shortest round trip among
+    /// the last few.
+    pub fn clock_offset(&self) -> Option<ClockOffset> {
+        let c = self.inner.clock.lock().unwrap_or_else(|p| p.into_inner());
+        c.recent
+            .iter()
+            .min_by(|a, b| a.uncertainty_ms.total_cmp(&b.uncertainty_ms))
+            .copied()
+    }
+
+    /// Whether the measured offset is past the configured threshold.
+    pub fn clock_offset_alarming(&self) -> bool {
+        self.clock_offset().is_some_and(|o| {
+            o.offset_ms.abs() - o.uncertainty_ms > self.inner.opts.clock_offset_warn_ms as f64
+        })
+    }
+
+    /// Records one probe reply: the leader stamped `leader_unix_ms` between
+    /// `sent_wall_ms` and `sent_wall_ms + rtt` on this edge's clock.
+    pub(crate) fn clock_sample(&self, sent_wall_ms: i64, rtt: Duration, leader_unix_ms: i64) {
+        if leader_unix_ms <= 0 {
+            return;
+        }
+        let rtt_ms = rtt.as_secs_f64() * 1e3;
+        let sample = ClockOffset {
+            offset_ms: leader_unix_ms as f64 - (sent_wall_ms as f64 + rtt_ms / 2.0),
+            uncertainty_ms: rtt_ms / 2.0,
+        };
+        {
+            let mut c = self.inner.clock.lock().unwrap_or_else(|p| p.into_inner());
+            if c.recent.len() >= CLOCK_SAMPLES {
+                c.recent.pop_front();
+            }
+            c.recent.push_back(sample);
+        }
+        let Some(best) = self.clock_offset() else {
+            return;
+        };
+        let alarming = self.clock_offset_alarming();
+        let mut c = self.inner.clock.lock().unwrap_or_else(|p| p.into_inner());
+        if alarming && !c.warned {
+            tracing::warn!(
+                offset_ms = best.offset_ms,
+                uncertainty_ms = best.uncertainty_ms,
+                threshold_ms = self.inner.opts.clock_offset_warn_ms,
+                nbf_leeway_s = self.inner.opts.leeway.nbf_seconds,
+                exp_leeway_s = self.inner.opts.leeway.exp_seconds,
+                "this edge's wall clock differs from the leader's past the threshold;                  exp/nbf checks use this clock (revocations do not)"
+            );
+        } else if !alarming && c.warned {
+            tracing::info!(
+                offset_ms = best.offset_ms,
+                "this edge's wall clock is back within the threshold of the leader's"
+            );
+        }
+        c.warned = alarming;
     }
 
     pub(crate) fn count_connect(&self) {

@@ -32,6 +32,19 @@ struct Flags {
     /// Answer (marked stale) instead of failing closed outside the bound.
     #[arg(long)]
     fail_open: bool,
+    /// Seconds a token's nbf/iat may lie in this edge's future (its clock
+    /// behind the issuer's) and still be accepted.
+    #[arg(long, env = "VETO_CLOCK_LEEWAY_SECS", default_value_t = 60)]
+    clock_leeway_secs: u64,
+    /// Seconds past exp a token is still accepted (this edge's clock ahead
+    /// of the issuer's). A token the cluster has swept as expired is
+    /// refused whatever this says.
+    #[arg(long, env = "VETO_EXP_LEEWAY_SECS", default_value_t = 0)]
+    exp_leeway_secs: u64,
+    /// Warn in the log and /healthz when this edge's clock differs from
+    /// the leader's by more than this many milliseconds.
+    #[arg(long, env = "VETO_CLOCK_OFFSET_WARN_MS", default_value_t = veto_edge::DEFAULT_CLOCK_OFFSET_WARN_MS)]
+    clock_offset_warn_ms: u64,
     /// Write the bound addresses as JSON to this file once listening.
     #[arg(long)]
     ready_file: Option<std::path::PathBuf>,
@@ -79,6 +92,11 @@ fn main() -> ExitCode {
         } else {
             Policy::FailClosed
         },
+        leeway: veto_core::token::Leeway {
+            nbf_seconds: f.clock_leeway_secs,
+            exp_seconds: f.exp_leeway_secs,
+        },
+        clock_offset_warn_ms: f.clock_offset_warn_ms,
         ..Options::default()
     };
     // Test-only (debug builds): an edge that applies another bound than the

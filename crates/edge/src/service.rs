@@ -200,6 +200,12 @@ pub fn http_router(h: EdgeHandle, metrics: veto_telemetry::Handle) -> axum::Rout
                     } else {
                         1.0
                     });
+                    if let Some(o) = h.clock_offset() {
+                        gauge!(veto_telemetry::EDGE_CLOCK_OFFSET_SECONDS, "edge" => id.clone())
+                            .set(o.offset_ms / 1e3);
+                        gauge!(veto_telemetry::EDGE_CLOCK_OFFSET_UNCERTAINTY_SECONDS, "edge" => id.clone())
+                            .set(o.uncertainty_ms / 1e3);
+                    }
                     gauge!(veto_telemetry::EDGE_BOUND_SECONDS, "edge" => id)
                         .set(h.options().bound_ms as f64 / 1e3);
                     (
@@ -223,10 +229,27 @@ pub fn http_router(h: EdgeHandle, metrics: veto_telemetry::Handle) -> axum::Rout
                         .age
                         .map(|a| format!("{} ms", a.as_millis()))
                         .unwrap_or_else(|| "never".into());
-                    let body = format!(
-                        "revision {} server {server} fresh_age {age}\n",
+                    let clock = match h.clock_offset() {
+                        Some(o) => format!(
+                            "{:+.0} ms (±{:.0} ms)",
+                            o.offset_ms, o.uncertainty_ms
+                        ),
+                        None => "unknown".into(),
+                    };
+                    let mut body = format!(
+                        "revision {} server {server} fresh_age {age} clock_offset {clock}\n",
                         h.revision()
                     );
+                    // A skewed clock does not make the edge unhealthy (no
+                    // revocation depends on it) but it bends exp/nbf: say so.
+                    if h.clock_offset_alarming() {
+                        let o = h.options();
+                        body.push_str(&format!(
+                            "warning: this edge's wall clock differs from the leader's by more than {} ms; \
+                             exp/nbf are judged on it (leeway nbf {} s, exp {} s)\n",
+                            o.clock_offset_warn_ms, o.leeway.nbf_seconds, o.leeway.exp_seconds
+                        ));
+                    }
                     if f.fresh {
                         (StatusCode::OK, format!("ok: {body}"))
                     } else {

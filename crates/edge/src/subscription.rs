@@ -127,6 +127,7 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
     let mut st = Session {
         last_answer: None,
         snap: Vec::new(),
+        sent: std::collections::VecDeque::new(),
     };
     // Acks: at most one per ACK_INTERVAL. One due sooner waits (the newest
     // revision replacing an older one) and carries how long it waited.
@@ -152,7 +153,12 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
                     return End::NotFresh;
                 }
                 nonce = nonce.wrapping_add(1);
-                h.replica().probe_sent(nonce, Instant::now());
+                let sent_at = Instant::now();
+                h.replica().probe_sent(nonce, sent_at);
+                if st.sent.len() >= MAX_PROBES_TIMED {
+                    st.sent.pop_front();
+                }
+                st.sent.push_back((nonce, sent_at, crate::unix_now_ms()));
                 let verify_counts = h.verify_counts().into_iter().map(|(k, n)| (k.to_string(), n)).collect();
                 let m = pb::EdgeMessage { msg: Some(pb::edge_message::Msg::Probe(pb::SyncProbe { nonce, verify_counts })) };
                 // A full queue only delays this probe's answer; a closed one
@@ -214,6 +220,9 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
     }
 }
 
+/// Probes whose send times are kept for clock-offset samples.
+const MAX_PROBES_TIMED: usize = 64;
+
 /// Most messages handled before one ack.
 const MAX_DRAIN: usize = 64;
 
@@ -247,6 +256,8 @@ struct Session {
     last_answer: Option<Instant>,
     /// The snapshot being received.
     snap: Vec<u8>,
+    /// Recent probes: nonce, monotonic and wall-clock (unix ms) send times.
+    sent: std::collections::VecDeque<(u64, Instant, i64)>,
 }
 
 /// Applies one feed message; the revision now applied, if it moved.
@@ -341,8 +352,14 @@ fn handle(
             }
         }
         Some(pb::feed_message::Msg::SyncReply(r)) => {
+            let now = Instant::now();
             if h.replica().sync_reply(r.nonce, r.revision) {
-                st.last_answer = Some(Instant::now());
+                st.last_answer = Some(now);
+            }
+            if let Some(pos) = st.sent.iter().position(|(n, _, _)| *n == r.nonce) {
+                let (_, at, wall) = st.sent[pos];
+                st.sent.drain(..=pos);
+                h.clock_sample(wall, now.saturating_duration_since(at), r.leader_unix_ms);
             }
             None
         }

@@ -286,16 +286,19 @@ impl Hub {
         behind.sort();
         behind.dedup();
         let mut unknown = Vec::new();
+        // A member that does not answer may hold edges nobody else sees
+        // (it may be cut off, not dead): it is always named, with the edges
+        // it last reported that no answering member has now.
         for (node, edges) in &view.unanswered {
-            if edges.is_empty() {
+            let missing: Vec<String> = edges
+                .iter()
+                .filter(|e| !seen(e))
+                .map(|e| format!("{e}@{node}"))
+                .collect();
+            if missing.is_empty() {
                 unknown.push(format!("?@{node}"));
             }
-            unknown.extend(
-                edges
-                    .iter()
-                    .filter(|e| !seen(e))
-                    .map(|e| format!("{e}@{node}")),
-            );
+            unknown.extend(missing);
         }
         let confirmed: Vec<Instant> = live
             .iter()

@@ -61,6 +61,11 @@ pub const EDGE_FRESHNESS_AGE_SECONDS: &str = "veto_edge_freshness_age_seconds";
 pub const EDGE_STALE: &str = "veto_edge_stale";
 /// The edge's configured propagation bound B.
 pub const EDGE_BOUND_SECONDS: &str = "veto_edge_bound_seconds";
+/// The leader's wall clock minus the edge's, measured from probe replies.
+pub const EDGE_CLOCK_OFFSET_SECONDS: &str = "veto_edge_clock_offset_seconds";
+/// Half the round trip of the probe the offset came from (its error bound).
+pub const EDGE_CLOCK_OFFSET_UNCERTAINTY_SECONDS: &str =
+    "veto_edge_clock_offset_uncertainty_seconds";
 /// Calls refused by authentication, authorisation or a write rate limit.
 pub const AUTH_DENIED_TOTAL: &str = "veto_auth_denied_total";
 /// The reasons [`AUTH_DENIED_TOTAL`] is labelled with.
@@ -168,6 +173,16 @@ pub fn register_edge(edge_id: &str) {
         EDGE_BOUND_SECONDS,
         Unit::Seconds,
         "The edge's propagation bound B."
+    );
+    describe_gauge!(
+        EDGE_CLOCK_OFFSET_SECONDS,
+        Unit::Seconds,
+        "The leader's wall clock minus this edge's, from probe replies (exp/nbf use the edge's clock; revocations use none)."
+    );
+    describe_gauge!(
+        EDGE_CLOCK_OFFSET_UNCERTAINTY_SECONDS,
+        Unit::Seconds,
+        "Error bound of veto_edge_clock_offset_seconds (half the probe's round trip)."
     );
     register_auth();
     for c in [EDGE_FEED_CONNECTS_TOTAL, EDGE_RESYNCS_TOTAL] {

@@ -266,7 +266,7 @@ pub struct VerifyOp {
     pub revoked: bool,
 }
 
-/// A violation of DESIGN §4's guarantee found in a history.
+/// A violation of the guarantee (docs/design.md, "The feed") found in a history.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Violation {
     /// An edge accepted `jti` at or after (revoke ack + B).

@@ -1,4 +1,4 @@
-//! Transport security and authorisation (DESIGN §6) on a TLS cluster:
+//! Transport security and authorisation (docs/design.md, "Security") on a TLS cluster:
 //! who may call what, who cannot even connect, the HTTPS ports, the edge
 //! feed's identity binding and the audit trail's actors.
 

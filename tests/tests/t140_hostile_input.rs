@@ -1,4 +1,4 @@
-//! Hostile input to every RPC of every service (DESIGN §6): malformed,
+//! Hostile input to every RPC of every service (docs/design.md, "Security"): malformed,
 //! oversized and non-protobuf requests, garbage streams, each answered with
 //! a clear status (never a panic or a hang), and nothing changes: every
 //! server's state digest and revision are the same before and after. Also:

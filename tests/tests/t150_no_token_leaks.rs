@@ -1,4 +1,4 @@
-//! Token strings never leave veto (DESIGN §6): a full issue, refresh,
+//! Token strings never leave veto (docs/design.md, "Security"): a full issue, refresh,
 //! verify and revoke flow runs on a TLS cluster and a `veto-edge` process,
 //! all with debug logging and span export on; then every log line, every
 //! metric of every process, every exported span and every answer's error

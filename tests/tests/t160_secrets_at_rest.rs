@@ -1,4 +1,4 @@
-//! Signing private keys are never stored in the clear (DESIGN §5, §6):
+//! Signing private keys are never stored in the clear (docs/design.md, "Storage" and "Security"):
 //! after issuing with two keys and building a snapshot, every node is
 //! stopped and every RocksDB record (read back through RocksDB, so
 //! compressed blocks are searched decompressed) and every file of every

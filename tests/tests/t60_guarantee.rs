@@ -1,4 +1,4 @@
-//! DESIGN §4's guarantee under faults, checked from a recorded history:
+//! The guarantee (docs/design.md, "The feed") under faults, checked from a recorded history:
 //! while tokens are revoked at a steady rate and edges verify continuously,
 //! the node an edge streams from is killed and later the leader; no edge may
 //! accept a token at or after (its revoke's ack + B), and no fresh edge may

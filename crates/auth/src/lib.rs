@@ -1,4 +1,4 @@
-//! Transport security for veto (DESIGN §6).
+//! Transport security for veto (docs/design.md, "Security").
 //!
 //! - [`Transport`]: TLS material loaded once (rustls with ring, through
 //!   tonic's `tls-ring`), or plaintext when `--insecure` was asked for

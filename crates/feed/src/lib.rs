@@ -1,4 +1,4 @@
-//! The edge side of the feed protocol, without I/O (DESIGN.md §4).
+//! The edge side of the feed protocol, without I/O (docs/design.md, "The feed").
 //!
 //! A [`Replica`] holds what an edge needs to verify tokens — public keys,
 //! token revocations, subject cutoffs, family revocations — and applies

@@ -1,4 +1,4 @@
-//! Who may call what on a control-plane node (DESIGN §6).
+//! Who may call what on a control-plane node (docs/design.md, "Security").
 //!
 //! Applied by [`veto_auth::AuthLayer`] to every gRPC call when the node runs
 //! with TLS. Peers (`server`) may call everything: that is how Raft and

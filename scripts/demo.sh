@@ -4,6 +4,6 @@
 # until Ctrl-C; pass --once to exit after the walkthrough.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh build
+scripts/deps.sh demo
 cargo build --workspace --bins
 exec target/debug/veto demo "$@"

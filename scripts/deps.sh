@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
-# Installs the system packages veto's build, tests and benchmarks need, only
-# if missing (idempotent). Usage: scripts/deps.sh [build|bench]
+# Installs the system packages veto needs, only those missing (idempotent).
+# Usage: scripts/deps.sh [demo|test|bench]   (build = test, for old callers)
+#   demo:  what building veto needs (bindgen for RocksDB: libclang, a C++
+#          compiler) — the demo needs nothing else.
+#   test:  + what the test command uses:
+#          prometheus (its promtool validates /metrics, the scrape config and
+#          the alert rules), chromium (renders /ui headless), iproute2 and
+#          nftables (the chaos tests' network namespaces and their faults),
+#          python3-venv (the pinned PyPI tools: deploy checks, gRPC health and
+#          reflection clients), faketime (libfaketime: edges and servers with
+#          their wall clock offset, monotonic clock untouched).
+#   bench: + etcd-server (the propagation baseline).
 set -euo pipefail
-# prometheus: its promtool validates veto's /metrics output, the scrape
-# config and the alerting rules in the tests.
-# chromium: the dashboard test renders /ui headless.
-# iproute2 and nftables: the chaos tests' hosts (network namespaces, veth,
-# a bridge) and their faults (packet drop and loss rules).
-want=(libclang-dev clang prometheus chromium iproute2 nftables)
-if [[ "${1:-build}" == "bench" ]]; then
-  want+=(etcd-server)
-fi
+build=(libclang-dev clang)
+test=(prometheus chromium iproute2 nftables python3-venv faketime)
+case "${1:-test}" in
+  demo) want=("${build[@]}") ;;
+  build | test) want=("${build[@]}" "${test[@]}") ;;
+  bench) want=("${build[@]}" "${test[@]}" etcd-server) ;;
+  *)
+    echo "usage: $0 [demo|test|bench]" >&2
+    exit 64
+    ;;
+esac
 missing=()
 for p in "${want[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

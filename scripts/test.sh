@@ -5,7 +5,7 @@
 # edges in network namespaces of their own, as root), then a bounded fuzz run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh build
+scripts/deps.sh test
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins

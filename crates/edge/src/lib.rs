@@ -347,16 +347,12 @@ impl EdgeHandle {
         })
     }
 
-    /// Records one probe reply: the leader stamped `leader_unix_ms` between
-    /// `sent_wall_ms` and `sent_wall_ms + rtt` on this edge's clock.
-    pub(crate) fn clock_sample(&self, sent_wall_ms: i64, rtt: Duration, leader_unix_ms: i64) {
-        if leader_unix_ms <= 0 {
-            return;
-        }
-        let rtt_ms = rtt.as_secs_f64() * 1e3;
+    /// Records one clock sample from a probe reply.
+    pub(crate) fn clock_sample(&self, s: veto_feed::session::edge::ClockSample) {
+        let (offset_ms, uncertainty_ms) = s.offset_ms();
         let sample = ClockOffset {
-            offset_ms: leader_unix_ms as f64 - (sent_wall_ms as f64 + rtt_ms / 2.0),
-            uncertainty_ms: rtt_ms / 2.0,
+            offset_ms,
+            uncertainty_ms,
         };
         {
             let mut c = self.inner.clock.lock().unwrap_or_else(|p| p.into_inner());

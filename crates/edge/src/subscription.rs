@@ -1,13 +1,17 @@
 //! The resilient feed subscription: one stream at a time, failover with
 //! jittered backoff, resume from the applied revision, snapshot resync.
+//!
+//! The rules of a session live in [`veto_feed::session::edge`]; this file
+//! connects, converts protobuf to domain messages, moves them between the
+//! socket and the session, and arms its timers.
 
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use prost::Message;
-use sha2::Digest;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use veto_feed::session::edge::{self as session, AckPlan, EdgeSession, FromServer, Handled};
 use veto_feed::Batch;
 use veto_proto as pb;
 use veto_proto::feed::change_from_pb;
@@ -22,10 +26,8 @@ enum End {
     Connect(String),
     #[error("stream: {0}")]
     Stream(String),
-    #[error("server stopped proving freshness")]
-    NotFresh,
-    #[error("resync needed: {0}")]
-    Resync(String),
+    #[error(transparent)]
+    Session(#[from] session::End),
     #[error("shutdown")]
     Shutdown,
 }
@@ -47,7 +49,7 @@ pub async fn run(h: EdgeHandle, mut shutdown: watch::Receiver<bool>) {
         h.replica().reset_stream();
         match &end {
             End::Shutdown => return,
-            End::Resync(why) => {
+            End::Session(session::End::Resync(why)) => {
                 tracing::warn!(%addr, %why, "resyncing from a snapshot");
                 h.count_resync();
                 resync = true;
@@ -74,8 +76,19 @@ pub async fn run(h: EdgeHandle, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
-    let opts = h.options().clone();
+/// Connects to `addr` and opens the stream within the setup allowance.
+async fn open(
+    h: &EdgeHandle,
+    addr: &str,
+    from: u64,
+) -> Result<
+    (
+        mpsc::Sender<pb::EdgeMessage>,
+        tonic::Streaming<pb::FeedMessage>,
+    ),
+    End,
+> {
+    let opts = h.options();
     let bound = Duration::from_millis(opts.bound_ms);
     // A stalled server (SIGSTOP, a frozen VM) accepts TCP in its kernel and
     // then never answers, which would hold the edge here. A live one opens
@@ -96,12 +109,11 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
     .await;
     let ch = match connected {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return End::Connect(e.to_string()),
-        Err(_) => return End::Connect(format!("no connection within {setup:?}")),
+        Ok(Err(e)) => return Err(End::Connect(e.to_string())),
+        Err(_) => return Err(End::Connect(format!("no connection within {setup:?}"))),
     };
     let mut client = FeedServiceClient::new(ch).max_decoding_message_size(8 << 20);
     let (tx, rx) = mpsc::channel::<pb::EdgeMessage>(64);
-    let from = if resync { 0 } else { h.revision() };
     let hello = pb::EdgeMessage {
         msg: Some(pb::edge_message::Msg::Hello(pb::Hello {
             edge_id: opts.edge_id.clone(),
@@ -109,56 +121,66 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
         })),
     };
     if tx.send(hello).await.is_err() {
-        return End::Stream("outbound closed".into());
+        return Err(End::Stream("outbound closed".into()));
     }
     let subscribed =
         tokio::time::timeout_at(setup_deadline, client.subscribe(ReceiverStream::new(rx))).await;
-    let mut inbound = match subscribed {
-        Ok(Ok(r)) => r.into_inner(),
-        Ok(Err(s)) => return End::Connect(format!("{:?}: {}", s.code(), s.message())),
-        Err(_) => return End::Connect(format!("no answer to Subscribe within {setup:?}")),
+    match subscribed {
+        Ok(Ok(r)) => Ok((tx, r.into_inner())),
+        Ok(Err(s)) => Err(End::Connect(format!("{:?}: {}", s.code(), s.message()))),
+        Err(_) => Err(End::Connect(format!(
+            "no answer to Subscribe within {setup:?}"
+        ))),
+    }
+}
+
+/// Decodes a whole snapshot's bytes (a `ChangeBatch`) into its changes.
+fn decode_snapshot(bytes: &[u8]) -> Result<Vec<veto_core::EdgeChange>, String> {
+    let b = pb::ChangeBatch::decode(bytes).map_err(|e| format!("decode: {e}"))?;
+    b.changes
+        .iter()
+        .map(|c| {
+            change_from_pb(c)
+                .map(|(_, ch)| ch)
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
+    let opts = h.options().clone();
+    let from = EdgeSession::hello_revision(&h.replica(), resync);
+    let (tx, mut inbound) = match open(h, addr, from).await {
+        Ok(s) => s,
+        Err(e) => return e,
     };
     h.set_server(Some(addr.to_owned()));
     h.count_connect();
     let mut probe = tokio::time::interval(Duration::from_millis(opts.probe_interval_ms));
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut nonce: u64 = rand::random::<u32>() as u64;
-    let session_start = Instant::now();
-    let mut st = Session {
-        last_answer: None,
-        snap: Vec::new(),
-        sent: std::collections::VecDeque::new(),
-    };
-    // Acks: at most one per ACK_INTERVAL. One due sooner waits (the newest
-    // revision replacing an older one) and carries how long it waited.
-    let mut last_ack: Option<Instant> = None;
-    let mut pending_ack: Option<(u64, Instant)> = None;
+    let mut st = EdgeSession::new(
+        Duration::from_millis(opts.bound_ms),
+        opts.max_snapshot_bytes,
+        Box::new(decode_snapshot),
+        Instant::now(),
+        rand::random::<u32>() as u64,
+    );
     let ack_timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(ack_timer);
     loop {
         tokio::select! {
-            _ = &mut ack_timer, if pending_ack.is_some() => {
-                if let Some((rev, applied_at)) = pending_ack.take() {
-                    if send_ack(&tx, rev, applied_at).is_err() {
+            _ = &mut ack_timer, if st.ack_pending() => {
+                if let Some(a) = st.ack_due(Instant::now()) {
+                    if send_ack(&tx, a).is_err() {
                         return End::Stream("outbound stream closed".into());
                     }
-                    last_ack = Some(Instant::now());
                 }
             }
             _ = probe.tick() => {
-                // A node that stopped answering probes (e.g. partitioned
-                // from the leader) cannot keep this edge fresh: switch.
-                let since = st.last_answer.unwrap_or(session_start);
-                if since.elapsed() > bound {
-                    return End::NotFresh;
-                }
-                nonce = nonce.wrapping_add(1);
-                let sent_at = Instant::now();
-                h.replica().probe_sent(nonce, sent_at);
-                if st.sent.len() >= MAX_PROBES_TIMED {
-                    st.sent.pop_front();
-                }
-                st.sent.push_back((nonce, sent_at, crate::unix_now_ms()));
+                let nonce = match st.probe(&mut h.replica(), Instant::now(), crate::unix_now_ms()) {
+                    Ok(n) => n,
+                    Err(e) => return e.into(),
+                };
                 let verify_counts = h.verify_counts().into_iter().map(|(k, n)| (k.to_string(), n)).collect();
                 let m = pb::EdgeMessage { msg: Some(pb::edge_message::Msg::Probe(pb::SyncProbe { nonce, verify_counts })) };
                 // A full queue only delays this probe's answer; a closed one
@@ -169,49 +191,18 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
             }
             m = inbound.message() => {
                 // Handle this message and every one already readable, then
-                // ack once: acks are cumulative, and under load (messages
-                // queued in the socket) one ack per drained run saves a
-                // frame each way per batch without delaying any ack.
-                let mut latest = None;
-                let mut next = Some(m);
-                let mut handled = 0usize;
-                while let Some(m) = next {
-                    let m = match m {
-                        Ok(Some(m)) => m,
-                        Ok(None) => return End::Stream("server closed the stream".into()),
-                        Err(s) => return End::Stream(format!("{:?}: {}", s.code(), s.message())),
-                    };
-                    match handle(h, &opts, addr, &mut st, m) {
-                        Ok(Some(rev)) => {
-                            // Waiters on min_revision need not wait for the run.
-                            h.publish_revision(rev);
-                            latest = Some(rev);
-                        }
-                        Ok(None) => {}
-                        Err(end) => return end,
-                    }
-                    handled += 1;
-                    next = if handled < MAX_DRAIN {
-                        inbound.message().now_or_never()
-                    } else {
-                        None
-                    };
-                }
-                if let Some(rev) = latest {
-                    let now = Instant::now();
-                    match last_ack {
-                        Some(t) if now.saturating_duration_since(t) < ACK_INTERVAL => {
-                            if pending_ack.is_none() {
-                                ack_timer.as_mut().reset((t + ACK_INTERVAL).into());
-                            }
-                            pending_ack = Some((rev, now));
-                        }
-                        _ => {
-                            if send_ack(&tx, rev, now).is_err() {
-                                return End::Stream("outbound stream closed".into());
-                            }
-                            last_ack = Some(now);
-                            pending_ack = None;
+                // ack once: acks are cumulative, and under load one ack per
+                // drained run saves a frame each way per batch.
+                let latest = match drain(h, &opts, addr, &mut st, &mut inbound, m) {
+                    Ok(l) => l,
+                    Err(end) => return end,
+                };
+                match st.after_run(latest, Instant::now()) {
+                    AckPlan::None => {}
+                    AckPlan::At(t) => ack_timer.as_mut().reset(t.into()),
+                    AckPlan::Now(a) => {
+                        if send_ack(&tx, a).is_err() {
+                            return End::Stream("outbound stream closed".into());
                         }
                     }
                 }
@@ -220,28 +211,50 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
     }
 }
 
-/// Probes whose send times are kept for clock-offset samples.
-const MAX_PROBES_TIMED: usize = 64;
+/// Handles `first` and every message already readable (up to
+/// [`MAX_DRAIN`]); the revision applied last, if it moved.
+fn drain(
+    h: &EdgeHandle,
+    opts: &crate::Options,
+    addr: &str,
+    st: &mut EdgeSession,
+    inbound: &mut tonic::Streaming<pb::FeedMessage>,
+    first: Result<Option<pb::FeedMessage>, tonic::Status>,
+) -> Result<Option<u64>, End> {
+    let mut latest = None;
+    let mut next = Some(first);
+    let mut handled = 0usize;
+    while let Some(m) = next {
+        let m = match m {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(End::Stream("server closed the stream".into())),
+            Err(s) => return Err(End::Stream(format!("{:?}: {}", s.code(), s.message()))),
+        };
+        if let Some(rev) = handle(h, opts, addr, st, m)? {
+            // Waiters on min_revision need not wait for the run.
+            h.publish_revision(rev);
+            latest = Some(rev);
+        }
+        handled += 1;
+        next = if handled < MAX_DRAIN {
+            inbound.message().now_or_never()
+        } else {
+            None
+        };
+    }
+    Ok(latest)
+}
 
 /// Most messages handled before one ack.
 const MAX_DRAIN: usize = 64;
 
-/// Shortest time between two acks. Under a steady stream of changes this
-/// bounds acks to 200/s per edge instead of one per batch (each a frame to
-/// write, read and account on both ends); the ack's `ack_delay_us` lets the
-/// server subtract the wait, so measured lag and propagation are unchanged.
-/// A revoke waiting for all edges may return up to this much later.
-pub const ACK_INTERVAL: Duration = Duration::from_millis(5);
-
-/// Queues an ack of `rev`, applied at `applied_at`. Acks are cumulative:
-/// when the queue is full the next one supersedes this one; only a closed
-/// stream is an error.
-fn send_ack(tx: &mpsc::Sender<pb::EdgeMessage>, rev: u64, applied_at: Instant) -> Result<(), ()> {
-    let delay = applied_at.elapsed().as_micros().min(u64::MAX as u128) as u64;
+/// Queues an ack. Acks are cumulative: when the queue is full the next one
+/// supersedes this one; only a closed stream is an error.
+fn send_ack(tx: &mpsc::Sender<pb::EdgeMessage>, a: session::Ack) -> Result<(), ()> {
     let ack = pb::EdgeMessage {
         msg: Some(pb::edge_message::Msg::Ack(pb::Ack {
-            applied_revision: rev,
-            ack_delay_us: delay,
+            applied_revision: a.revision,
+            ack_delay_us: a.delay.as_micros().min(u64::MAX as u128) as u64,
         })),
     };
     match tx.try_send(ack) {
@@ -250,121 +263,106 @@ fn send_ack(tx: &mpsc::Sender<pb::EdgeMessage>, rev: u64, applied_at: Instant) -
     }
 }
 
-/// What one session carries between messages.
-struct Session {
-    /// When a probe of this session was last answered.
-    last_answer: Option<Instant>,
-    /// The snapshot being received.
-    snap: Vec<u8>,
-    /// Recent probes: nonce, monotonic and wall-clock (unix ms) send times.
-    sent: std::collections::VecDeque<(u64, Instant, i64)>,
-}
-
-/// Applies one feed message; the revision now applied, if it moved.
+/// Converts one feed message and hands it to the session; the revision now
+/// applied, if it moved.
 fn handle(
     h: &EdgeHandle,
     opts: &crate::Options,
     addr: &str,
-    st: &mut Session,
+    st: &mut EdgeSession,
     m: pb::FeedMessage,
 ) -> Result<Option<u64>, End> {
-    let applied = match m.msg {
+    let now = Instant::now();
+    let msg = match m.msg {
         Some(pb::feed_message::Msg::Changes(b)) => {
             let mut changes = Vec::with_capacity(b.changes.len());
             for c in &b.changes {
                 match change_from_pb(c) {
                     Ok(c) => changes.push(c),
-                    Err(e) => return Err(End::Resync(e.to_string())),
+                    Err(e) => return Err(session::End::Resync(e.to_string()).into()),
                 }
             }
-            // A traced change (a revoke whose caller is traced)
-            // gets a span here, a child of the commit's span.
-            let spans: Vec<tracing::Span> = if veto_telemetry::trace::enabled() {
-                b.changes
-                    .iter()
-                    .filter(|c| !c.trace_context.is_empty())
-                    .map(|c| {
-                        let span = tracing::info_span!(
-                            "edge.apply",
-                            otel.name = "edge.apply",
-                            edge.id = %opts.edge_id,
-                            revision = c.revision,
-                            server = %addr,
-                        );
-                        veto_telemetry::trace::set_parent(
-                            &span,
-                            c.trace_context
-                                .iter()
-                                .map(|(k, v)| (k.as_str(), v.as_str())),
-                        );
-                        span
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let batch = Batch {
-                from: b.from_revision,
-                to: b.to_revision,
-                changes,
-            };
-            if let Err(e) = h.replica().apply(&batch) {
-                return Err(End::Resync(e.to_string()));
-            }
+            // A traced change (a revoke whose caller is traced) gets a span
+            // here, a child of the commit's span, around its apply.
+            let spans = apply_spans(opts, addr, &b);
+            let r = st.handle(
+                &mut h.replica(),
+                FromServer::Batch(Batch {
+                    from: b.from_revision,
+                    to: b.to_revision,
+                    changes,
+                }),
+                now,
+            );
             drop(spans);
-            Some(batch.to)
+            r
         }
         Some(pb::feed_message::Msg::Snapshot(c)) => {
-            if c.offset as usize != st.snap.len() {
-                return Err(End::Resync("snapshot chunk out of order".into()));
+            let r = st.handle(
+                &mut h.replica(),
+                FromServer::SnapshotChunk {
+                    revision: c.revision,
+                    offset: c.offset,
+                    data: c.data.to_vec(),
+                    last: c.last,
+                    sha256: c.sha256.to_vec(),
+                },
+                now,
+            );
+            if let (true, Ok(Handled::Applied(rev))) = (c.last, &r) {
+                tracing::info!(revision = rev, "installed snapshot");
             }
-            if st.snap.len() + c.data.len() > opts.max_snapshot_bytes {
-                return Err(End::Resync("snapshot over the size limit".into()));
-            }
-            st.snap.extend_from_slice(&c.data);
-            if !c.last {
-                None
-            } else {
-                let data = std::mem::take(&mut st.snap);
-                if sha2::Sha256::digest(&data).as_slice() != c.sha256.as_ref() {
-                    return Err(End::Resync("snapshot checksum mismatch".into()));
-                }
-                let b = match pb::ChangeBatch::decode(data.as_slice()) {
-                    Ok(b) => b,
-                    Err(e) => return Err(End::Resync(format!("snapshot decode: {e}"))),
-                };
-                let mut changes = Vec::with_capacity(b.changes.len());
-                for ch in &b.changes {
-                    match change_from_pb(ch) {
-                        Ok((_, c)) => changes.push(c),
-                        Err(e) => return Err(End::Resync(e.to_string())),
-                    }
-                }
-                if let Err(e) = h.replica().install_snapshot(c.revision, &changes) {
-                    return Err(End::Resync(e.to_string()));
-                }
-                tracing::info!(
-                    revision = c.revision,
-                    entries = changes.len(),
-                    "installed snapshot"
-                );
-                Some(c.revision)
-            }
+            r
         }
-        Some(pb::feed_message::Msg::SyncReply(r)) => {
-            let now = Instant::now();
-            if h.replica().sync_reply(r.nonce, r.revision) {
-                st.last_answer = Some(now);
-            }
-            if let Some(pos) = st.sent.iter().position(|(n, _, _)| *n == r.nonce) {
-                let (_, at, wall) = st.sent[pos];
-                st.sent.drain(..=pos);
-                h.clock_sample(wall, now.saturating_duration_since(at), r.leader_unix_ms);
-            }
-            None
+        Some(pb::feed_message::Msg::SyncReply(r)) => st.handle(
+            &mut h.replica(),
+            FromServer::SyncReply {
+                nonce: r.nonce,
+                revision: r.revision,
+                leader_unix_ms: r.leader_unix_ms,
+            },
+            now,
+        ),
+        Some(pb::feed_message::Msg::Resync(r)) => {
+            st.handle(&mut h.replica(), FromServer::Resync(r.reason), now)
         }
-        Some(pb::feed_message::Msg::Resync(r)) => return Err(End::Resync(r.reason)),
-        None => return Err(End::Resync("unknown feed message".into())),
+        None => st.handle(&mut h.replica(), FromServer::Unknown, now),
     };
-    Ok(applied)
+    match msg? {
+        Handled::Nothing => Ok(None),
+        Handled::Applied(rev) => Ok(Some(rev)),
+        Handled::Answered(sample) => {
+            if let Some(s) = sample {
+                h.clock_sample(s);
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Spans for the traced changes of a batch (when tracing is on).
+fn apply_spans(opts: &crate::Options, addr: &str, b: &pb::ChangeBatch) -> Vec<tracing::Span> {
+    if !veto_telemetry::trace::enabled() {
+        return Vec::new();
+    }
+    b.changes
+        .iter()
+        .filter(|c| !c.trace_context.is_empty())
+        .map(|c| {
+            let span = tracing::info_span!(
+                "edge.apply",
+                otel.name = "edge.apply",
+                edge.id = %opts.edge_id,
+                revision = c.revision,
+                server = %addr,
+            );
+            veto_telemetry::trace::set_parent(
+                &span,
+                c.trace_context
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            );
+            span
+        })
+        .collect()
 }

@@ -13,6 +13,7 @@
 mod cache;
 pub mod log;
 mod replica;
+pub mod session;
 
 pub use cache::SigCache;
 pub use log::{ChangeLog, Read};

@@ -9,7 +9,7 @@
 //! index and the writer has sent every change up to it on this stream.
 //! Read-index rounds are shared by all probes waiting when a round starts.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use sha2::Digest;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use veto_feed::Read;
+use veto_feed::session::writer::{Next, Start, Writer};
 use veto_proto as pb;
 use veto_proto::feed::change_to_pb;
 
@@ -631,106 +631,112 @@ async fn send_snapshot(
     }
 }
 
+/// Where a new stream starts ([`Writer::start`]); asks the leader when the
+/// edge is ahead of this node. `None`: no leader to place it, the stream
+/// was closed.
+async fn place(hub: &Hub, edge: &str, hello_revision: u64, tx: &Out) -> Option<Start> {
+    let head = hub.inner.node.state().changes().head();
+    let start = Writer::start(hello_revision, head);
+    if start != Start::AskLeader {
+        return Some(start);
+    }
+    match hub.read_index().await {
+        Ok(r) => {
+            let placed = Writer::placed(hello_revision, r.index);
+            if placed == Start::Snapshot {
+                tracing::warn!(%edge, cursor = hello_revision, commit = r.index, "edge is ahead of the cluster; replacing its view with a snapshot");
+            }
+            Some(placed)
+        }
+        Err(e) => {
+            tracing::info!(%edge, error = %e, "no leader to place an edge ahead of this node; closing its stream");
+            let _ = tx.try_send(Err(Status::unavailable(
+                "no leader; subscribe to another node",
+            )));
+            None
+        }
+    }
+}
+
+/// The next step for `w`: the batch another stream already encoded for the
+/// same range, else what [`Writer::next`] says from the change log (its own
+/// lock); the state lock is taken only to build a snapshot.
+fn next_step(hub: &Hub, w: &Writer) -> Step {
+    let state = hub.inner.node.state();
+    let quick = {
+        let log = state.changes();
+        let cached = (!w.must_snapshot())
+            .then(|| hub.cached_batch(w.cursor(), log.head()))
+            .flatten();
+        match cached {
+            Some(e) => Some(Step::Cached(e, log.head())),
+            None => match w.next(&log, MAX_BATCH_CHANGES) {
+                Next::Snapshot => None,
+                Next::Batch(b) => {
+                    let t = log.traces(b.from, b.to);
+                    Some(Step::Batch(b, t))
+                }
+                Next::Idle => Some(Step::Idle),
+            },
+        }
+    };
+    quick.unwrap_or_else(|| {
+        state.read_with_changes(|s, _| Step::Snapshot(s.revision, s.edge_snapshot()))
+    })
+}
+
+/// Sends until the stream is caught up with the node's log. `Err`: the edge
+/// is too slow or gone.
+async fn catch_up(hub: &Hub, w: &mut Writer, tx: &Out) -> Result<(), ()> {
+    loop {
+        match next_step(hub, w) {
+            Step::Snapshot(rev, changes) => {
+                if w.cursor() > 0 {
+                    // An edge with state, behind the retained log.
+                    veto_telemetry::metrics::counter!(veto_telemetry::FEED_RESYNCS_TOTAL)
+                        .increment(1);
+                }
+                w.sent_snapshot(rev);
+                send_snapshot(tx, rev, changes).await?;
+            }
+            Step::Cached(e, to) => {
+                w.sent_batch(to);
+                send_encoded(tx, e).await?;
+            }
+            Step::Batch(b, traces) => {
+                w.sent_batch(b.to);
+                send_encoded(tx, hub.encoded_batch(&b, &traces)).await?;
+            }
+            Step::Idle => return Ok(()),
+        }
+    }
+}
+
+/// The async shell around one stream's [`Writer`]: sends what it says,
+/// answers the probes it says are due, and waits for the node to apply
+/// more, a probe confirmed, the edge gone or the node stopping.
 async fn writer(
     hub: Hub,
     edge: String,
-    mut cursor: u64,
+    hello_revision: u64,
     tx: Out,
     mut probes: mpsc::Receiver<(u64, ReadIndex)>,
 ) {
-    let state = hub.inner.node.state().clone();
-    let mut applied = state.subscribe_applied();
+    let mut applied = hub.inner.node.state().subscribe_applied();
     let mut closing = hub.inner.closing.subscribe();
-    let mut replies: VecDeque<(u64, ReadIndex)> = VecDeque::new();
-    // A new edge (cursor 0) on a cluster with history gets a snapshot, so
-    // its view is replaced atomically.
-    let mut force_snapshot = cursor == 0;
-    // An edge ahead of this node's log meets either a node that lags (it
-    // catches up below) or a cluster whose history restarted lower (restored
-    // from a backup, rebuilt after a quorum loss). Ask the leader: ahead of
-    // the cluster's commit index means its view is from another history and
-    // must be replaced, or revisions up to its cursor would never be sent
-    // while its probes were answered.
-    if cursor > state.changes().head() {
-        match hub.read_index().await.map(|r| r.index) {
-            Ok(commit) if cursor > commit => {
-                tracing::warn!(%edge, cursor, commit, "edge is ahead of the cluster; replacing its view with a snapshot");
-                force_snapshot = true;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::info!(%edge, error = %e, "no leader to place an edge ahead of this node; closing its stream");
-                let _ = tx.try_send(Err(Status::unavailable(
-                    "no leader; subscribe to another node",
-                )));
-                return;
-            }
-        }
-    }
+    let Some(start) = place(&hub, &edge, hello_revision, &tx).await else {
+        return;
+    };
+    let mut w = Writer::new(hello_revision, start);
     loop {
-        loop {
-            // Fast path: the change log alone (its own lock), and the batch
-            // another stream already encoded for the same range. The state
-            // lock is taken only to build a snapshot.
-            let quick = {
-                let log = state.changes();
-                if force_snapshot && log.head() > 0 {
-                    None
-                } else if let Some(e) = hub.cached_batch(cursor, log.head()) {
-                    Some(Step::Cached(e, log.head()))
-                } else {
-                    match log.read(cursor, MAX_BATCH_CHANGES) {
-                        Read::Snapshot => None,
-                        Read::Batch(b) => {
-                            let t = log.traces(b.from, b.to);
-                            Some(Step::Batch(b, t))
-                        }
-                        Read::UpToDate => Some(Step::Idle),
-                    }
-                }
-            };
-            let step = match quick {
-                Some(s) => s,
-                None => {
-                    state.read_with_changes(|s, _| Step::Snapshot(s.revision, s.edge_snapshot()))
-                }
-            };
-            force_snapshot = false;
-            let r = match step {
-                Step::Snapshot(rev, changes) => {
-                    if cursor > 0 {
-                        // An edge with state, behind the retained log.
-                        veto_telemetry::metrics::counter!(veto_telemetry::FEED_RESYNCS_TOTAL)
-                            .increment(1);
-                    }
-                    let r = send_snapshot(&tx, rev, changes).await;
-                    cursor = rev;
-                    r
-                }
-                Step::Cached(e, to) => {
-                    cursor = to;
-                    send_encoded(&tx, e).await
-                }
-                Step::Batch(b, traces) => {
-                    cursor = b.to;
-                    let bytes = hub.encoded_batch(&b, &traces);
-                    send_encoded(&tx, bytes).await
-                }
-                Step::Idle => break,
-            };
-            if r.is_err() {
-                tracing::info!(%edge, "edge too slow or gone; closing its stream");
-                return;
-            }
+        if catch_up(&hub, &mut w, &tx).await.is_err() {
+            tracing::info!(%edge, "edge too slow or gone; closing its stream");
+            return;
         }
-        while let Some(&(nonce, r)) = replies.front() {
-            if r.index > cursor {
-                break;
-            }
-            replies.pop_front();
+        for r in w.replies_due() {
             let m = pb::feed_message::Msg::SyncReply(pb::SyncReply {
-                nonce,
-                revision: cursor,
+                nonce: r.nonce,
+                revision: r.revision,
                 leader_unix_ms: r.leader_unix_ms,
             });
             if send(&tx, m).await.is_err() {
@@ -741,7 +747,7 @@ async fn writer(
         tokio::select! {
             r = applied.changed() => if r.is_err() { return },
             p = probes.recv() => match p {
-                Some(p) => replies.push_back(p),
+                Some((nonce, r)) => w.confirmed(nonce, r.index, r.leader_unix_ms),
                 None => return,
             },
             _ = tx.closed() => return,

@@ -9,7 +9,12 @@
 //!    STALE for a token that no revoke attempt (acknowledged or not) could
 //!    cover is a violation (UNKNOWN_KEY only once B has passed since the
 //!    issue: a fresh edge may have missed a key published just before), and
-//!    so is an error from an edge that is not a network failure.
+//!    so is an error from an edge that is not a network failure. An edge
+//!    judges `nbf` and `exp` on its own wall clock, within its leeway:
+//!    NOT_YET_VALID is a violation unless the edge's clock (the machine's
+//!    plus its offset, [`History::clocks`]) may have been more than the
+//!    `nbf` leeway behind the token's `nbf` at the verify, EXPIRED unless it
+//!    may have been at or past `exp` + the `exp` leeway ([`clock_may_refuse`]).
 //! 4. After healing, every server has applied the same revision with the
 //!    same state digest.
 
@@ -19,6 +24,42 @@ use std::time::{Duration, Instant};
 use veto_proto as pb;
 
 use crate::workload::{History, IssueRec, Target, VerifyRec};
+
+/// Slack for placing an instant of the harness clock on the unix time line
+/// (the anchor is read once; the edges' clocks are the machine's plus an
+/// offset in whole seconds).
+const CLOCK_SLACK_SECS: f64 = 0.25;
+
+/// Whether edge `edge`, verifying `t` at some instant of `[from, to]`, may
+/// rightly have answered `o` (NOT_YET_VALID or EXPIRED) by its wall clock
+/// and the leeway it was given: `veto-edge` refuses when
+/// `now + nbf_leeway < max(nbf, iat)` or `now >= exp + exp_leeway`, `now`
+/// being its unix second. False for every other outcome, and for any
+/// outcome when the history has no anchor on the unix time line.
+pub fn clock_may_refuse(
+    h: &History,
+    edge: usize,
+    t: &IssueRec,
+    from: Instant,
+    to: Instant,
+    o: pb::Outcome,
+) -> bool {
+    let (Some(a), Some(b)) = (h.unix_at(from), h.unix_at(to)) else {
+        return false;
+    };
+    let (lo, hi) = h.edge_offsets(edge, from, to);
+    match o {
+        // its earliest possible clock reading, leeway added, before nbf
+        pb::Outcome::NotYetValid => {
+            a + lo as f64 + h.leeway.nbf_secs as f64 - CLOCK_SLACK_SECS < t.nbf as f64
+        }
+        // its latest possible reading at or past exp + leeway
+        pb::Outcome::Expired => {
+            b + hi as f64 + CLOCK_SLACK_SECS >= (t.exp as f64) + h.leeway.exp_secs as f64
+        }
+        _ => false,
+    }
+}
 
 /// A violation found in a history.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,6 +163,8 @@ pub struct FinalState {
     pub status: HashMap<String, Option<pb::TokenStatus>>,
     /// Per edge, per jti: the outcome of a verify at the final revision.
     pub edge_answers: Vec<HashMap<String, pb::Outcome>>,
+    /// Per edge: when its final verifies were sent and the last answered.
+    pub edge_windows: Vec<(Instant, Instant)>,
 }
 
 /// Which revokes cover which tokens, computed once per history.
@@ -226,6 +269,8 @@ pub fn check_history(h: &History, bound: Duration) -> Vec<Violation> {
             // a fresh edge may not know a key published within B (it lost
             // its stream just before); every other refusal is wrong at once
             && (o != pb::Outcome::UnknownKey || v.start >= t.end + bound)
+            // unless its clock, within the leeway it was given, says so
+            && !clock_may_refuse(h, v.edge, t, v.start, v.end, o)
         {
             out.push(Violation::RefusedValid {
                 edge: v.edge,
@@ -281,9 +326,14 @@ pub fn check_final(h: &History, f: &FinalState) -> Vec<Violation> {
             } else {
                 None
             };
+            // a time-claim refusal the edge's clock and leeway allow
+            let by_clock = f
+                .edge_windows
+                .get(e)
+                .is_some_and(|&(a, b)| clock_may_refuse(h, e, t, a, b, *o));
             let bad = match expect {
                 Some("revoked") => *o == pb::Outcome::Valid,
-                Some(_) => *o != pb::Outcome::Valid,
+                Some(_) => *o != pb::Outcome::Valid && !by_clock,
                 None => false,
             };
             if bad {
@@ -426,6 +476,7 @@ pub fn figures(h: &History) -> Vec<Figures> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{ClockChange, Leeway};
     use crate::workload::{RevokeRec, VerifyRec};
 
     fn tok(jti: &str, sub: &str, end: Instant) -> IssueRec {
@@ -437,6 +488,8 @@ mod tests {
             sub: sub.into(),
             family: jti.into(),
             kid: "k1".into(),
+            nbf: 0,
+            exp: i64::MAX / 2,
         }
     }
 
@@ -583,6 +636,7 @@ mod tests {
                 ("a".to_string(), pb::Outcome::Revoked),
                 ("b".to_string(), pb::Outcome::Valid),
             ])],
+            edge_windows: Vec::new(),
         };
         assert!(check_final(&h, &good).is_empty());
         let bad = FinalState {
@@ -595,8 +649,139 @@ mod tests {
                 ("a".to_string(), pb::Outcome::Valid),
                 ("b".to_string(), pb::Outcome::Revoked),
             ])],
+            edge_windows: Vec::new(),
         };
         let v = check_final(&h, &bad);
         assert_eq!(v.len(), 5, "{v:?}");
+    }
+
+    fn change(edge: usize, offset_secs: i64, from: Instant, to: Instant) -> ClockChange {
+        ClockChange {
+            kind: crate::world::Kind::Edge,
+            index: edge,
+            offset_secs,
+            from,
+            to,
+        }
+    }
+
+    #[test]
+    fn edge_offsets_follow_the_clock_log() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let h = History {
+            clocks: vec![
+                change(1, -90, t0, t0),
+                change(1, 30, t0 + s(10), t0 + s(11)),
+                change(1, -90, t0 + s(20), t0 + s(20)),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(h.edge_offsets(1, t0 + s(1), t0 + s(2)), (-90, -90));
+        // the change may have taken effect anywhere in [10 s, 11 s]
+        assert_eq!(h.edge_offsets(1, t0 + s(9), t0 + s(10)), (-90, 30));
+        assert_eq!(h.edge_offsets(1, t0 + s(10), t0 + s(10)), (-90, 30));
+        assert_eq!(h.edge_offsets(1, t0 + s(11), t0 + s(12)), (30, 30));
+        assert_eq!(h.edge_offsets(1, t0 + s(19), t0 + s(21)), (-90, 30));
+        assert_eq!(h.edge_offsets(1, t0 + s(25), t0 + s(26)), (-90, -90));
+        // an edge with no clock fault is on the machine's clock
+        assert_eq!(h.edge_offsets(0, t0, t0 + s(30)), (0, 0));
+    }
+
+    #[test]
+    fn time_claim_refusals_count_against_the_leeway_only() {
+        use pb::Outcome::*;
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let unix0 = 2_000_000_000.3_f64;
+        let u = unix0 as i64;
+        // tokens issued at t0 by a true leader, by one 150 s ahead, and one
+        // expiring 100 s after t0
+        let issued = |jti: &str, nbf: i64, exp: i64| IssueRec {
+            nbf,
+            exp,
+            ..tok(jti, "u1", t0)
+        };
+        let h = |verifies| History {
+            issues: vec![
+                issued("n", u, u + 3600),
+                issued("ahead", u + 150, u + 3750),
+                issued("x", u - 3500, u + 100),
+            ],
+            verifies,
+            clocks: vec![
+                change(1, -90, t0 - s(1), t0 - s(1)),
+                change(2, 90, t0 - s(1), t0 - s(1)),
+                change(3, 0, t0 - s(1), t0 - s(1)),
+                change(3, -200, t0 + s(10), t0 + s(10) + ms(1)),
+            ],
+            anchor: Some((t0, unix0)),
+            leeway: Leeway {
+                nbf_secs: 120,
+                exp_secs: 0,
+            },
+            ..Default::default()
+        };
+        let b = ms(100);
+        // within the leeway: 90 s behind a true leader, a true edge 30 s
+        // after a token from 150 s ahead, 95 s of a 100 s lifetime on an
+        // edge 90 s fast
+        let wrong = h(vec![
+            verify(1, "n", t0 + s(1), NotYetValid),
+            verify(3, "n", t0 + s(5), NotYetValid),
+            verify(0, "ahead", t0 + s(31), NotYetValid),
+            verify(2, "x", t0 + s(5), Expired),
+            // a true edge never rightly says EXPIRED 100 s early
+            verify(0, "x", t0 + s(1), Expired),
+        ]);
+        let v = check_history(&wrong, b);
+        assert_eq!(v.len(), 5, "{v:?}");
+        assert!(v
+            .iter()
+            .all(|v| matches!(v, Violation::RefusedValid { .. })));
+        // beyond it: 200 s behind after the jump (or during it), a true
+        // edge right after a token from 150 s ahead, past exp on the fast edge
+        let right = h(vec![
+            verify(3, "n", t0 + s(11), NotYetValid),
+            verify(3, "n", t0 + s(10) - ms(1), NotYetValid),
+            verify(0, "ahead", t0 + s(1), NotYetValid),
+            verify(2, "x", t0 + s(11), Expired),
+            verify(0, "x", t0 + s(101), Expired),
+        ]);
+        let v = check_history(&right, b);
+        assert!(v.is_empty(), "{v:?}");
+        // no anchor: the clocks are out of the check, every refusal counts
+        let mut unanchored = h(vec![verify(3, "n", t0 + s(11), NotYetValid)]);
+        unanchored.anchor = None;
+        assert_eq!(check_history(&unanchored, b).len(), 1);
+        // other refusals never get the clock's excuse
+        let revoked = h(vec![verify(3, "n", t0 + s(11), Revoked)]);
+        assert_eq!(check_history(&revoked, b).len(), 1);
+
+        // the final answers: same rule, over the final read's window
+        let hist = h(Vec::new());
+        let fin = |answer, window| FinalState {
+            digests: vec![Some((9, "d".into()))],
+            status: ["n", "ahead", "x"]
+                .iter()
+                .map(|j| (j.to_string(), Some(pb::TokenStatus::Active)))
+                .collect(),
+            edge_answers: vec![
+                HashMap::new(),
+                HashMap::new(),
+                HashMap::from([("x".to_string(), answer)]),
+            ],
+            edge_windows: vec![window; 3],
+        };
+        assert!(check_final(&hist, &fin(Expired, (t0 + s(20), t0 + s(21)))).is_empty());
+        assert_eq!(
+            check_final(&hist, &fin(Expired, (t0 + s(2), t0 + s(3)))).len(),
+            1
+        );
+        assert_eq!(
+            check_final(&hist, &fin(Revoked, (t0 + s(20), t0 + s(21)))).len(),
+            1
+        );
     }
 }

@@ -7,13 +7,17 @@
 //! leader, a follower or an edge; the leader or an edge partitioned; the
 //! server an edge streams from isolated; symmetric and asymmetric packet
 //! loss; a one-way cut; a full-cluster restart; a stalled (SIGSTOPped)
-//! leader. Every operation is recorded with invocation and completion times
-//! on the harness clock, and [`checker`] checks the history: nothing
-//! acknowledged is lost, no edge accepts a token at or after revoke ack + B,
-//! no fresh edge refuses a valid token, and the servers' state digests agree
-//! after healing. It needs root, iproute2 and nftables.
+//! leader; a learner killed; wall clocks skewed or jumping ([`clock`],
+//! with libfaketime). Every operation is recorded with invocation and
+//! completion times on the harness clock, and [`checker`] checks the
+//! history: nothing acknowledged is lost, no edge accepts a token at or
+//! after revoke ack + B, no fresh edge refuses a valid token (nor one its
+//! clock leeway covers), and the servers' state digests agree after
+//! healing. It needs root, iproute2 and nftables (and, for clock
+//! faults, libfaketime).
 
 pub mod checker;
+pub mod clock;
 pub mod net;
 pub mod scenario;
 pub mod workload;

@@ -38,6 +38,13 @@ pub enum Fault {
     FullRestart,
     /// SIGSTOP the leader (a stalled process or VM); SIGCONT at heal.
     PauseLeader,
+    /// SIGKILL the first learner; restart it at heal. Not in [`Fault::ALL`]
+    /// (a world needs a learner for it).
+    KillLearner,
+    /// Every wall clock with a jump ([`crate::clock::Clock::jump_secs`])
+    /// steps by it; at heal they step back. Not in [`Fault::ALL`] (a world
+    /// needs jumping clocks for it).
+    ClockJump,
 }
 
 impl Fault {
@@ -70,6 +77,8 @@ impl Fault {
             Fault::OneWayLeader => "one-way cut, leader to servers",
             Fault::FullRestart => "kill -9 all servers, restart",
             Fault::PauseLeader => "SIGSTOP leader",
+            Fault::KillLearner => "kill -9 learner",
+            Fault::ClockJump => "wall clock jump",
         }
     }
 
@@ -125,6 +134,12 @@ pub struct Report {
     pub elapsed: Duration,
     /// Where the process logs were kept.
     pub logs: std::path::PathBuf,
+    /// Per edge: (verifies, answered).
+    pub per_edge: Vec<(usize, usize)>,
+    /// Per edge: the server it streamed from at the end (by index).
+    pub feed_servers: Vec<Option<usize>>,
+    /// The servers (by index) seen leading, in order of first sight.
+    pub leaders: Vec<usize>,
 }
 
 impl Report {
@@ -176,7 +191,76 @@ impl Report {
             self.lost,
             self.violations.len(),
         ));
+        let edges: Vec<String> = self
+            .per_edge
+            .iter()
+            .enumerate()
+            .map(|(e, (n, a))| {
+                let feed = self
+                    .feed_servers
+                    .get(e)
+                    .copied()
+                    .flatten()
+                    .map_or("-".into(), |s| format!("s{}", s + 1));
+                format!("e{e} {a}/{n} answered (fed by {feed} at the end)")
+            })
+            .collect();
+        let leaders: Vec<String> = self.leaders.iter().map(|l| format!("s{}", l + 1)).collect();
+        s.push_str(&format!(
+            "Edges: {}. Leaders seen: {}.\n",
+            edges.join("; "),
+            leaders.join(", ")
+        ));
+        if !self.violations.is_empty() {
+            s.push_str(&format!(
+                "Violations by kind: {}.\n",
+                self.violation_summary()
+            ));
+        }
         s
+    }
+
+    /// Violations counted by rule and detail, e.g. `late acceptance (token)
+    /// 12, false refusal OUTCOME_NOT_YET_VALID at e1 40`, and the latest
+    /// late acceptance after its ack.
+    pub fn violation_summary(&self) -> String {
+        let mut n: std::collections::BTreeMap<String, usize> = Default::default();
+        let mut latest: Option<Duration> = None;
+        for v in &self.violations {
+            let k = match v {
+                Violation::AcceptedAfterBound {
+                    edge,
+                    kind,
+                    after_ack,
+                    ..
+                } => {
+                    latest = Some(latest.map_or(*after_ack, |l| l.max(*after_ack)));
+                    format!("late acceptance at e{edge} ({kind} revoke)")
+                }
+                Violation::RefusedValid { edge, outcome, .. } => {
+                    format!("false refusal at e{edge} ({outcome})")
+                }
+                Violation::Lost { .. } => "lost".into(),
+                Violation::UnexpectedStatus { .. } => "unexpected status".into(),
+                Violation::Diverged { .. } => "diverged".into(),
+                Violation::EdgeError { edge, code, .. } => {
+                    format!("edge error at e{edge} ({code})")
+                }
+                Violation::EdgeDisagrees { edge, detail, .. } => {
+                    let answered = detail.split_whitespace().nth(1).unwrap_or("?");
+                    format!("after healing, e{edge} answered {answered} against the history")
+                }
+            };
+            *n.entry(k).or_default() += 1;
+        }
+        let mut out: Vec<String> = n.into_iter().map(|(k, c)| format!("{k}: {c}")).collect();
+        if let Some(l) = latest {
+            out.push(format!(
+                "latest late acceptance {} ms after its ack",
+                l.as_millis()
+            ));
+        }
+        out.join("; ")
     }
 }
 
@@ -257,8 +341,21 @@ async fn inject(w: &mut World, f: Fault) -> Result<Injected> {
     match f {
         Fault::KillLeader => w.kill(Kind::Server, l).await?,
         Fault::KillFollower => {
-            let f = w.servers.iter().find(|s| s.index != l).map(|s| s.index);
+            let f = w
+                .servers
+                .iter()
+                .find(|s| s.index != l && !s.learner)
+                .map(|s| s.index);
             w.kill(Kind::Server, f.context("no follower")?).await?
+        }
+        Fault::KillLearner => {
+            let first = w.learner_indexes().first().copied();
+            w.kill(Kind::Server, first.context("no learner")?).await?
+        }
+        Fault::ClockJump => {
+            if w.jump_clocks()? == 0 {
+                anyhow::bail!("no clock has a jump");
+            }
         }
         Fault::KillEdge => w.kill(Kind::Edge, 0).await?,
         Fault::PartitionLeader => {
@@ -312,6 +409,8 @@ async fn inject(w: &mut World, f: Fault) -> Result<Injected> {
 
 async fn heal(w: &mut World) -> Result<()> {
     w.net.heal()?;
+    // clocks first: a restarted process starts on its base clock
+    w.reset_clocks()?;
     w.revive_all().await
 }
 
@@ -374,8 +473,14 @@ pub async fn run_with_history(plan: Plan) -> Result<(Report, History)> {
         p.end = end;
         load.record_fault(p);
     }
-    let hist = load.stop().await;
+    let mut hist = load.stop().await;
+    hist.clocks = w.clock_log.clone();
+    hist.leeway = plan.world.leeway.unwrap_or_default();
     let fin = read_final(&w, &hist).await?;
+    let mut feed_servers = Vec::new();
+    for e in 0..w.edges.len() {
+        feed_servers.push(w.feed_server_of(e).await);
+    }
     let mut violations = checker::check_history(&hist, bound);
     violations.extend(checker::check_final(&hist, &fin));
     let lost = violations
@@ -395,7 +500,23 @@ pub async fn run_with_history(plan: Plan) -> Result<(Report, History)> {
     // (or when VETO_CHAOS_KEEP_LOGS=1)
     let keep_logs =
         !violations.is_empty() || std::env::var("VETO_CHAOS_KEEP_LOGS").as_deref() == Ok("1");
+    let mut per_edge = vec![(0usize, 0usize); w.edges.len()];
+    for v in &hist.verifies {
+        if let Some(p) = per_edge.get_mut(v.edge) {
+            p.0 += 1;
+            p.1 += usize::from(v.answered());
+        }
+    }
+    let mut leaders = Vec::new();
+    for s in hist.status.iter().filter(|s| s.leader) {
+        if !leaders.contains(&s.server) {
+            leaders.push(s.server);
+        }
+    }
     let report = Report {
+        per_edge,
+        feed_servers,
+        leaders,
         figures: checker::figures(&hist),
         issues: hist.issues.len(),
         failed_issues: hist.failed_issues,
@@ -481,7 +602,9 @@ async fn read_final(w: &World, h: &History) -> Result<FinalState> {
     .await;
     let status = reads.into_iter().collect::<Result<HashMap<_, _>>>()?;
     let mut edge_answers = Vec::new();
+    let mut edge_windows = Vec::new();
     for e in &w.edges {
+        let began = Instant::now();
         let mut answers = HashMap::new();
         let mut v = w.verifier(e.index);
         for chunk in h.issues.chunks(500) {
@@ -519,10 +642,12 @@ async fn read_final(w: &World, h: &History) -> Result<FinalState> {
             }
         }
         edge_answers.push(answers);
+        edge_windows.push((began, Instant::now()));
     }
     Ok(FinalState {
         digests,
         status,
         edge_answers,
+        edge_windows,
     })
 }

@@ -11,7 +11,8 @@ use rand::Rng;
 use tokio::task::JoinHandle;
 use veto_proto as pb;
 
-use crate::world::Clients;
+use crate::clock::{ClockChange, Leeway};
+use crate::world::{Clients, Kind};
 
 /// An acknowledged issue.
 #[derive(Debug, Clone)]
@@ -30,6 +31,11 @@ pub struct IssueRec {
     pub family: String,
     /// Signing key.
     pub kid: String,
+    /// The later of its `nbf` and `iat`, unix seconds on the issuing
+    /// leader's clock (from the returned record).
+    pub nbf: i64,
+    /// Its `exp`, likewise.
+    pub exp: i64,
 }
 
 /// What a revoke names.
@@ -57,11 +63,12 @@ impl Target {
     }
 
     /// Whether revoke attempt `r` may cover `t`. A subject revoke covers
-    /// tokens with `iat <= before`, `before` being the leader's unix second
-    /// when it handled the revoke: a token whose issue was invoked a whole
-    /// second after an acknowledged subject revoke completed has a later
-    /// `iat` and is not covered. An attempt that was not acknowledged may
-    /// commit at any time, so it may cover every token of the subject.
+    /// the tokens issued before it (by revision; before that, tokens with
+    /// `iat <= before`, the leader's unix second when it handled the
+    /// revoke): a token whose issue was invoked a whole second after an
+    /// acknowledged subject revoke completed is not covered, on any clock.
+    /// An attempt that was not acknowledged may commit at any time, so it
+    /// may cover every token of the subject.
     pub fn may_cover(&self, t: &IssueRec, r: &RevokeRec) -> bool {
         match self {
             Target::Jti(j) => *j == t.jti,
@@ -192,6 +199,58 @@ pub struct History {
     pub status: Vec<StatusSample>,
     /// Faults.
     pub faults: Vec<FaultRec>,
+    /// Every change of a wall-clock offset under libfaketime, the initial
+    /// ones included; a process with none runs on the machine's clock.
+    pub clocks: Vec<ClockChange>,
+    /// One instant of the harness clock and the machine's unix time then
+    /// (seconds), placing the history on the unix time line; `None` leaves
+    /// clocks out of the checks (every edge on the machine's clock, and any
+    /// time-claim refusal of a valid token is wrong).
+    pub anchor: Option<(Instant, f64)>,
+    /// The clock leeway the edges were given (what they promise).
+    pub leeway: Leeway,
+}
+
+impl History {
+    /// The machine's unix time at harness instant `at`, if anchored.
+    pub fn unix_at(&self, at: Instant) -> Option<f64> {
+        let (a, u) = self.anchor?;
+        Some(if at >= a {
+            u + (at - a).as_secs_f64()
+        } else {
+            u - (a - at).as_secs_f64()
+        })
+    }
+
+    /// The wall-clock offsets edge `edge` may have had at some instant of
+    /// `[from, to]`: (smallest, largest), seconds. A change counts from its
+    /// `from` (it may have taken effect then) and supersedes the previous
+    /// offset only from its `to` (it surely had by then).
+    pub fn edge_offsets(&self, edge: usize, from: Instant, to: Instant) -> (i64, i64) {
+        let changes: Vec<&ClockChange> = self
+            .clocks
+            .iter()
+            .filter(|c| c.kind == Kind::Edge && c.index == edge)
+            .collect();
+        let mut lo = i64::MAX;
+        let mut hi = i64::MIN;
+        for (k, c) in changes.iter().enumerate() {
+            if c.from > to {
+                continue;
+            }
+            // surely replaced before the window began
+            if changes[k + 1..].iter().any(|n| n.to <= from) {
+                continue;
+            }
+            lo = lo.min(c.offset_secs);
+            hi = hi.max(c.offset_secs);
+        }
+        if lo > hi {
+            (0, 0)
+        } else {
+            (lo, hi)
+        }
+    }
 }
 
 /// How hard the workload pushes.
@@ -258,8 +317,12 @@ const WAIT_ALL_EVERY: usize = 4;
 impl Workload {
     /// Starts the workload tasks against `c`.
     pub fn start(c: Clients, rates: Rates) -> Self {
+        let hist = History {
+            anchor: Some((Instant::now(), crate::clock::unix_now_f64())),
+            ..History::default()
+        };
         let shared = Arc::new(Shared {
-            hist: Mutex::new(History::default()),
+            hist: Mutex::new(hist),
             targeted: Mutex::new(Default::default()),
             ttl: rates.ttl.as_secs().max(60),
             subjects: Mutex::new((0..SUBJECTS).map(|i| format!("user-{i}")).collect()),
@@ -450,6 +513,8 @@ async fn refresh_one(c: &Clients, s: &Shared, k: usize) {
             sub: rec.sub,
             family: rec.family,
             kid: rec.kid,
+            nbf: rec.nbf.max(rec.iat),
+            exp: rec.exp,
         });
     }
 }
@@ -501,6 +566,8 @@ async fn issuer(c: Clients, s: Arc<Shared>, every: Duration) {
                     sub: rec.sub,
                     family: rec.family,
                     kid: rec.kid,
+                    nbf: rec.nbf.max(rec.iat),
+                    exp: rec.exp,
                 }),
                 None => h.failed_issues += 1,
             }
@@ -710,11 +777,16 @@ async fn verifier(c: Clients, s: Arc<Shared>, edge: usize, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !s.stop.load(Ordering::Relaxed) {
         tick.tick().await;
-        // half the time a token a revoke targeted lately, else any recent one
+        // half the time a token a revoke targeted lately, else one of the
+        // last 300 issued, or (one in five) any token issued so far: old
+        // tokens meet revokes too (subject, family, key), and an edge whose
+        // clock is behind the issuer's by D judges only tokens older than D
+        // by their revocations
         let pick = {
             let mut rng = rand::thread_rng();
             let hot = lock(&s.hot);
-            if rng.gen_bool(0.5) && !hot.is_empty() {
+            let r: f64 = rng.gen();
+            if r < 0.5 && !hot.is_empty() {
                 hot.get(rng.gen_range(0..hot.len())).cloned()
             } else {
                 drop(hot);
@@ -723,7 +795,11 @@ async fn verifier(c: Clients, s: Arc<Shared>, edge: usize, every: Duration) {
                 if n == 0 {
                     None
                 } else {
-                    let i = n - 1 - rng.gen_range(0..n.min(300));
+                    let i = if r < 0.8 {
+                        n - 1 - rng.gen_range(0..n.min(300))
+                    } else {
+                        rng.gen_range(0..n)
+                    };
                     Some((h.issues[i].jti.clone(), h.issues[i].token.clone()))
                 }
             }

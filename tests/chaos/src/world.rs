@@ -1,7 +1,10 @@
 //! The system under test: `veto-server` and `veto-edge` processes, each on
 //! its own host of a [`Net`], started, killed (SIGKILL), paused and
-//! restarted by the harness.
+//! restarted by the harness; voters and learners; edges fed by every voter
+//! or by servers of the plan's choosing; processes on a skewed or jumping
+//! wall clock ([`crate::clock`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -12,6 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 use veto_proto as pb;
 use veto_testkit::eventually;
 
+use crate::clock::{self, Clock, ClockChange, Leeway};
 use crate::net::{Net, Rule};
 
 /// gRPC port of every process (each has its own address).
@@ -36,6 +40,24 @@ pub struct WorldOptions {
     pub broken_edges: Vec<usize>,
     /// The bound the broken edges really apply.
     pub broken_bound: Duration,
+    /// Learners: non-voting servers, started once the voters have a leader
+    /// and added with `AdminService.AddLearner`. They are servers
+    /// `servers..servers + learners` (node ids follow the voters').
+    pub learners: usize,
+    /// The servers (by index, voters or learners) an edge is given, in
+    /// order, by edge index; an edge not listed gets every voter.
+    pub edge_servers: BTreeMap<usize, Vec<usize>>,
+    /// Wall clocks of servers (by index) run under libfaketime; a server
+    /// not listed runs on the machine's clock, without the preload.
+    pub server_clocks: BTreeMap<usize, Clock>,
+    /// Wall clocks of edges (by index), as for servers.
+    pub edge_clocks: BTreeMap<usize, Clock>,
+    /// Clock leeways passed to every edge (`VETO_CLOCK_LEEWAY_SECS`,
+    /// `VETO_EXP_LEEWAY_SECS`); `None` sets neither (the edges' defaults).
+    pub leeway: Option<Leeway>,
+    /// Hand the leadership to this voter (by index) before the edges
+    /// start (`AdminService.TransferLeader`).
+    pub initial_leader: Option<usize>,
 }
 
 impl Default for WorldOptions {
@@ -47,7 +69,38 @@ impl Default for WorldOptions {
             probe: Duration::from_millis(150),
             broken_edges: Vec::new(),
             broken_bound: Duration::from_millis(3000),
+            learners: 0,
+            edge_servers: BTreeMap::new(),
+            server_clocks: BTreeMap::new(),
+            edge_clocks: BTreeMap::new(),
+            leeway: None,
+            initial_leader: None,
         }
+    }
+}
+
+impl WorldOptions {
+    /// Checks indexes against the counts.
+    pub fn validate(&self) -> Result<()> {
+        let all = self.servers + self.learners;
+        for (e, list) in &self.edge_servers {
+            if *e >= self.edges || list.is_empty() || list.iter().any(|s| *s >= all) {
+                bail!(
+                    "edge_servers: edge {e} -> {list:?} (edges {}, servers {all})",
+                    self.edges
+                );
+            }
+        }
+        if let Some((s, _)) = self.server_clocks.iter().find(|(s, _)| **s >= all) {
+            bail!("server_clocks: no server {s}");
+        }
+        if let Some((e, _)) = self.edge_clocks.iter().find(|(e, _)| **e >= self.edges) {
+            bail!("edge_clocks: no edge {e}");
+        }
+        if self.initial_leader.is_some_and(|l| l >= self.servers) {
+            bail!("initial_leader must be a voter");
+        }
+        Ok(())
     }
 }
 
@@ -70,8 +123,20 @@ pub struct Proc {
     pub host: usize,
     /// `ip:port` of its gRPC service.
     pub grpc: String,
+    /// `ip:port` of its HTTP server.
+    pub http: String,
     /// Log file (appended across restarts).
     pub log: PathBuf,
+    /// A learner (non-voting server).
+    pub learner: bool,
+    /// Its wall clock, when it runs under libfaketime.
+    pub clock: Option<Clock>,
+    /// The offset its clock has now (base, or base + jump).
+    pub offset_now: i64,
+    /// Its libfaketime timestamp file, when it has a clock.
+    clock_file: Option<PathBuf>,
+    /// Runs the program on its clock (`env LD_PRELOAD=... `), or nothing.
+    prefix: Vec<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     child: Option<Child>,
@@ -112,6 +177,8 @@ pub struct World {
     pub edges: Vec<Proc>,
     /// What was started.
     pub opts: WorldOptions,
+    /// Every change of a process's wall-clock offset (initial ones first).
+    pub clock_log: Vec<ClockChange>,
     server_channels: Vec<Channel>,
     edge_channels: Vec<Channel>,
     _dir: tempfile::TempDir,
@@ -136,6 +203,7 @@ async fn spawn(p: &mut Proc, ns: &str) -> Result<()> {
     // setpriv: the process dies with the harness's thread that started it,
     // even when the harness itself is killed and cannot clean up
     cmd.args(["netns", "exec", ns, "setpriv", "--pdeathsig", "KILL"])
+        .args(&p.prefix)
         .args(&p.args)
         .arg("--ready-file")
         .arg(&ready)
@@ -144,8 +212,9 @@ async fn spawn(p: &mut Proc, ns: &str) -> Result<()> {
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
         .kill_on_drop(true);
-    // `ip netns exec` and `setpriv` exec the program, so this pid is the
-    // server's or edge's own and SIGKILL reaches it.
+    // `ip netns exec`, `setpriv` (and `env`, for a clock fault) exec the
+    // program, so this pid is the server's or edge's own and SIGKILL
+    // reaches it.
     let mut child = cmd.spawn().context("spawn ip netns exec")?;
     let name = p.name();
     let up = eventually(
@@ -174,20 +243,49 @@ async fn spawn(p: &mut Proc, ns: &str) -> Result<()> {
     }
     p.child = Some(child);
     p.paused = false;
+    if p.clock.is_some() {
+        // the offset must really be in effect: read it back
+        clock::check_offset(&name, &p.http, p.offset_now).await?;
+    }
     Ok(())
+}
+
+/// A process's clock settings: its timestamp file (written with its offset)
+/// and the `env` prefix that preloads libfaketime.
+fn clock_setup(
+    dir: &Path,
+    name: &str,
+    clock: Option<Clock>,
+    lib: &Option<PathBuf>,
+) -> Result<(Option<PathBuf>, Vec<String>)> {
+    let (Some(c), Some(lib)) = (clock, lib) else {
+        return Ok((None, Vec::new()));
+    };
+    let file = dir.join(format!("{name}.faketime"));
+    clock::write_offset(&file, c.offset_secs)?;
+    let prefix = clock::env_args(lib, &file);
+    Ok((Some(file), prefix))
 }
 
 impl World {
     /// Starts the servers, initialises them as one cluster, then starts the
     /// edges and waits until every edge is fresh.
     pub async fn start(opts: WorldOptions) -> Result<Self> {
+        opts.validate()?;
         let server_bin = veto_testkit::server_bin()?;
         let edge_bin = veto_testkit::bin_named("veto-edge", "VETO_EDGE_BIN")?;
+        // fail before building anything when a clock fault cannot be had
+        let lib = if opts.server_clocks.is_empty() && opts.edge_clocks.is_empty() {
+            None
+        } else {
+            Some(clock::libfaketime()?)
+        };
         let dir = tempfile::Builder::new().prefix("veto-chaos-").tempdir()?;
         let mut net = Net::new()?;
         let kek = veto_testkit::new_kek();
         let mut servers = Vec::new();
-        for i in 0..opts.servers {
+        let mut clock_log = Vec::new();
+        for i in 0..opts.servers + opts.learners {
             let host = net.add_host(&format!("s{}", i + 1))?;
             let data = dir.path().join(format!("s{}", i + 1));
             std::fs::create_dir_all(&data)?;
@@ -202,12 +300,31 @@ impl World {
                     ip = host.ip,
                 ),
             )?;
+            let clock = opts.server_clocks.get(&i).copied();
+            let (clock_file, prefix) =
+                clock_setup(dir.path(), &format!("s{}", i + 1), clock, &lib)?;
+            if let Some(c) = clock {
+                let now = std::time::Instant::now();
+                clock_log.push(ClockChange {
+                    kind: Kind::Server,
+                    index: i,
+                    offset_secs: c.offset_secs,
+                    from: now,
+                    to: now,
+                });
+            }
             servers.push(Proc {
                 kind: Kind::Server,
                 index: i,
                 host: i,
                 grpc: format!("{}:{GRPC_PORT}", host.ip),
+                http: format!("{}:{HTTP_PORT}", host.ip),
                 log: data.with_extension("log"),
+                learner: i >= opts.servers,
+                clock,
+                offset_now: clock.map_or(0, |c| c.offset_secs),
+                clock_file,
+                prefix,
                 args: vec![
                     server_bin.display().to_string(),
                     "--config".into(),
@@ -222,11 +339,34 @@ impl World {
                 paused: false,
             });
         }
-        let server_list: Vec<String> = servers.iter().map(|s| s.grpc.clone()).collect();
+        let voters: Vec<usize> = (0..opts.servers).collect();
         let mut edges = Vec::new();
         for i in 0..opts.edges {
             let host = net.add_host(&format!("e{i}"))?;
+            let list: Vec<String> = opts
+                .edge_servers
+                .get(&i)
+                .unwrap_or(&voters)
+                .iter()
+                .map(|&s| servers[s].grpc.clone())
+                .collect();
             let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
+            if let Some(l) = opts.leeway {
+                env.push(("VETO_CLOCK_LEEWAY_SECS".into(), l.nbf_secs.to_string()));
+                env.push(("VETO_EXP_LEEWAY_SECS".into(), l.exp_secs.to_string()));
+            }
+            let clock = opts.edge_clocks.get(&i).copied();
+            let (clock_file, prefix) = clock_setup(dir.path(), &format!("e{i}"), clock, &lib)?;
+            if let Some(c) = clock {
+                let now = std::time::Instant::now();
+                clock_log.push(ClockChange {
+                    kind: Kind::Edge,
+                    index: i,
+                    offset_secs: c.offset_secs,
+                    from: now,
+                    to: now,
+                });
+            }
             if opts.broken_edges.contains(&i) {
                 env.push((
                     "VETO_TEST_ONLY_BOUND_MS".into(),
@@ -236,15 +376,21 @@ impl World {
             edges.push(Proc {
                 kind: Kind::Edge,
                 index: i,
-                host: opts.servers + i,
+                host: opts.servers + opts.learners + i,
                 grpc: format!("{}:{GRPC_PORT}", host.ip),
+                http: format!("{}:{HTTP_PORT}", host.ip),
                 log: dir.path().join(format!("e{i}.log")),
+                learner: false,
+                clock,
+                offset_now: clock.map_or(0, |c| c.offset_secs),
+                clock_file,
+                prefix,
                 args: vec![
                     edge_bin.display().to_string(),
                     "--edge-id".into(),
                     format!("e{i}"),
                     "--servers".into(),
-                    server_list.join(","),
+                    list.join(","),
                     "--listen-addr".into(),
                     format!("{}:{GRPC_PORT}", host.ip),
                     "--http-addr".into(),
@@ -273,16 +419,19 @@ impl World {
             servers,
             edges,
             opts,
+            clock_log,
             server_channels,
             edge_channels,
             _dir: dir,
         };
-        for i in 0..w.servers.len() {
+        let n_voters = w.opts.servers;
+        for i in 0..n_voters {
             w.start_server(i).await?;
         }
         let members = w
             .servers
             .iter()
+            .filter(|s| !s.learner)
             .map(|s| pb::Member {
                 node_id: s.index as u64 + 1,
                 addr: s.grpc.clone(),
@@ -301,11 +450,153 @@ impl World {
             || async { w.status(0).await.filter(|s| !s.active_kid.is_empty()) },
         )
         .await?;
+        for i in n_voters..w.servers.len() {
+            w.add_learner(i).await?;
+        }
+        if let Some(l) = w.opts.initial_leader {
+            w.transfer_leader(l).await?;
+        }
         for i in 0..w.edges.len() {
             w.start_edge(i).await?;
         }
         w.wait_edges_fresh(Duration::from_secs(30)).await?;
         Ok(w)
+    }
+
+    /// Starts server `i` and adds it as a learner (blocking until it caught
+    /// up), then waits until it names the leader.
+    async fn add_learner(&mut self, i: usize) -> Result<()> {
+        // before it runs: a server that is no member yet names no leader
+        let leader = self.wait_leader(Duration::from_secs(30)).await?;
+        self.start_server(i).await?;
+        let mut req = tonic::Request::new(pb::AddLearnerRequest {
+            member: Some(pb::Member {
+                node_id: i as u64 + 1,
+                addr: self.servers[i].grpc.clone(),
+            }),
+            blocking: true,
+        });
+        req.set_timeout(Duration::from_secs(30));
+        let m = self
+            .admin(leader)
+            .add_learner(req)
+            .await
+            .with_context(|| format!("adding s{} as a learner", i + 1))?
+            .into_inner();
+        let listed = m
+            .membership
+            .is_some_and(|m| m.learners.iter().any(|l| l.node_id == i as u64 + 1));
+        if !listed {
+            bail!("s{} is not listed as a learner after AddLearner", i + 1);
+        }
+        eventually(
+            "the learner to follow the leader",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || async {
+                let st = self.status(i).await?;
+                (st.leader_id != 0 && st.role == pb::Role::Learner as i32).then_some(())
+            },
+        )
+        .await
+    }
+
+    /// Hands the leadership to voter `to` and waits until everyone names it.
+    pub async fn transfer_leader(&self, to: usize) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let l = self.wait_leader(Duration::from_secs(20)).await?;
+            if l == to {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("s{} did not take the leadership in 30 s", to + 1);
+            }
+            let mut req = tonic::Request::new(pb::TransferLeaderRequest {
+                to_node_id: to as u64 + 1,
+            });
+            req.set_timeout(Duration::from_secs(5));
+            // a refusal or a timeout is retried until the deadline
+            let _ = self.admin(l).transfer_leader(req).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Sets process `i`'s wall-clock offset (it must run under
+    /// libfaketime) and records the change; takes effect at its next clock
+    /// call, and at every restart from now on.
+    pub fn set_clock(&mut self, kind: Kind, i: usize, offset_secs: i64) -> Result<()> {
+        let p = self.proc_mut(kind, i)?;
+        let file = p
+            .clock_file
+            .clone()
+            .ok_or_else(|| anyhow!("{} has no clock fault", p.name()))?;
+        let from = std::time::Instant::now();
+        clock::write_offset(&file, offset_secs)?;
+        let to = std::time::Instant::now();
+        p.offset_now = offset_secs;
+        self.clock_log.push(ClockChange {
+            kind,
+            index: i,
+            offset_secs,
+            from,
+            to,
+        });
+        Ok(())
+    }
+
+    /// Steps every clock that jumps by its jump; returns how many.
+    pub fn jump_clocks(&mut self) -> Result<usize> {
+        let mut n = 0;
+        for kind in [Kind::Server, Kind::Edge] {
+            let targets: Vec<(usize, i64)> = self
+                .procs(kind)
+                .iter()
+                .filter_map(|p| {
+                    let c = p.clock?;
+                    (c.jump_secs != 0).then_some((p.index, c.offset_secs + c.jump_secs))
+                })
+                .collect();
+            for (i, o) in targets {
+                self.set_clock(kind, i, o)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Puts every clock back on its base offset.
+    pub fn reset_clocks(&mut self) -> Result<()> {
+        for kind in [Kind::Server, Kind::Edge] {
+            let targets: Vec<(usize, i64)> = self
+                .procs(kind)
+                .iter()
+                .filter_map(|p| {
+                    let c = p.clock?;
+                    (p.offset_now != c.offset_secs).then_some((p.index, c.offset_secs))
+                })
+                .collect();
+            for (i, o) in targets {
+                self.set_clock(kind, i, o)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn procs(&self, kind: Kind) -> &[Proc] {
+        match kind {
+            Kind::Server => &self.servers,
+            Kind::Edge => &self.edges,
+        }
+    }
+
+    /// Indexes of the learners.
+    pub fn learner_indexes(&self) -> Vec<usize> {
+        self.servers
+            .iter()
+            .filter(|s| s.learner)
+            .map(|s| s.index)
+            .collect()
     }
 
     async fn start_server(&mut self, i: usize) -> Result<()> {

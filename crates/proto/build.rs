@@ -11,8 +11,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
+    // The descriptor set serves gRPC server reflection (grpcurl, grpcui).
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .bytes(".veto.v1")
+        .file_descriptor_set_path(out.join("veto_v1_descriptor.bin"))
         .compile_protos(&files, std::slice::from_ref(&root))?;
     // etcd's KV/Maintenance subset, used only by `veto bench` to drive etcd.
     let etcd = root.join("bench/etcd.proto");

@@ -366,6 +366,59 @@ pub async fn https_get(
     Ok((status, text))
 }
 
+/// Runs the `veto` CLI binary; its stdout, or an error with its stderr.
+pub fn veto_cli(args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(veto_testkit::bin_named("veto", "VETO_CLI_BIN")?)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "veto {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A TLS cluster of 3 with certificates from `veto certs init` in `dir`
+/// (for 4 servers, so one can join, and edges `edge-1`, `edge-2`).
+pub async fn tls_cluster(dir: &std::path::Path) -> Result<Cluster> {
+    let d = dir.display().to_string();
+    veto_cli(&[
+        "certs",
+        "init",
+        "--dir",
+        &d,
+        "--servers",
+        "4",
+        "--edges",
+        "2",
+    ])?;
+    let cluster = Cluster::start(veto_testkit::ClusterOptions {
+        tls_dir: Some(dir.to_path_buf()),
+        ..Default::default()
+    })
+    .await?;
+    // Waits for the bootstrap signing key, so issues below cannot race it.
+    issue(&cluster.nodes[0], "user:warmup", 60).await?;
+    Ok(cluster)
+}
+
+/// A Python interpreter with the pinned `requirements` (a path from the
+/// repository root) installed, from `scripts/pyenv.sh` (a cached venv).
+pub fn python_env(name: &str, requirements: &str) -> Result<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new(root.join("scripts/pyenv.sh"))
+        .args([name, requirements])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "scripts/pyenv.sh {name} {requirements}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

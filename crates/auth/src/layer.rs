@@ -17,6 +17,10 @@ use crate::{Identity, Role};
 /// Who may call a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
+    /// Any caller, with or without a client certificate: the gRPC health
+    /// checks, as the HTTP probes (a presented certificate is still
+    /// verified at the handshake).
+    Public,
     /// Any caller whose certificate the CA signed (the TLS handshake
     /// already proved it); no role needed.
     Authenticated,
@@ -29,6 +33,22 @@ pub enum Access {
 
 /// Maps a gRPC path (`/veto.v1.TokenService/Issue`) to its access rule.
 pub type Policy = fn(&str) -> Access;
+
+/// The rule for the standard services every veto gRPC port serves beside
+/// its own: `grpc.health.v1.Health` for probes (Kubernetes gRPC probes,
+/// grpc_health_probe) needs no certificate, like `/healthz`; server
+/// reflection (grpcurl, grpcui) needs one signed by the CA, like any
+/// other call. `None` for every other path.
+pub fn standard_access(path: &str) -> Option<Access> {
+    match path {
+        "/grpc.health.v1.Health/Check" | "/grpc.health.v1.Health/Watch" => Some(Access::Public),
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        | "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" => {
+            Some(Access::Authenticated)
+        }
+        _ => None,
+    }
+}
 
 /// A per-client rate limit on write methods.
 #[derive(Debug, Clone, Copy)]
@@ -130,6 +150,9 @@ impl Shared {
                 "{path} is not a method this veto process serves"
             )));
         }
+        if policy == Access::Public {
+            return Ok(None);
+        }
         let ext = req.extensions();
         let (identity, peer_ip) = if self.tls {
             let info = ext.get::<TlsConnectInfo<TcpConnectInfo>>();
@@ -158,7 +181,7 @@ impl Shared {
         };
         if self.tls {
             match policy {
-                Access::Authenticated | Access::Deny => {}
+                Access::Public | Access::Authenticated | Access::Deny => {}
                 Access::Roles(roles) => {
                     let Some(id) = &identity else {
                         return Err(deny(

@@ -22,7 +22,7 @@ mod layer;
 mod tls;
 
 pub use identity::{Identity, Role, ROLE_URI_PREFIX};
-pub use layer::{Access, AuthLayer, AuthService, Policy, WriteLimit};
+pub use layer::{standard_access, Access, AuthLayer, AuthService, Policy, WriteLimit};
 pub use tls::{TlsFiles, Transport};
 
 use std::path::PathBuf;

@@ -195,8 +195,11 @@ impl Transport {
         })
     }
 
-    /// The gRPC server's TLS: this certificate, and a client certificate
-    /// signed by the CA required on every connection.
+    /// The gRPC server's TLS: this certificate; a client certificate is
+    /// verified against the CA when presented but optional at the
+    /// handshake, so gRPC health probes work without one; the
+    /// authorisation layer refuses every other call that comes without one
+    /// (UNAUTHENTICATED).
     pub fn server_tls(&self) -> Option<ServerTlsConfig> {
         match self {
             Transport::Insecure => None,
@@ -207,7 +210,7 @@ impl Transport {
                         &m.key_pem,
                     ))
                     .client_ca_root(Certificate::from_pem(&m.ca_pem))
-                    .client_auth_optional(false)
+                    .client_auth_optional(true)
                     .timeout(Duration::from_secs(10)),
             ),
         }

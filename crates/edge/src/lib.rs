@@ -451,9 +451,25 @@ impl Edge {
             transport.is_tls(),
             None,
         ));
+        // grpc.health.v1 follows /healthz: NOT_SERVING while stale.
+        let services = vec![veto_proto::verifier_service_server::SERVICE_NAME];
+        let (health, health_svc) = veto_proto::standard::health();
+        let reflection_v1 = veto_proto::standard::reflection_v1(&services)?;
+        let reflection_v1alpha = veto_proto::standard::reflection_v1alpha(&services)?;
+        let fresh = edge.handle.clone();
+        edge.tasks
+            .push(tokio::spawn(veto_proto::standard::report_health(
+                health,
+                services,
+                move || fresh.freshness().fresh,
+                edge.shutdown.subscribe(),
+            )));
         edge.tasks.push(tokio::spawn(async move {
             let r = builder
                 .add_service(svc)
+                .add_service(health_svc)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(gl).with_nodelay(Some(true)),
                     async move {

@@ -18,8 +18,13 @@ pub const DEFAULT_MIN_REVISION_WAIT: Duration = Duration::from_secs(5);
 pub const MAX_REQUIRED_SCOPES: usize = 64;
 
 /// Who may call what on an edge: any client whose certificate the CA
-/// signed may verify (no role needed); nothing else is served.
+/// signed may verify (no role needed); the health checks need none, and
+/// reflection any certificate ([`veto_auth::standard_access`]); nothing
+/// else is served.
 pub fn policy(path: &str) -> veto_auth::Access {
+    if let Some(a) = veto_auth::standard_access(path) {
+        return a;
+    }
     match path {
         "/veto.v1.VerifierService/Verify" | "/veto.v1.VerifierService/VerifyBatch" => {
             veto_auth::Access::Authenticated

@@ -12,6 +12,11 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// The encoded `FileDescriptorSet` of `proto/veto/v1`, for server
+/// reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/veto_v1_descriptor.bin"));
+
 /// The subset of etcd's v3 API used by `veto bench` to drive etcd.
 #[allow(clippy::all, missing_docs)]
 pub mod etcd {
@@ -19,3 +24,4 @@ pub mod etcd {
 }
 
 pub mod feed;
+pub mod standard;

@@ -55,6 +55,9 @@ fn split(path: &str) -> Option<(&str, &str)> {
 
 /// The access rule of a gRPC path on a server.
 pub fn policy(path: &str) -> Access {
+    if let Some(a) = veto_auth::standard_access(path) {
+        return a;
+    }
     let Some((svc, method)) = split(path) else {
         return Access::Deny;
     };
@@ -87,7 +90,7 @@ mod tests {
     fn edges_may_only_subscribe_and_unknown_paths_are_denied() {
         let allows = |path: &str, role: Role| match policy(path) {
             Access::Roles(r) => r.contains(&role),
-            Access::Authenticated => true,
+            Access::Public | Access::Authenticated => true,
             Access::Deny => false,
         };
         assert!(allows("/veto.v1.FeedService/Subscribe", Role::Edge));
@@ -129,6 +132,14 @@ mod tests {
             policy("/grpc.reflection.v1.ServerReflection/X"),
             Access::Deny
         );
+        // probes need no certificate; reflection needs one, of any role
+        assert_eq!(policy("/grpc.health.v1.Health/Check"), Access::Public);
+        assert_eq!(policy("/grpc.health.v1.Health/Watch"), Access::Public);
+        assert_eq!(
+            policy("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            Access::Authenticated
+        );
+        assert_eq!(policy("/grpc.health.v1.Health/List"), Access::Deny);
         assert_eq!(policy("nonsense"), Access::Deny);
         assert!(is_write("/veto.v1.TokenService/Revoke"));
         assert!(!is_write("/veto.v1.TokenService/Get"));

@@ -246,8 +246,9 @@ async fn healthz(State(Http { node, .. }): State<Http>) -> impl IntoResponse {
 }
 
 /// Ready once the node is a member, knows a leader and has applied what it
-/// knows to be committed.
-async fn readyz(State(Http { node, .. }): State<Http>) -> impl IntoResponse {
+/// knows to be committed: `Ok(applied)`, or why not. `/readyz` and the gRPC
+/// health service both answer from this.
+pub(crate) fn readiness(node: &Node) -> Result<u64, String> {
     let m = node.metrics();
     let member = m
         .membership_config
@@ -256,18 +257,21 @@ async fn readyz(State(Http { node, .. }): State<Http>) -> impl IntoResponse {
         .is_some();
     let committed = m.local_committed.as_ref().map(|l| l.index).unwrap_or(0);
     let applied = m.last_applied.as_ref().map(|l| l.index).unwrap_or(0);
-    let why = if !member {
-        Some("not a member of an initialised cluster".to_string())
+    if !member {
+        Err("not a member of an initialised cluster".to_string())
     } else if m.current_leader.is_none() || m.state == ServerState::Candidate {
-        Some("no leader known".to_string())
+        Err("no leader known".to_string())
     } else if applied < committed {
-        Some(format!("catching up: applied {applied} of {committed}"))
+        Err(format!("catching up: applied {applied} of {committed}"))
     } else {
-        None
-    };
-    match why {
-        None => (StatusCode::OK, format!("ready: applied {applied}\n")),
-        Some(w) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {w}\n")),
+        Ok(applied)
+    }
+}
+
+async fn readyz(State(Http { node, .. }): State<Http>) -> impl IntoResponse {
+    match readiness(&node) {
+        Ok(applied) => (StatusCode::OK, format!("ready: applied {applied}\n")),
+        Err(w) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {w}\n")),
     }
 }
 

@@ -182,6 +182,23 @@ impl Server {
             hub.clone(),
         ))
         .max_decoding_message_size(max_msg);
+        // grpc.health.v1 follows /readyz; reflection lists these services.
+        let services = vec![
+            veto_proto::token_service_server::SERVICE_NAME,
+            veto_proto::admin_service_server::SERVICE_NAME,
+            veto_proto::feed_service_server::SERVICE_NAME,
+            veto_proto::raft_service_server::SERVICE_NAME,
+        ];
+        let (health, health_svc) = veto_proto::standard::health();
+        let reflection_v1 = veto_proto::standard::reflection_v1(&services)?;
+        let reflection_v1alpha = veto_proto::standard::reflection_v1alpha(&services)?;
+        let ready_node = node.clone();
+        tasks.push(tokio::spawn(veto_proto::standard::report_health(
+            health,
+            services,
+            move || http::readiness(&ready_node).is_ok(),
+            rx.clone(),
+        )));
         let mut grpc_rx = rx.clone();
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = transport.server_tls() {
@@ -204,6 +221,9 @@ impl Server {
             .add_service(token_svc)
             .add_service(admin_svc)
             .add_service(feed_svc)
+            .add_service(health_svc)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 async move {

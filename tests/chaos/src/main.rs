@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use veto_chaos::clock::{Clock, Leeway};
 use veto_chaos::scenario::summarize;
 use veto_chaos::workload::Rates;
 use veto_chaos::world::WorldOptions;
@@ -36,6 +37,31 @@ struct Flags {
     /// The edges' probe interval H, ms.
     #[arg(long, default_value_t = 150)]
     probe_ms: u64,
+    /// Run an edge on a wall clock off the machine's, with libfaketime:
+    /// `INDEX:SECONDS` (e.g. `0:-90`), or `INDEX:SECONDS:JUMP` for a clock
+    /// that steps by JUMP seconds at each clock-jump fault. Repeatable.
+    #[arg(long = "edge-clock", value_parser = parse_clock)]
+    edge_clocks: Vec<(usize, Clock)>,
+    /// The same for a server.
+    #[arg(long = "server-clock", value_parser = parse_clock)]
+    server_clocks: Vec<(usize, Clock)>,
+    /// The edges' nbf/iat and exp leeway, seconds (their defaults if unset:
+    /// 60 and 0); the checker holds them to it.
+    #[arg(long)]
+    leeway_secs: Option<u64>,
+}
+
+/// `INDEX:SECONDS[:JUMP]`.
+fn parse_clock(s: &str) -> Result<(usize, Clock), String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let num = |x: &str| x.parse::<i64>().map_err(|e| format!("{x:?}: {e}"));
+    let (index, clock) = match parts.as_slice() {
+        [i, off] => (i, Clock::offset(num(off)?)),
+        [i, off, jump] => (i, Clock::jumping(num(off)?, num(jump)?)),
+        _ => return Err(format!("{s:?} is not INDEX:SECONDS[:JUMP]")),
+    };
+    let index = index.parse().map_err(|e| format!("{index:?}: {e}"))?;
+    Ok((index, clock))
 }
 
 fn main() -> ExitCode {
@@ -46,6 +72,12 @@ fn main() -> ExitCode {
             edges: f.edges,
             bound: Duration::from_millis(f.bound_ms),
             probe: Duration::from_millis(f.probe_ms),
+            edge_clocks: f.edge_clocks.iter().copied().collect(),
+            server_clocks: f.server_clocks.iter().copied().collect(),
+            leeway: f.leeway_secs.map(|s| Leeway {
+                nbf_secs: s,
+                exp_secs: s,
+            }),
             ..WorldOptions::default()
         },
         rates: Rates {

@@ -120,7 +120,11 @@ async fn every_revoke_kind_is_refused_by_every_edge() -> anyhow::Result<()> {
     assert!(w.edges_behind.is_empty(), "{w:?}");
     let mut listed = Vec::new();
     for n in &cluster.nodes {
-        let r = n.admin()?.edges(pb::EdgesRequest {}).await?.into_inner();
+        let r = n
+            .admin()?
+            .edges(pb::EdgesRequest::default())
+            .await?
+            .into_inner();
         listed.extend(r.edges.into_iter().filter(|e| e.connected));
     }
     listed.sort_by(|a, b| a.edge_id.cmp(&b.edge_id));

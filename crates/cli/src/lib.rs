@@ -1187,7 +1187,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                 let Ok(ch) = connect(a, timeout).await else {
                     continue;
                 };
-                if let Ok(r) = AdminServiceClient::new(ch).edges(pb::EdgesRequest {}).await {
+                if let Ok(r) = AdminServiceClient::new(ch)
+                    .edges(pb::EdgesRequest::default())
+                    .await
+                {
                     all.extend(r.into_inner().edges);
                 }
             }

@@ -110,7 +110,7 @@ pub async fn collect(addrs: &[String]) -> Result<View> {
                 .ok()
                 .map(|r| r.into_inner());
             let e = c
-                .edges(timed(pb::EdgesRequest {}))
+                .edges(timed(pb::EdgesRequest::default()))
                 .await
                 .ok()
                 .map(|r| r.into_inner());

@@ -329,27 +329,15 @@ impl Service {
         } else {
             timeout_ms.min(60_000)
         });
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            let behind: Vec<String> = self
-                .hub
-                .cluster_edges()
-                .await
-                .into_iter()
-                .filter(|(e, _)| e.connected && e.applied_revision < published)
-                .map(|(e, _)| e.edge_id)
-                .collect();
-            if behind.is_empty() {
-                return Ok(());
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(Error::FailedPrecondition(format!(
-                    "edges have not learned key {kid} (published at revision {published}): {}; retry or force",
-                    behind.join(", ")
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = std::time::Instant::now();
+        let w = self.hub.wait_edges(published, now, now + limit).await;
+        if w.behind.is_empty() {
+            return Ok(());
         }
+        Err(Error::FailedPrecondition(format!(
+            "edges have not learned key {kid} (published at revision {published}): {}; retry or force",
+            w.behind.join(", ")
+        )))
     }
 
     async fn audit_local(&self, r: &pb::AuditRequest) -> Result<pb::AuditResponse> {
@@ -769,8 +757,17 @@ impl AdminService for Service {
 
     async fn edges(
         &self,
-        _req: Request<pb::EdgesRequest>,
+        req: Request<pb::EdgesRequest>,
     ) -> Result<Response<pb::EdgesResponse>, Status> {
+        let r = req.into_inner();
+        if r.wait_revision > 0 {
+            let ms = match r.wait_timeout_ms {
+                0 => 10_000,
+                t => t.min(60_000),
+            };
+            let deadline = std::time::Instant::now() + Duration::from_millis(u64::from(ms));
+            self.hub.wait_local(r.wait_revision, deadline).await;
+        }
         Ok(Response::new(self.hub.local_edges()))
     }
 }

@@ -9,7 +9,7 @@
 //! index and the writer has sent every change up to it on this stream.
 //! Read-index rounds are shared by all probes waiting when a round starts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,8 @@ use veto_proto::feed::change_to_pb;
 
 use crate::feed_codec::{Encoded, EncodedStream};
 use crate::node::{Node, ReadIndex};
+
+mod registry;
 
 /// Largest number of changes in one ChangeBatch message.
 pub const MAX_BATCH_CHANGES: usize = 1024;
@@ -64,10 +66,9 @@ pub struct Hub {
 
 struct HubInner {
     node: Node,
-    edges: Mutex<HashMap<String, EdgeStat>>,
+    edges: registry::Registry,
     read_queue: Mutex<Vec<oneshot::Sender<Result<ReadIndex, String>>>>,
     read_notify: Notify,
-    acked: tokio::sync::watch::Sender<u64>,
     /// The most recently encoded batch: edges reading the same range share it.
     last_batch: Mutex<Option<(u64, u64, Encoded)>>,
     /// Recent propagation, per second, for dashboards.
@@ -110,14 +111,12 @@ pub struct EdgeWait {
 impl Hub {
     /// A hub for `node`; spawn [`Hub::run_read_index`] next to it.
     pub fn new(node: Node) -> Self {
-        let (acked, _) = tokio::sync::watch::channel(0);
         Self {
             inner: Arc::new(HubInner {
                 node,
-                edges: Mutex::new(HashMap::new()),
+                edges: registry::Registry::default(),
                 read_queue: Mutex::new(Vec::new()),
                 read_notify: Notify::new(),
-                acked,
                 last_batch: Mutex::new(None),
                 propagation: Mutex::new(Default::default()),
                 closing: tokio::sync::watch::channel(false).0,
@@ -126,19 +125,21 @@ impl Hub {
         }
     }
 
-    fn edges(&self) -> std::sync::MutexGuard<'_, HashMap<String, EdgeStat>> {
-        self.inner.edges.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// A snapshot of the edge registry.
     pub fn edge_stats(&self) -> Vec<(String, EdgeStat)> {
-        let mut v: Vec<_> = self
-            .edges()
-            .iter()
-            .map(|(k, s)| (k.clone(), s.clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        self.inner.edges.stats()
+    }
+
+    /// Waits until every edge connected to this node has applied
+    /// `revision`, or `deadline`; woken by acks, connects and disconnects.
+    pub async fn wait_local(&self, revision: u64, deadline: Instant) {
+        let mut changed = self.inner.edges.changed();
+        while !self.inner.edges.all_applied(revision) {
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep_until(deadline.into()) => return,
+            }
+        }
     }
 
     /// The encoded batch for `(cursor, head]`, if another stream built it.
@@ -236,204 +237,150 @@ impl Hub {
         }
     }
 
-    /// Every edge on every member, as the members report them, each with
-    /// the time of its latest ack estimated on this node's clock (a remote
-    /// member's report is aged by its own `ack_age_ms`; the estimate is late
-    /// by at most the one-way latency of the report).
-    pub async fn cluster_edges(&self) -> Vec<(pb::EdgeInfo, Instant)> {
-        self.cluster_view().await.edges
-    }
-
     /// Waits until `deadline` for every edge of every member to apply
     /// `revision` (committed here at `committed`), and reports what it saw.
     /// An edge counts when it is connected to an answering member. The
     /// edges of a member that does not answer are unknown (and so is a
     /// member never heard from): they are reported, not waited for, and
     /// keep `propagation_ms` unset, as does a cluster with no edge at all.
+    ///
+    /// Driven by acks, not by polling: every member is asked once; then
+    /// each member with an edge behind is asked again to answer when its
+    /// own edges have applied `revision` (it waits on its acks), until none
+    /// is behind or the deadline passes.
     pub async fn wait_edges(
         &self,
         revision: u64,
         committed: Instant,
         deadline: Instant,
     ) -> EdgeWait {
-        let mut acks = self.subscribe_acks();
+        let mut reports = self.reports(None, None).await;
         loop {
-            let view = self.cluster_view().await;
-            let w = Self::edge_wait(&view, revision, committed);
+            let w = edge_wait(&self.view(&reports), revision, committed);
             if w.behind.is_empty() || Instant::now() >= deadline {
                 return w;
             }
-            // The next ack, or a short pause to notice remote acks and
-            // members coming back.
-            let pause =
-                Duration::from_millis(2).min(deadline.saturating_duration_since(Instant::now()));
-            tokio::select! {
-                _ = acks.changed() => {}
-                _ = tokio::time::sleep(pause) => {}
-            }
-        }
-    }
-
-    fn edge_wait(view: &ClusterView, revision: u64, committed: Instant) -> EdgeWait {
-        let live: Vec<&(pb::EdgeInfo, Instant)> =
-            view.edges.iter().filter(|(e, _)| e.connected).collect();
-        let seen = |id: &str| live.iter().any(|(e, _)| e.edge_id == id);
-        let mut behind: Vec<String> = live
-            .iter()
-            .filter(|(e, _)| e.applied_revision < revision)
-            .map(|(e, _)| e.edge_id.clone())
-            .collect();
-        behind.sort();
-        behind.dedup();
-        let mut unknown = Vec::new();
-        // A member that does not answer may hold edges nobody else sees
-        // (it may be cut off, not dead): it is always named, with the edges
-        // it last reported that no answering member has now.
-        for (node, edges) in &view.unanswered {
-            let missing: Vec<String> = edges
+            let behind: HashSet<u64> = reports
                 .iter()
-                .filter(|e| !seen(e))
-                .map(|e| format!("{e}@{node}"))
+                .filter_map(|(id, r)| match r {
+                    Report::Answered { edges, .. }
+                        if edges
+                            .iter()
+                            .any(|(e, _)| e.connected && e.applied_revision < revision) =>
+                    {
+                        Some(*id)
+                    }
+                    _ => None,
+                })
                 .collect();
-            if missing.is_empty() {
-                unknown.push(format!("?@{node}"));
+            let again = self
+                .reports(Some(&behind), Some((revision, deadline)))
+                .await;
+            for (id, r) in again {
+                // A member that answered before and fails now keeps the
+                // edges it last reported, as unknown.
+                let r = match (r, reports.get(&id)) {
+                    (Report::Unanswered(_), Some(Report::Answered { edges, .. })) => {
+                        Report::Unanswered(connected_ids(edges))
+                    }
+                    (r, _) => r,
+                };
+                reports.insert(id, r);
             }
-            unknown.extend(missing);
-        }
-        let confirmed: Vec<Instant> = live
-            .iter()
-            .filter(|(e, _)| e.applied_revision >= revision)
-            .map(|(_, t)| *t)
-            .collect();
-        let complete = behind.is_empty() && unknown.is_empty() && !confirmed.is_empty();
-        EdgeWait {
-            propagation_ms: complete.then(|| {
-                confirmed
-                    .iter()
-                    .map(|t| ms(t.saturating_duration_since(committed)))
-                    .fold(0.0, f64::max)
-            }),
-            behind,
-            unknown,
-            confirmed: confirmed.len().min(u32::MAX as usize) as u32,
+            // A member that answered early (its edges moved, or it predates
+            // waiting) must not make this spin.
+            tokio::time::sleep(ROUND_PAUSE.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
         }
     }
 
     /// Every edge on every member, every member's recent propagation
     /// histograms merged by second, and the members that did not answer.
     pub async fn cluster_view(&self) -> ClusterView {
+        let reports = self.reports(None, None).await;
+        self.view(&reports)
+    }
+
+    /// Asks `only` (every member if `None`, this node included) for its
+    /// edges, each answering at once or, with `wait`, once its edges
+    /// applied the revision or at the deadline.
+    async fn reports(
+        &self,
+        only: Option<&HashSet<u64>>,
+        wait: Option<(u64, Instant)>,
+    ) -> BTreeMap<u64, Report> {
         let node = &self.inner.node;
+        let me = node.id();
         let m = node.metrics();
-        let at = |e: pb::EdgeInfo, now: Instant| {
-            let t = now
-                .checked_sub(Duration::from_secs_f64(e.ack_age_ms.max(0.0) / 1e3))
-                .unwrap_or(now);
-            (e, t)
-        };
-        let now = Instant::now();
-        let local = self.local_edges();
-        let mut seconds: Vec<crate::propagation::Second> = local
-            .propagation
-            .iter()
-            .map(crate::propagation::Second::from_pb)
-            .collect();
-        let mut out: Vec<_> = local.edges.into_iter().map(|e| at(e, now)).collect();
+        let wanted = |id: &u64| only.is_none_or(|o| o.contains(id));
         let mut calls = Vec::new();
-        let mut unanswered = Vec::new();
         for (id, n) in m.membership_config.membership().nodes() {
-            if *id == node.id() {
+            let id = *id;
+            if id == me || !wanted(&id) {
                 continue;
             }
-            let id = *id;
-            let Ok(ch) = node.channel_to(&n.addr) else {
-                unanswered.push(id);
-                continue;
-            };
-            calls.push(async move {
-                let mut c = veto_proto::admin_service_client::AdminServiceClient::new(ch);
-                let mut req = Request::new(pb::EdgesRequest {});
-                req.set_timeout(Duration::from_secs(1));
-                let r = c
-                    .edges(req)
-                    .await
-                    .ok()
-                    .map(|r| (r.into_inner(), Instant::now()));
-                (id, r)
-            });
+            let ch = node.channel_to(&n.addr).ok();
+            calls.push(async move { (id, remote_edges(ch, wait).await) });
         }
+        let local = async {
+            if !wanted(&me) {
+                return None;
+            }
+            if let Some((revision, deadline)) = wait {
+                self.wait_local(revision, deadline).await;
+            }
+            Some((self.local_edges(), Instant::now()))
+        };
+        let (local, remote) = futures::join!(local, futures::future::join_all(calls));
         let mut last = self
             .inner
             .member_edges
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for (id, r) in futures::future::join_all(calls).await {
-            let Some((r, t)) = r else {
-                unanswered.push(id);
-                continue;
+            .unwrap_or_else(|p| p.into_inner());
+        let mut out = BTreeMap::new();
+        for (id, r) in local.map(|l| (me, Some(l))).into_iter().chain(remote) {
+            let report = match r {
+                Some((r, t)) => {
+                    let edges: Vec<_> = r.edges.into_iter().map(|e| aged(e, t)).collect();
+                    if id != me {
+                        last.insert(id, connected_ids(&edges));
+                    }
+                    Report::Answered {
+                        edges,
+                        seconds: r.propagation,
+                    }
+                }
+                None => Report::Unanswered(last.get(&id).cloned().unwrap_or_default()),
             };
-            seconds.extend(
-                r.propagation
-                    .iter()
-                    .map(crate::propagation::Second::from_pb),
-            );
-            let connected: Vec<String> = r
-                .edges
-                .iter()
-                .filter(|e| e.connected)
-                .map(|e| e.edge_id.clone())
-                .collect();
-            last.insert(id, connected);
-            out.extend(r.edges.into_iter().map(|e| at(e, t)));
+            out.insert(id, report);
         }
         // Only members of the current membership are remembered.
-        let members: std::collections::HashSet<u64> = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .collect();
-        last.retain(|id, _| members.contains(id));
-        let unanswered = unanswered
-            .into_iter()
-            .map(|id| (id, last.get(&id).cloned().unwrap_or_default()))
-            .collect();
-        *self
-            .inner
-            .member_edges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = last;
-        ClusterView {
-            edges: out,
-            seconds: crate::propagation::merge(seconds),
-            unanswered,
+        last.retain(|id, _| m.membership_config.membership().get_node(id).is_some());
+        out
+    }
+
+    fn view(&self, reports: &BTreeMap<u64, Report>) -> ClusterView {
+        let mut v = ClusterView::default();
+        let mut seconds = Vec::new();
+        for (id, r) in reports {
+            match r {
+                Report::Answered { edges, seconds: s } => {
+                    v.edges.extend(edges.iter().cloned());
+                    seconds.extend(s.iter().map(crate::propagation::Second::from_pb));
+                }
+                Report::Unanswered(edges) => v.unanswered.push((*id, edges.clone())),
+            }
         }
+        v.seconds = crate::propagation::merge(seconds);
+        v
     }
 
-    /// Notified on every ack (value: a counter).
-    pub fn subscribe_acks(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.acked.subscribe()
-    }
-
-    fn connected(&self, edge: &str, applied: u64) {
-        let mut e = self.edges();
-        let s = e.entry(edge.to_owned()).or_insert(EdgeStat {
-            connected: true,
-            applied,
-            acked_at: Instant::now(),
-            answered_at: None,
-            connects: 0,
-            verify_counts: HashMap::new(),
-        });
-        s.connected = true;
-        s.connects += 1;
-        s.applied = s.applied.max(applied);
+    fn connected(&self, edge: &str, applied: u64) -> Result<(), registry::Full> {
+        self.inner.edges.connected(edge, applied, Instant::now())
     }
 
     fn disconnected(&self, edge: &str) {
-        if let Some(s) = self.edges().get_mut(edge) {
-            s.connected = false;
-        }
+        self.inner.edges.disconnected(edge, Instant::now());
     }
 
     /// Records an ack of `applied`, sent `delay` after the edge applied it
@@ -443,15 +390,7 @@ impl Hub {
         let now = received
             .checked_sub(delay.min(MAX_ACK_DELAY))
             .unwrap_or(received);
-        let advanced = match self.edges().get_mut(edge) {
-            Some(s) if applied > s.applied => {
-                s.applied = applied;
-                s.acked_at = now;
-                true
-            }
-            _ => false,
-        };
-        if advanced {
+        if self.inner.edges.ack(edge, applied, now) {
             // Apply here -> ack, on this node's clock.
             if let Some(t) = self.inner.node.state().changes().applied_at(applied) {
                 let d = now.saturating_duration_since(t).as_secs_f64();
@@ -463,7 +402,6 @@ impl Hub {
                     .record(crate::node::unix_now(), d * 1e3);
             }
         }
-        self.inner.acked.send_modify(|n| *n += 1);
     }
 
     /// Ends every edge stream with UNAVAILABLE and refuses new ones: the
@@ -475,11 +413,8 @@ impl Hub {
 
     fn probed(&self, edge: &str, mut counts: HashMap<String, u64>) {
         counts.retain(|k, _| veto_feed::Outcome::ALL.iter().any(|o| o.label() == k));
-        if counts.is_empty() {
-            return;
-        }
-        if let Some(s) = self.edges().get_mut(edge) {
-            s.verify_counts = counts;
+        if !counts.is_empty() {
+            self.inner.edges.probed(edge, counts);
         }
     }
 
@@ -493,9 +428,7 @@ impl Hub {
     }
 
     fn answered(&self, edge: &str) {
-        if let Some(s) = self.edges().get_mut(edge) {
-            s.answered_at = Some(Instant::now());
-        }
+        self.inner.edges.answered(edge, Instant::now());
     }
 
     /// A leader-confirmed commit index from a round that starts after this call.
@@ -556,6 +489,114 @@ impl Service {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// Pause between wait rounds (only when a member answered before its
+/// edges caught up).
+const ROUND_PAUSE: Duration = Duration::from_millis(10);
+/// Longest a member's answer to a plain (non-waiting) `Edges` call takes.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One member's answer about its edges.
+#[derive(Debug, Clone)]
+enum Report {
+    /// Its edges (each with its latest ack on this node's clock) and its
+    /// recent propagation.
+    Answered {
+        edges: Vec<(pb::EdgeInfo, Instant)>,
+        seconds: Vec<pb::PropagationSecond>,
+    },
+    /// It did not answer: the edges it last reported connected.
+    Unanswered(Vec<String>),
+}
+
+/// An edge reported at `reported`, with its latest ack aged by the report's
+/// own `ack_age_ms`.
+fn aged(e: pb::EdgeInfo, reported: Instant) -> (pb::EdgeInfo, Instant) {
+    let t = reported
+        .checked_sub(Duration::from_secs_f64(e.ack_age_ms.max(0.0) / 1e3))
+        .unwrap_or(reported);
+    (e, t)
+}
+
+fn connected_ids(edges: &[(pb::EdgeInfo, Instant)]) -> Vec<String> {
+    edges
+        .iter()
+        .filter(|(e, _)| e.connected)
+        .map(|(e, _)| e.edge_id.clone())
+        .collect()
+}
+
+/// A member's `Edges` answer and when it arrived; with `wait`, the member
+/// answers once its edges applied the revision or at the deadline.
+async fn remote_edges(
+    ch: Option<tonic::transport::Channel>,
+    wait: Option<(u64, Instant)>,
+) -> Option<(pb::EdgesResponse, Instant)> {
+    let mut c = veto_proto::admin_service_client::AdminServiceClient::new(ch?);
+    let (req, timeout) = match wait {
+        None => (pb::EdgesRequest::default(), REPORT_TIMEOUT),
+        Some((revision, deadline)) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            (
+                pb::EdgesRequest {
+                    wait_revision: revision,
+                    wait_timeout_ms: left.as_millis().min(u32::MAX as u128) as u32,
+                },
+                left + REPORT_TIMEOUT,
+            )
+        }
+    };
+    let mut req = Request::new(req);
+    req.set_timeout(timeout);
+    let r = c.edges(req).await.ok()?;
+    Some((r.into_inner(), Instant::now()))
+}
+
+/// What a wait for `revision` saw in `view`.
+fn edge_wait(view: &ClusterView, revision: u64, committed: Instant) -> EdgeWait {
+    let live: Vec<&(pb::EdgeInfo, Instant)> =
+        view.edges.iter().filter(|(e, _)| e.connected).collect();
+    let seen = |id: &str| live.iter().any(|(e, _)| e.edge_id == id);
+    let mut behind: Vec<String> = live
+        .iter()
+        .filter(|(e, _)| e.applied_revision < revision)
+        .map(|(e, _)| e.edge_id.clone())
+        .collect();
+    behind.sort();
+    behind.dedup();
+    let mut unknown = Vec::new();
+    // A member that does not answer may hold edges nobody else sees
+    // (it may be cut off, not dead): it is always named, with the edges
+    // it last reported that no answering member has now.
+    for (node, edges) in &view.unanswered {
+        let missing: Vec<String> = edges
+            .iter()
+            .filter(|e| !seen(e))
+            .map(|e| format!("{e}@{node}"))
+            .collect();
+        if missing.is_empty() {
+            unknown.push(format!("?@{node}"));
+        }
+        unknown.extend(missing);
+    }
+    let confirmed: Vec<Instant> = live
+        .iter()
+        .filter(|(e, _)| e.applied_revision >= revision)
+        .map(|(_, t)| *t)
+        .collect();
+    let complete = behind.is_empty() && unknown.is_empty() && !confirmed.is_empty();
+    EdgeWait {
+        propagation_ms: complete.then(|| {
+            confirmed
+                .iter()
+                .map(|t| ms(t.saturating_duration_since(committed)))
+                .fold(0.0, f64::max)
+        }),
+        behind,
+        unknown,
+        confirmed: confirmed.len().min(u32::MAX as usize) as u32,
+    }
 }
 
 fn valid_edge_id(id: &str) -> bool {
@@ -834,7 +875,9 @@ impl Service {
             ));
         }
         let edge = hello.edge_id.clone();
-        self.hub.connected(&edge, hello.applied_revision);
+        self.hub
+            .connected(&edge, hello.applied_revision)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         veto_telemetry::metrics::counter!(veto_telemetry::FEED_CONNECTS_TOTAL).increment(1);
         tracing::info!(%edge, applied = hello.applied_revision, "edge subscribed");
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);

@@ -528,9 +528,9 @@ mod tests {
             issues: vec![tok("a", "u1", t0), tok("b", "u1", t0), tok("c", "u2", t0)],
             ..Default::default()
         };
-        // `a` revoked by jti (ack at 10 ms); subject u2 revoked before `late`
-        // was issued, so `late` is only maybe-covered
-        h.issues.push(tok("late", "u2", t0 + ms(500)));
+        // `a` revoked by jti (ack at 10 ms); `late` was issued while the
+        // subject revoke of u2 was in flight, so it is only maybe-covered
+        h.issues.push(tok("late", "u2", t0 + ms(405)));
         h.revokes = vec![
             acked(t0 + ms(5), t0 + ms(10), Target::Jti("a".into())),
             acked(t0 + ms(400), t0 + ms(410), Target::Subject("u2".into())),
@@ -550,10 +550,10 @@ mod tests {
         h.verifies.push(verify(2, "b", t0 + ms(150), Revoked));
         // b refused before B passed since its issue: not yet a violation
         h.verifies.push(verify(2, "b", t0 + ms(50), UnknownKey));
-        // issued a whole second after the subject revoke completed: not
-        // covered, so refusing it is wrong
-        h.issues.push(tok("later", "u2", t0 + ms(1450)));
-        h.verifies.push(verify(1, "later", t0 + ms(1700), Revoked));
+        // issued after the subject revoke completed, in the same second:
+        // not covered (the cutoff is exact), so refusing it is wrong
+        h.issues.push(tok("later", "u2", t0 + ms(420)));
+        h.verifies.push(verify(1, "later", t0 + ms(700), Revoked));
         let v = check_history(&h, b);
         assert_eq!(v.len(), 4, "{v:?}");
         assert!(matches!(&v[3], Violation::RefusedValid { jti, .. } if jti == "later"));

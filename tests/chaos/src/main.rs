@@ -66,6 +66,15 @@ fn parse_clock(s: &str) -> Result<(usize, Clock), String> {
 
 fn main() -> ExitCode {
     let f = Flags::parse();
+    // A clock that jumps needs its fault in the rotation.
+    let mut faults = Fault::ALL.to_vec();
+    if f.edge_clocks
+        .iter()
+        .chain(&f.server_clocks)
+        .any(|(_, c)| c.jump_secs != 0)
+    {
+        faults.push(Fault::ClockJump);
+    }
     let plan = Plan {
         world: WorldOptions {
             servers: f.servers,
@@ -86,7 +95,7 @@ fn main() -> ExitCode {
             ttl: Duration::from_secs((f.duration_secs + 3600).min(24 * 3600)),
             ..Rates::default()
         },
-        faults: Fault::ALL.to_vec(),
+        faults,
         hold: Duration::from_secs(f.hold_secs),
         settle: Duration::from_secs(f.settle_secs),
         total: Some(Duration::from_secs(f.duration_secs)),

@@ -63,18 +63,18 @@ impl Target {
     }
 
     /// Whether revoke attempt `r` may cover `t`. A subject revoke covers
-    /// the tokens issued before it (by revision; before that, tokens with
-    /// `iat <= before`, the leader's unix second when it handled the
-    /// revoke): a token whose issue was invoked a whole second after an
-    /// acknowledged subject revoke completed is not covered, on any clock.
-    /// An attempt that was not acknowledged may commit at any time, so it
+    /// exactly the tokens signed before it committed (by the revision in
+    /// the token): a token whose issue was invoked after an acknowledged
+    /// subject revoke completed is not covered, on any clock, even in the
+    /// same second. An attempt that was not acknowledged, or was retried
+    /// (an earlier call may commit later), may commit at any time, so it
     /// may cover every token of the subject.
     pub fn may_cover(&self, t: &IssueRec, r: &RevokeRec) -> bool {
         match self {
             Target::Jti(j) => *j == t.jti,
             Target::Subject(s) => {
                 // a retried attempt's earlier call may commit later
-                *s == t.sub && (!r.acked || r.tries > 1 || t.start < r.end + Duration::from_secs(1))
+                *s == t.sub && (!r.acked || r.tries > 1 || t.start < r.end)
             }
             Target::Family(f) => *f == t.family,
             Target::Key(k) => *k == t.kid,

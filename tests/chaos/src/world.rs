@@ -752,7 +752,7 @@ impl World {
         let name = format!("e{edge}");
         let mut best: Option<(f64, usize)> = None;
         for s in self.servers.iter().filter(|s| s.is_running() && !s.paused) {
-            let mut req = tonic::Request::new(pb::EdgesRequest {});
+            let mut req = tonic::Request::new(pb::EdgesRequest::default());
             req.set_timeout(Duration::from_secs(1));
             let Ok(r) = self.admin(s.index).edges(req).await else {
                 continue;

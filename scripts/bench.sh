@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Issue/revoke benchmark against a local 3-node cluster (release build,
-# fsync on) and a local 3-member etcd cluster for comparison.
-# Extra arguments go to `veto bench` (e.g. --duration-secs 20).
+# The benchmarks (release build): `veto-bench` against a local 3-node
+# cluster (fsync on) and, for issue/revoke/propagation, a local 3-member
+# etcd cluster for comparison. The first argument picks the benchmark (all,
+# issue, revoke, verify, propagation, scale, overhead; default all); the
+# rest go to it (e.g. scripts/bench.sh propagation --duration-secs 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh bench
 cargo build --release --workspace --bins
-exec target/release/veto bench "$@"
+if [[ $# -eq 0 || $1 == -* ]]; then
+    set -- all "$@"
+fi
+exec target/release/veto-bench "$@"

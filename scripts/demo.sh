@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh demo
 cargo build --workspace --bins
-exec target/debug/veto demo "$@"
+exec target/debug/veto-bench demo "$@"

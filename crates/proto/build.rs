@@ -17,7 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".veto.v1")
         .file_descriptor_set_path(out.join("veto_v1_descriptor.bin"))
         .compile_protos(&files, std::slice::from_ref(&root))?;
-    // etcd's KV/Maintenance subset, used only by `veto bench` to drive etcd.
+    // etcd's KV/Maintenance subset, used only by `veto-bench` to drive etcd.
     let etcd = root.join("bench/etcd.proto");
     println!("cargo:rerun-if-changed={}", etcd.display());
     tonic_prost_build::configure()

@@ -1,11 +1,8 @@
-//! The `veto` operator CLI: cluster, token and key commands, `demo` and
-//! `bench`. Human output by default, `--json` for scripts.
+//! The `veto` operator CLI: cluster, token, key, edge, backup, audit and
+//! certificate commands, and `top`. Human output by default, `--json` for
+//! scripts. The demo and the benchmarks are `veto-bench` (crates/bench).
 
 pub mod backup;
-pub mod bench;
-pub mod demo;
-pub mod edgebench;
-pub mod overhead;
 pub mod top;
 
 use std::path::PathBuf;
@@ -77,10 +74,6 @@ pub enum Cmd {
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
     },
-    /// Start a local 3-node cluster, issue a token, revoke it and show the numbers.
-    Demo(demo::DemoArgs),
-    /// Benchmarks against a local cluster (and etcd for comparison).
-    Bench(bench::BenchArgs),
     /// Certificates: a development CA and every process's certificate.
     #[command(subcommand)]
     Certs(CertsCmd),
@@ -724,9 +717,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     );
     match cli.cmd {
         Cmd::Certs(c) => return certs_cmd(c, j),
-        Cmd::Demo(args) => return demo::run(args, j).await,
         Cmd::Edges => {}
-        Cmd::Bench(args) => return bench::run(args, j).await,
         Cmd::Top { interval_ms } => {
             let addrs = cli
                 .addr
@@ -1228,7 +1219,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Top { .. } | Cmd::Snapshot(_) | Cmd::Certs(_) => {}
+        Cmd::Top { .. } | Cmd::Snapshot(_) | Cmd::Certs(_) => {}
     }
     Ok(())
 }

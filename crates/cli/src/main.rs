@@ -6,17 +6,13 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = veto_cli::Cli::parse();
-    // `bench overhead` installs its own subscriber (with OTLP export) midway.
-    let own_tracing = matches!(&cli.cmd, veto_cli::Cmd::Bench(b) if b.what == "overhead");
-    if !own_tracing {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("VETO_LOG")
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VETO_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -20,7 +20,7 @@ use ratatui::Frame;
 use tonic::Request;
 use veto_proto as pb;
 use veto_proto::admin_service_client::AdminServiceClient;
-use veto_server::propagation;
+use veto_proto::propagation;
 
 /// One member as it answered (or did not).
 #[derive(Debug, Clone)]

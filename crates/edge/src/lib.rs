@@ -10,6 +10,7 @@
 //! revision, resyncs from a snapshot on any gap or undecodable change, and
 //! abandons a node whose probes go unanswered for longer than the bound.
 
+pub mod config;
 pub mod service;
 pub mod subscription;
 

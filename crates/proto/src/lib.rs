@@ -17,11 +17,12 @@ pub use v1::*;
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/veto_v1_descriptor.bin"));
 
-/// The subset of etcd's v3 API used by `veto bench` to drive etcd.
+/// The subset of etcd's v3 API used by `veto-bench` to drive etcd.
 #[allow(clippy::all, missing_docs)]
 pub mod etcd {
     tonic::include_proto!("etcdserverpb");
 }
 
 pub mod feed;
+pub mod propagation;
 pub mod standard;

@@ -68,6 +68,10 @@ pub struct RaftOptions {
     pub snapshot_logs_since_last: u64,
     /// Entries kept in the log behind the latest snapshot.
     pub max_in_snapshot_log_to_keep: u64,
+    /// Replicate over one pipelined `AppendStream` per follower (true) or
+    /// one `AppendEntries` at a time (false: for A/B benchmarks, or a way
+    /// back should replication misbehave). Env `VETO_RAFT_PIPELINE=0|1`.
+    pub pipeline: bool,
     /// Purge the log only once at least this many entries can go.
     pub purge_batch_size: u64,
 }
@@ -80,6 +84,7 @@ impl Default for RaftOptions {
             election_timeout_max_ms: 800,
             snapshot_logs_since_last: 100_000,
             max_in_snapshot_log_to_keep: 1_000,
+            pipeline: true,
             purge_batch_size: 256,
         }
     }
@@ -195,6 +200,9 @@ pub struct Flags {
     /// Writes per second each client may send (0 = no limit).
     #[arg(long, env = "VETO_WRITE_RATE")]
     pub write_rate_per_second: Option<u32>,
+    /// Pipelined Raft replication (`raft.pipeline`): true or false.
+    #[arg(long, env = "VETO_RAFT_PIPELINE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub raft_pipeline: Option<bool>,
 }
 
 impl Options {
@@ -251,6 +259,9 @@ impl Options {
         }
         if let Some(v) = flags.write_rate_per_second {
             o.write_rate_per_second = v;
+        }
+        if let Some(v) = flags.raft_pipeline {
+            o.raft.pipeline = v;
         }
         if let Ok(v) = std::env::var("VETO_PREVIOUS_KEK") {
             o.previous_keks = v

@@ -72,7 +72,7 @@ struct HubInner {
     /// The most recently encoded batch: edges reading the same range share it.
     last_batch: Mutex<Option<(u64, u64, Encoded)>>,
     /// Recent propagation, per second, for dashboards.
-    propagation: Mutex<crate::propagation::Window>,
+    propagation: Mutex<veto_proto::propagation::Window>,
     /// Set when the node stops: every stream ends so edges move at once.
     closing: tokio::sync::watch::Sender<bool>,
     /// The edges each other member reported connected when it last
@@ -88,7 +88,7 @@ pub struct ClusterView {
     /// latest ack on this node's clock.
     pub edges: Vec<(pb::EdgeInfo, Instant)>,
     /// Recent propagation histograms of the answering members, by second.
-    pub seconds: Vec<crate::propagation::Second>,
+    pub seconds: Vec<veto_proto::propagation::Second>,
     /// Members that did not answer, with the edges they last reported
     /// connected (empty if never heard from).
     pub unanswered: Vec<(u64, Vec<String>)>,
@@ -230,7 +230,7 @@ impl Hub {
             edges,
             commit_index: head,
             propagation: self
-                .propagation(crate::node::unix_now() - crate::propagation::WINDOW_S as i64)
+                .propagation(crate::node::unix_now() - veto_proto::propagation::WINDOW_S as i64)
                 .iter()
                 .map(|s| s.to_pb())
                 .collect(),
@@ -366,12 +366,12 @@ impl Hub {
             match r {
                 Report::Answered { edges, seconds: s } => {
                     v.edges.extend(edges.iter().cloned());
-                    seconds.extend(s.iter().map(crate::propagation::Second::from_pb));
+                    seconds.extend(s.iter().map(veto_proto::propagation::Second::from_pb));
                 }
                 Report::Unanswered(edges) => v.unanswered.push((*id, edges.clone())),
             }
         }
-        v.seconds = crate::propagation::merge(seconds);
+        v.seconds = veto_proto::propagation::merge(seconds);
         v
     }
 
@@ -419,7 +419,7 @@ impl Hub {
     }
 
     /// This node's propagation histograms after `since` (unix s).
-    pub fn propagation(&self, since: i64) -> Vec<crate::propagation::Second> {
+    pub fn propagation(&self, since: i64) -> Vec<veto_proto::propagation::Second> {
         self.inner
             .propagation
             .lock()

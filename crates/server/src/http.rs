@@ -197,7 +197,7 @@ async fn status_json(State(h): State<Http>) -> impl IntoResponse {
         "applied_index": m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
         "edges": edges,
         "verify_totals": totals,
-        "propagation": {"window_s": crate::propagation::WINDOW_S, "series": series},
+        "propagation": {"window_s": veto_proto::propagation::WINDOW_S, "series": series},
     });
     (
         [

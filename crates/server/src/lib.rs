@@ -15,7 +15,6 @@ pub mod feed;
 pub mod feed_codec;
 pub mod http;
 pub mod node;
-pub mod propagation;
 pub mod raft;
 pub mod routing;
 pub mod token_service;
@@ -134,6 +133,7 @@ impl Server {
             max_message_bytes: opts.max_message_bytes.max(64 << 20),
             cluster: cluster.clone(),
             transport: transport.clone(),
+            pipeline: opts.raft.pipeline,
         };
         let raft = veto_store::Raft::new(opts.node_id, Arc::new(config), factory, log.clone(), sm)
             .await

@@ -170,7 +170,7 @@ static PAUSE: std::sync::OnceLock<Switch> = std::sync::OnceLock::new();
 
 /// Turns span export off and on again at run time (after [`init`] with an
 /// endpoint; a no-op otherwise). For measuring what tracing costs in
-/// alternating rounds (`veto bench overhead`); not needed in operation.
+/// alternating rounds (`veto-bench overhead`); not needed in operation.
 pub fn set_exporting(on: bool) {
     if let Some(f) = PAUSE.get() {
         f(on);

@@ -1,5 +1,5 @@
 //! Runs real `veto-server` processes on ephemeral 127.0.0.1 ports, for
-//! integration tests, `veto demo` and benchmarks.
+//! integration tests, `veto-bench demo` and benchmarks.
 //!
 //! Each node gets its own data directory under one temporary directory and
 //! binds port 0; it reports the bound addresses through a ready file, so

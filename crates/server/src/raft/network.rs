@@ -34,6 +34,9 @@ pub struct Factory {
     pub cluster: veto_store::ClusterId,
     /// TLS (this node's server certificate) or plaintext.
     pub transport: veto_auth::Transport,
+    /// Replicate over the pipelined `AppendStream` (`raft.pipeline`, the
+    /// default) or one `AppendEntries` at a time.
+    pub pipeline: bool,
 }
 
 /// Metadata key carrying the sender's cluster id on Raft RPCs.
@@ -54,6 +57,7 @@ pub struct Client {
     target: u64,
     client: Option<RaftServiceClient<Channel>>,
     addr: String,
+    pipeline: bool,
 }
 
 impl RaftNetworkFactory<C> for Factory {
@@ -78,6 +82,7 @@ impl RaftNetworkFactory<C> for Factory {
             target,
             client,
             addr: node.addr.clone(),
+            pipeline: self.pipeline,
         }
     }
 }
@@ -112,15 +117,6 @@ impl Client {
             )))
         })
     }
-}
-
-/// Whether replication uses `AppendStream` (the default) or one
-/// `AppendEntries` at a time (`VETO_RAFT_PIPELINE=0`, read once: for
-/// comparing the two in benchmarks, and a way back should a peer
-/// misbehave).
-fn pipelined() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("VETO_RAFT_PIPELINE").map_or(true, |v| v != "0"))
 }
 
 /// The requests on an append stream not yet answered: their send times,
@@ -205,7 +201,7 @@ impl RaftNetworkV2<C> for Client {
     where
         S: Stream<Item = AppendEntriesRequest<C>> + Send + Unpin + 'static,
     {
-        if !pipelined() {
+        if !self.pipeline {
             return openraft::network::stream_append_sequential(self, input, option);
         }
         Box::pin(async move {

@@ -1,4 +1,4 @@
-//! `veto demo`: a local 3-node cluster on loopback with temporary data;
+//! `veto-bench demo`: a local 3-node cluster on loopback with temporary data;
 //! issues a token through a follower, revokes it, and prints the revision
 //! and the measured commit latencies.
 
@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use veto_proto as pb;
 use veto_testkit::{Cluster, ClusterOptions};
 
-/// Arguments of `veto demo`.
+/// Arguments of `veto-bench demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Exit after the walkthrough instead of keeping the cluster up.
@@ -54,10 +54,17 @@ fn outcome_name(o: i32) -> &'static str {
         .unwrap_or("?")
 }
 
+/// The audience the demo's token is issued for: a verifier must name it.
+const AUDIENCE: &str = "api.example";
+
+/// Verifies `token` at `e` as the demo's API would: naming its audience and
+/// the scope it needs. Fails unless the answer is `want`, so a demo that
+/// shows the wrong outcome cannot pass for a working one.
 async fn verify_at(
     e: &veto_edge::Edge,
     token: &str,
     min_revision: u64,
+    want: pb::Outcome,
 ) -> Result<pb::VerifyResponse> {
     let addr = e.grpc_addr.map(|a| a.to_string()).unwrap_or_default();
     let mut c = veto_proto::verifier_service_client::VerifierServiceClient::new(
@@ -66,12 +73,22 @@ async fn verify_at(
     let r = c
         .verify(pb::VerifyRequest {
             token: token.into(),
-            required_scopes: vec![],
-            audience: None,
+            required_scopes: vec!["orders:read".into()],
+            audience: Some(AUDIENCE.into()),
             min_revision,
         })
-        .await?;
-    Ok(r.into_inner())
+        .await?
+        .into_inner();
+    if r.outcome != want as i32 {
+        anyhow::bail!(
+            "{} answered {} ({}), expected {}",
+            e.handle.options().edge_id,
+            outcome_name(r.outcome),
+            r.reason,
+            want.as_str_name()
+        );
+    }
+    Ok(r)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -163,7 +180,7 @@ pub async fn run(args: DemoArgs, json_out: bool) -> Result<()> {
                 t.issue(pb::IssueRequest {
                     sub: "user:alice".into(),
                     scopes: vec!["orders:read".into(), "orders:write".into()],
-                    aud: Some("api.example".into()),
+                    aud: Some(AUDIENCE.into()),
                     ttl_seconds: 3600,
                 })
                 .await
@@ -192,7 +209,7 @@ pub async fn run(args: DemoArgs, json_out: bool) -> Result<()> {
     say("\nverify at every edge (no propagation needed for a new token):".into());
     for e in &edges {
         let s = Instant::now();
-        let r = verify_at(e, &issued.token, 0).await?;
+        let r = verify_at(e, &issued.token, 0, pb::Outcome::Valid).await?;
         say(format!(
             "  {}  {}  in {:.0} us (gRPC round trip)",
             e.handle.options().edge_id,
@@ -252,7 +269,7 @@ pub async fn run(args: DemoArgs, json_out: bool) -> Result<()> {
     }
     say("verify at every edge now:".into());
     for e in &edges {
-        let r = verify_at(e, &issued.token, rv.revision).await?;
+        let r = verify_at(e, &issued.token, rv.revision, pb::Outcome::Revoked).await?;
         say(format!(
             "  {}  {}  ({})",
             e.handle.options().edge_id,

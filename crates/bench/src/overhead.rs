@@ -1,4 +1,4 @@
-//! `veto bench overhead`: what metrics and tracing cost on the verify hot
+//! `veto-bench overhead`: what metrics and tracing cost on the verify hot
 //! path. Two edges on the same cluster, one recording Prometheus metrics and
 //! one not; this process exports spans over OTLP (to an in-process sink,
 //! which also receives the servers' spans), switched on and off between

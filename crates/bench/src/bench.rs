@@ -1,4 +1,4 @@
-//! `veto bench`: committed issue and revoke throughput and latency on a
+//! `veto-bench issue|revoke|all`: committed issue and revoke throughput and latency on a
 //! local 3-node cluster (fsync on), and, in the same run, puts of the same
 //! payload size at the same concurrency on a local 3-member etcd cluster
 //! (Debian's `etcd-server`, data on disk).
@@ -19,11 +19,12 @@ use veto_proto::etcd::maintenance_client::MaintenanceClient;
 use veto_proto::token_service_client::TokenServiceClient;
 use veto_testkit::{channel, eventually};
 
-/// Arguments of `veto bench`.
+/// Arguments of every benchmark.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// What to measure: issue, revoke, all (issue + revoke), verify, propagation or scale.
-    #[arg(default_value = "all")]
+    /// What to measure (the subcommand): issue, revoke, all (issue +
+    /// revoke), verify, propagation, scale or overhead.
+    #[arg(skip)]
     pub what: String,
     /// Concurrency levels (in-flight calls), comma-separated.
     #[arg(long, default_value = "1,64", value_delimiter = ',')]

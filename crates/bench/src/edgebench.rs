@@ -1,6 +1,6 @@
 //! Edge benchmarks: verify throughput and latency, revoke propagation to N
 //! edges (against etcd watchers), and replica scale. Run on demand
-//! (`veto bench verify|propagation|scale`), never as tests.
+//! (`veto-bench verify|propagation|scale`), never as tests.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -119,7 +119,7 @@ fn edge_opts(id: String, servers: &[String], bound_ms: u64, probe_ms: u64) -> ve
     }
 }
 
-/// `veto bench verify`.
+/// `veto-bench verify`.
 pub async fn verify(args: &BenchArgs, json_out: bool) -> Result<()> {
     let dur = Duration::from_secs(args.duration_secs.max(1));
     eprintln!(
@@ -490,7 +490,7 @@ where
     v
 }
 
-/// `veto bench propagation`.
+/// `veto-bench propagation`.
 pub async fn propagation(args: &BenchArgs, json_out: bool) -> Result<()> {
     let dur = Duration::from_secs(args.duration_secs.max(1));
     let (cluster, addr) = cluster_with_key().await?;
@@ -873,7 +873,7 @@ fn rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// `veto bench scale`: an edge replica bootstrapping from a snapshot of
+/// `veto-bench scale`: an edge replica bootstrapping from a snapshot of
 /// 1,000,000 live token revocations: decode + install time and RSS.
 pub async fn scale(json_out: bool) -> Result<()> {
     let n = 1_000_000usize;

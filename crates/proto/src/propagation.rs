@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use veto_proto as pb;
+use crate as pb;
 
 /// Buckets per histogram.
 pub const BUCKETS: usize = 64;

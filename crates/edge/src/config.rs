@@ -1,0 +1,300 @@
+//! `veto-edge` configuration, layered like the server's: defaults (from
+//! [`Options::default`], the one place they live) -> TOML file
+//! (`--config`) -> environment (`VETO_*`) -> command-line flags.
+//! [`Config::options`] checks the result and names the bad field;
+//! `veto-edge --dump-config` prints it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use veto_feed::Policy;
+
+use crate::Options;
+
+/// Everything the `veto-edge` binary can be told, as TOML keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Stable edge id (under TLS, the CN of its certificate).
+    pub edge_id: String,
+    /// Control-plane gRPC addresses.
+    pub servers: Vec<String>,
+    /// VerifierService (and gRPC health) listen address.
+    pub listen_addr: SocketAddr,
+    /// HTTP listen address (`/healthz`, `/metrics`).
+    pub http_addr: SocketAddr,
+    /// Propagation bound B, ms.
+    pub bound_ms: u64,
+    /// Probe interval H, ms.
+    pub probe_interval_ms: u64,
+    /// Answer (marked stale) instead of failing closed outside the bound.
+    pub fail_open: bool,
+    /// Seconds a token's nbf/iat may lie in this edge's future.
+    pub clock_leeway_secs: u64,
+    /// Seconds past exp a token is still accepted.
+    pub exp_leeway_secs: u64,
+    /// Warn when this edge's clock differs from the leader's by more, ms.
+    pub clock_offset_warn_ms: u64,
+    /// Verified signatures remembered.
+    pub sig_cache_entries: usize,
+    /// Longest token accepted, bytes.
+    pub max_token_bytes: usize,
+    /// Most items in one VerifyBatch.
+    pub max_batch_items: usize,
+    /// Largest snapshot accepted from a server, bytes.
+    pub max_snapshot_bytes: usize,
+    /// OTLP/gRPC trace endpoint (off when unset and
+    /// OTEL_EXPORTER_OTLP_ENDPOINT is unset).
+    pub otlp_endpoint: Option<String>,
+    /// TLS material: the CA, this edge's certificate (role `edge`) and key.
+    pub tls: veto_auth::TlsFiles,
+    /// Plaintext, no client authentication (local demos and tests only).
+    pub insecure: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let o = Options::default();
+        Self {
+            edge_id: String::new(),
+            servers: Vec::new(),
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 7500)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 7580)),
+            bound_ms: o.bound_ms,
+            probe_interval_ms: o.probe_interval_ms,
+            fail_open: o.policy == Policy::FailOpen,
+            clock_leeway_secs: o.leeway.nbf_seconds,
+            exp_leeway_secs: o.leeway.exp_seconds,
+            clock_offset_warn_ms: o.clock_offset_warn_ms,
+            sig_cache_entries: o.sig_cache_entries,
+            max_token_bytes: o.max_token_bytes,
+            max_batch_items: o.max_batch_items,
+            max_snapshot_bytes: o.max_snapshot_bytes,
+            otlp_endpoint: None,
+            tls: veto_auth::TlsFiles::default(),
+            insecure: false,
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// Path given.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings.
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// Path given.
+        path: PathBuf,
+        /// Cause.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is missing or out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// `veto-edge` command line. Every setting flag also reads a `VETO_*`
+/// variable; both override the TOML file.
+#[derive(Debug, Parser, Default)]
+#[command(name = "veto-edge", version, about = "veto edge verifier node")]
+pub struct Flags {
+    /// TOML config file (keys as `--dump-config` prints them).
+    #[arg(long, env = "VETO_EDGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub dump_config: bool,
+    /// Write the bound addresses as JSON to this file once listening.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// Stable edge id.
+    #[arg(long, env = "VETO_EDGE_ID")]
+    pub edge_id: Option<String>,
+    /// Control-plane gRPC addresses, comma-separated.
+    #[arg(long, env = "VETO_SERVERS", value_delimiter = ',')]
+    pub servers: Option<Vec<String>>,
+    /// VerifierService listen address [default 127.0.0.1:7500].
+    #[arg(long, env = "VETO_EDGE_LISTEN_ADDR")]
+    pub listen_addr: Option<SocketAddr>,
+    /// HTTP listen address (/healthz, /metrics) [default 127.0.0.1:7580].
+    #[arg(long, env = "VETO_EDGE_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Propagation bound B in milliseconds [default 2000].
+    #[arg(long, env = "VETO_BOUND_MS")]
+    pub bound_ms: Option<u64>,
+    /// Probe interval H in milliseconds [default 200].
+    #[arg(long, env = "VETO_PROBE_INTERVAL_MS")]
+    pub probe_interval_ms: Option<u64>,
+    /// Answer (marked stale) instead of failing closed outside the bound.
+    #[arg(long, env = "VETO_FAIL_OPEN", value_parser = clap::builder::BoolishValueParser::new())]
+    pub fail_open: bool,
+    /// Seconds a token's nbf/iat may lie in this edge's future (its clock
+    /// behind the issuer's) and still be accepted [default 60].
+    #[arg(long, env = "VETO_CLOCK_LEEWAY_SECS")]
+    pub clock_leeway_secs: Option<u64>,
+    /// Seconds past exp a token is still accepted (this edge's clock ahead
+    /// of the issuer's); a token the cluster swept as expired is refused
+    /// whatever this says [default 0].
+    #[arg(long, env = "VETO_EXP_LEEWAY_SECS")]
+    pub exp_leeway_secs: Option<u64>,
+    /// Warn in the log and /healthz when this edge's clock differs from
+    /// the leader's by more than this many milliseconds [default 10000].
+    #[arg(long, env = "VETO_CLOCK_OFFSET_WARN_MS")]
+    pub clock_offset_warn_ms: Option<u64>,
+    /// Export traces over OTLP/gRPC to this endpoint; off unless this or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    #[arg(long, env = "VETO_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// CA certificate (PEM) that signs every veto certificate.
+    #[arg(long, env = "VETO_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This edge's certificate (PEM, role `edge`, CN = the edge id).
+    #[arg(long, env = "VETO_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This edge's private key (PEM).
+    #[arg(long, env = "VETO_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Plaintext toward servers and clients, no client authentication
+    /// (local demos and tests only; a warning is logged).
+    #[arg(long, env = "VETO_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure: bool,
+}
+
+fn set<T: Clone>(dst: &mut T, src: &Option<T>) {
+    if let Some(v) = src {
+        *dst = v.clone();
+    }
+}
+
+impl Config {
+    /// Layers the defaults, the TOML file, the environment and the flags
+    /// (clap has already put each `VETO_*` variable under its flag).
+    pub fn load(flags: &Flags) -> Result<Self, ConfigError> {
+        let mut c = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    source: Box::new(e),
+                })?
+            }
+            None => Config::default(),
+        };
+        set(&mut c.edge_id, &flags.edge_id);
+        set(&mut c.servers, &flags.servers);
+        set(&mut c.listen_addr, &flags.listen_addr);
+        set(&mut c.http_addr, &flags.http_addr);
+        set(&mut c.bound_ms, &flags.bound_ms);
+        set(&mut c.probe_interval_ms, &flags.probe_interval_ms);
+        set(&mut c.clock_leeway_secs, &flags.clock_leeway_secs);
+        set(&mut c.exp_leeway_secs, &flags.exp_leeway_secs);
+        set(&mut c.clock_offset_warn_ms, &flags.clock_offset_warn_ms);
+        if flags.otlp_endpoint.is_some() {
+            c.otlp_endpoint = flags.otlp_endpoint.clone();
+        }
+        for (dst, src) in [
+            (&mut c.tls.ca, &flags.tls_ca),
+            (&mut c.tls.cert, &flags.tls_cert),
+            (&mut c.tls.key, &flags.tls_key),
+        ] {
+            if src.is_some() {
+                *dst = src.clone();
+            }
+        }
+        c.fail_open |= flags.fail_open;
+        c.insecure |= flags.insecure;
+        Ok(c)
+    }
+
+    /// The library options, with the TLS material loaded; the error names
+    /// the bad field.
+    pub fn options(&self) -> Result<Options, ConfigError> {
+        if self.edge_id.is_empty() {
+            return Err(ConfigError::Invalid(
+                "edge_id is required (--edge-id or VETO_EDGE_ID)".into(),
+            ));
+        }
+        let transport = veto_auth::Transport::from_config(&self.tls, self.insecure)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let o = Options {
+            edge_id: self.edge_id.clone(),
+            servers: self.servers.clone(),
+            bound_ms: self.bound_ms,
+            probe_interval_ms: self.probe_interval_ms,
+            policy: if self.fail_open {
+                Policy::FailOpen
+            } else {
+                Policy::FailClosed
+            },
+            sig_cache_entries: self.sig_cache_entries,
+            max_token_bytes: self.max_token_bytes,
+            max_batch_items: self.max_batch_items,
+            max_snapshot_bytes: self.max_snapshot_bytes,
+            transport,
+            leeway: veto_core::token::Leeway {
+                nbf_seconds: self.clock_leeway_secs,
+                exp_seconds: self.exp_leeway_secs,
+            },
+            clock_offset_warn_ms: self.clock_offset_warn_ms,
+            ..Options::default()
+        };
+        o.validate().map_err(ConfigError::Invalid)?;
+        Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_file_then_flags_and_names_bad_fields() {
+        let dir = std::env::temp_dir().join(format!("veto-edge-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("edge.toml");
+        std::fs::write(
+            &file,
+            "edge_id = \"e1\"\nservers = [\"a:1\"]\nbound_ms = 3000\ninsecure = true\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            config: Some(file.clone()),
+            bound_ms: Some(4000),
+            ..Flags::default()
+        };
+        let c = Config::load(&flags).unwrap();
+        assert_eq!(c.edge_id, "e1");
+        assert_eq!(c.bound_ms, 4000, "a flag beats the file");
+        assert_eq!(c.probe_interval_ms, Options::default().probe_interval_ms);
+        let o = c.options().unwrap();
+        assert_eq!(o.bound_ms, 4000);
+        // the printed configuration reads back as itself
+        let back: Config = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        std::fs::write(&file, "edge_idd = \"x\"\n").unwrap();
+        assert!(matches!(
+            Config::load(&flags),
+            Err(ConfigError::Parse { .. })
+        ));
+        let bad = Config {
+            probe_interval_ms: 5000,
+            ..c
+        };
+        let e = bad.options().unwrap_err().to_string();
+        assert!(e.contains("bound_ms"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

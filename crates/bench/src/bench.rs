@@ -19,6 +19,8 @@ use veto_proto::etcd::maintenance_client::MaintenanceClient;
 use veto_proto::token_service_client::TokenServiceClient;
 use veto_testkit::{channel, eventually};
 
+use crate::common::{micros, q, read_token};
+
 /// Arguments of every benchmark.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -81,17 +83,17 @@ pub struct Sample {
     pub p999_ms: f64,
 }
 
+/// The figures of one phase as a [`Sample`].
 fn sample(name: &str, c: usize, h: &Histogram<u64>, errors: u64, elapsed: Duration) -> Sample {
-    let q = |p| h.value_at_quantile(p) as f64 / 1e3;
     Sample {
         name: name.into(),
         concurrency: c,
         ops: h.len(),
         errors,
         ops_per_sec: h.len() as f64 / elapsed.as_secs_f64(),
-        p50_ms: q(0.5),
-        p99_ms: q(0.99),
-        p999_ms: q(0.999),
+        p50_ms: q(h, 0.5),
+        p99_ms: q(h, 0.99),
+        p999_ms: q(h, 0.999),
     }
 }
 
@@ -101,6 +103,14 @@ fn note_error(op: &str, s: &tonic::Status) {
     if SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
         eprintln!("{op} failed: {:?}: {}", s.code(), s.message());
     }
+}
+
+/// Notes a failed call (see [`note_error`]); `Some(true)` on success.
+fn outcome<T>(op: &str, r: &Result<T, tonic::Status>) -> Option<bool> {
+    if let Err(s) = r {
+        note_error(op, s);
+    }
+    Some(r.is_ok())
 }
 
 /// Runs `c` workers for `dur`; each calls `op(worker, i)` until time is up
@@ -124,7 +134,7 @@ where
                 let s = Instant::now();
                 match op(w, i).await {
                     None => break,
-                    Some(true) => h.record(s.elapsed().as_micros().max(1) as u64)?,
+                    Some(true) => h.record(micros(s.elapsed()))?,
                     Some(false) => errors += 1,
                 }
                 i += 1;
@@ -142,26 +152,38 @@ where
     Ok((h, errors, start.elapsed()))
 }
 
-fn clients(addr: &str, n: usize) -> Result<Vec<TokenServiceClient<Channel>>> {
+/// `n` (at least one) token clients on `addr`, each on its own connection.
+pub(crate) fn clients(addr: &str, n: usize) -> Result<Vec<TokenServiceClient<Channel>>> {
     (0..n.max(1))
         .map(|_| Ok(TokenServiceClient::new(fresh_channel(addr)?)))
         .collect()
 }
 
+/// A new connection to `addr`.
 fn fresh_channel(addr: &str) -> Result<Channel> {
     // A separate connection each (channel() would be one lazily shared HTTP/2 connection per call site).
     channel(addr)
 }
 
+/// Per worker, the jtis the issue phase issued (the revoke phase revokes them).
+type Pool = Arc<std::sync::Mutex<Vec<Vec<String>>>>;
+
+/// One phase's figures: latency histogram (µs), failed calls, elapsed time.
+type Phase = (Histogram<u64>, u64, Duration);
+
 /// Runs the benchmark.
 pub async fn run(args: BenchArgs, json_out: bool) -> Result<()> {
     match args.what.as_str() {
-        "verify" => return crate::edgebench::verify(&args, json_out).await,
-        "propagation" => return crate::edgebench::propagation(&args, json_out).await,
-        "scale" => return crate::edgebench::scale(json_out).await,
-        "overhead" => return crate::overhead::run(&args, json_out).await,
-        _ => {}
+        "verify" => crate::edgebench::verify(&args, json_out).await,
+        "propagation" => crate::edgebench::propagation(&args, json_out).await,
+        "scale" => crate::edgebench::scale(json_out).await,
+        "overhead" => crate::overhead::run(&args, json_out).await,
+        _ => committed(&args, json_out).await,
     }
+}
+
+/// `issue`, `revoke` and `all`: committed writes against etcd puts.
+async fn committed(args: &BenchArgs, json_out: bool) -> Result<()> {
     let dur = Duration::from_secs(args.duration_secs.max(1));
     let do_issue = matches!(args.what.as_str(), "all" | "issue");
     let do_revoke = matches!(args.what.as_str(), "all" | "revoke");
@@ -175,7 +197,7 @@ pub async fn run(args: BenchArgs, json_out: bool) -> Result<()> {
     let (cluster, addr) = crate::edgebench::cluster_with_key().await?;
 
     let payload = revoke_entry_bytes();
-    let mut etcd = if args.no_etcd {
+    let etcd = if args.no_etcd {
         None
     } else {
         Some(Etcd::start(&args.etcd_bin, cluster.base_dir()).await?)
@@ -184,45 +206,13 @@ pub async fn run(args: BenchArgs, json_out: bool) -> Result<()> {
     for &c in &args.concurrency {
         let cl = Arc::new(clients(&addr, args.connections)?);
         // Issue: also builds the pool of tokens the revoke phase revokes.
-        let pool: Arc<std::sync::Mutex<Vec<Vec<String>>>> =
-            Arc::new(std::sync::Mutex::new(vec![Vec::new(); c]));
+        let pool: Pool = Arc::new(std::sync::Mutex::new(vec![Vec::new(); c]));
         let issue_dur = if do_issue { dur } else { dur / 2 };
         eprintln!(
             "veto issue, concurrency {c}, {} s...",
             issue_dur.as_secs_f64()
         );
-        let (h, e, el) = {
-            let cl = cl.clone();
-            let pool = pool.clone();
-            drive(c, issue_dur, move |w, i| {
-                let mut client = cl[w % cl.len()].clone();
-                let pool = pool.clone();
-                async move {
-                    let r = client
-                        .issue(pb::IssueRequest {
-                            sub: format!("bench:{w}:{i}"),
-                            scopes: vec!["read".into()],
-                            aud: None,
-                            ttl_seconds: 3600,
-                        })
-                        .await;
-                    Some(match r {
-                        Ok(r) => {
-                            let jti = r.into_inner().record.map(|r| r.jti).unwrap_or_default();
-                            if let Ok(mut p) = pool.lock() {
-                                p[w].push(jti);
-                            }
-                            true
-                        }
-                        Err(s) => {
-                            note_error("issue", &s);
-                            false
-                        }
-                    })
-                }
-            })
-            .await?
-        };
+        let (h, e, el) = issue_phase(cl.clone(), c, issue_dur, pool.clone()).await?;
         if do_issue {
             results.push(sample("veto issue", c, &h, e, el));
         }
@@ -230,102 +220,144 @@ pub async fn run(args: BenchArgs, json_out: bool) -> Result<()> {
             eprintln!("veto revoke, concurrency {c}, up to {} s...", dur.as_secs());
             let pool: Arc<Vec<Vec<String>>> =
                 Arc::new(pool.lock().map(|p| p.clone()).unwrap_or_default());
-            let cl = cl.clone();
-            let (h, e, el) = drive(c, dur, move |w, i| {
-                let mut client = cl[w % cl.len()].clone();
-                let jti = pool[w].get(i as usize).cloned();
-                async move {
-                    let jti = jti?;
-                    let r = client
-                        .revoke(pb::RevokeRequest {
-                            jti,
-                            reason: "bench".into(),
-                            ..Default::default()
-                        })
-                        .await;
-                    if let Err(s) = &r {
-                        note_error("revoke", s);
-                    }
-                    Some(r.is_ok())
-                }
-            })
-            .await?;
+            let (h, e, el) = revoke_phase(cl.clone(), c, dur, pool).await?;
             results.push(sample("veto revoke", c, &h, e, el));
         }
-        if let Some(etcd) = etcd.as_mut() {
+        if let Some(etcd) = etcd.as_ref() {
             eprintln!(
                 "etcd put ({payload} B values), concurrency {c}, {} s...",
                 dur.as_secs()
             );
-            let kvs: Arc<Vec<KvClient<Channel>>> = Arc::new(
-                (0..args.connections.max(1))
-                    .map(|_| etcd.leader_kv())
-                    .collect::<Result<_>>()?,
-            );
-            let value = Arc::new(vec![b'x'; payload]);
-            let (h, e, el) = drive(c, dur, move |w, i| {
-                let mut kv = kvs[w % kvs.len()].clone();
-                let value = value.clone();
-                async move {
-                    let r = kv
-                        .put(veto_proto::etcd::PutRequest {
-                            key: format!("bench/{c}/{w}/{i}").into_bytes(),
-                            value: value.to_vec(),
-                            lease: 0,
-                            prev_kv: false,
-                        })
-                        .await;
-                    if let Err(s) = &r {
-                        note_error("revoke", s);
-                    }
-                    Some(r.is_ok())
-                }
-            })
-            .await?;
+            let (h, e, el) = put_phase(etcd, args.connections, c, dur, payload).await?;
             results.push(sample("etcd put", c, &h, e, el));
         }
     }
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    } else {
-        println!(
-            "\n{:<12} {:>5} {:>9} {:>7} {:>11} {:>9} {:>9} {:>9}",
-            "op", "conc", "ops", "errors", "ops/s", "p50 ms", "p99 ms", "p999 ms"
-        );
-        for s in &results {
-            println!(
-                "{:<12} {:>5} {:>9} {:>7} {:>11.0} {:>9.2} {:>9.2} {:>9.2}",
-                s.name,
-                s.concurrency,
-                s.ops,
-                s.errors,
-                s.ops_per_sec,
-                s.p50_ms,
-                s.p99_ms,
-                s.p999_ms
-            );
-        }
-        for &c in &args.concurrency {
-            let get = |n: &str| {
-                results
-                    .iter()
-                    .find(|s| s.name == n && s.concurrency == c)
-                    .map(|s| s.ops_per_sec)
-            };
-            if let Some(e) = get("etcd put") {
-                for op in ["veto issue", "veto revoke"] {
-                    if let Some(v) = get(op) {
-                        println!("ratio {op} / etcd put at concurrency {c}: {:.2}", v / e);
-                    }
-                }
-            }
-        }
-        println!("(etcd values are {payload} bytes, the size of a revoke entry in veto's log)");
-    }
+    report(&results, &args.concurrency, payload, json_out)?;
     if let Some(e) = etcd {
         e.stop().await;
     }
     drop(cluster);
+    Ok(())
+}
+
+/// Issues at concurrency `c` for `dur`, adding each jti to its worker's pool.
+async fn issue_phase(
+    cl: Arc<Vec<TokenServiceClient<Channel>>>,
+    c: usize,
+    dur: Duration,
+    pool: Pool,
+) -> Result<Phase> {
+    drive(c, dur, move |w, i| {
+        let mut client = cl[w % cl.len()].clone();
+        let pool = pool.clone();
+        async move {
+            let r = client
+                .issue(read_token(format!("bench:{w}:{i}"), 3600))
+                .await;
+            Some(match r {
+                Ok(r) => {
+                    let jti = r.into_inner().record.map(|r| r.jti).unwrap_or_default();
+                    if let Ok(mut p) = pool.lock() {
+                        p[w].push(jti);
+                    }
+                    true
+                }
+                Err(s) => {
+                    note_error("issue", &s);
+                    false
+                }
+            })
+        }
+    })
+    .await
+}
+
+/// Revokes the pooled tokens at concurrency `c`, for up to `dur`.
+async fn revoke_phase(
+    cl: Arc<Vec<TokenServiceClient<Channel>>>,
+    c: usize,
+    dur: Duration,
+    pool: Arc<Vec<Vec<String>>>,
+) -> Result<Phase> {
+    drive(c, dur, move |w, i| {
+        let mut client = cl[w % cl.len()].clone();
+        let jti = pool[w].get(i as usize).cloned();
+        async move {
+            let jti = jti?;
+            let r = client
+                .revoke(pb::RevokeRequest {
+                    jti,
+                    reason: "bench".into(),
+                    ..Default::default()
+                })
+                .await;
+            outcome("revoke", &r)
+        }
+    })
+    .await
+}
+
+/// etcd puts of `payload`-byte values at concurrency `c` for `dur`.
+async fn put_phase(
+    etcd: &Etcd,
+    connections: usize,
+    c: usize,
+    dur: Duration,
+    payload: usize,
+) -> Result<Phase> {
+    let kvs: Arc<Vec<KvClient<Channel>>> = Arc::new(etcd.leader_kvs(connections)?);
+    let value = Arc::new(vec![b'x'; payload]);
+    drive(c, dur, move |w, i| {
+        let mut kv = kvs[w % kvs.len()].clone();
+        let value = value.clone();
+        async move {
+            let r = kv
+                .put(veto_proto::etcd::PutRequest {
+                    key: format!("bench/{c}/{w}/{i}").into_bytes(),
+                    value: value.to_vec(),
+                    lease: 0,
+                    prev_kv: false,
+                })
+                .await;
+            // (Reported under "revoke", as it always has been.)
+            outcome("revoke", &r)
+        }
+    })
+    .await
+}
+
+/// Prints the results: JSON, or a table with the veto / etcd ratios.
+fn report(results: &[Sample], levels: &[usize], payload: usize, json_out: bool) -> Result<()> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
+    println!(
+        "\n{:<12} {:>5} {:>9} {:>7} {:>11} {:>9} {:>9} {:>9}",
+        "op", "conc", "ops", "errors", "ops/s", "p50 ms", "p99 ms", "p999 ms"
+    );
+    for s in results {
+        println!(
+            "{:<12} {:>5} {:>9} {:>7} {:>11.0} {:>9.2} {:>9.2} {:>9.2}",
+            s.name, s.concurrency, s.ops, s.errors, s.ops_per_sec, s.p50_ms, s.p99_ms, s.p999_ms
+        );
+    }
+    for &c in levels {
+        let get = |n: &str| {
+            results
+                .iter()
+                .find(|s| s.name == n && s.concurrency == c)
+                .map(|s| s.ops_per_sec)
+        };
+        if let Some(e) = get("etcd put") {
+            for op in ["veto issue", "veto revoke"] {
+                if let Some(v) = get(op) {
+                    println!("ratio {op} / etcd put at concurrency {c}: {:.2}", v / e);
+                }
+            }
+        }
+    }
+    println!("(etcd values are {payload} bytes, the size of a revoke entry in veto's log)");
     Ok(())
 }
 
@@ -350,12 +382,15 @@ pub(crate) struct Etcd {
     _dir: PathBuf,
 }
 
+/// A loopback port free at the time of asking.
 fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
 
 impl Etcd {
+    /// Starts three members (data under `base`/etcd) and waits until they
+    /// accept puts and have a leader.
     pub(crate) async fn start(bin: &Path, base: &Path) -> Result<Etcd> {
         if !bin.is_file() {
             bail!("{} not found: install Debian's etcd-server (scripts/bench.sh does), or pass --no-etcd", bin.display());
@@ -369,68 +404,14 @@ impl Etcd {
             .enumerate()
             .map(|(i, (_, p))| format!("e{i}=http://127.0.0.1:{p}"))
             .collect();
+        let initial = initial.join(",");
         let mut children = Vec::new();
         let mut client_urls = Vec::new();
-        for (i, (cp, pp)) in ports.iter().enumerate() {
-            let data = dir.join(format!("e{i}"));
-            std::fs::create_dir_all(&data)?;
-            let log = std::fs::File::create(dir.join(format!("e{i}.log")))?;
-            let client = format!("http://127.0.0.1:{cp}");
-            let peer = format!("http://127.0.0.1:{pp}");
-            let child = Command::new(bin)
-                .args(["--name", &format!("e{i}")])
-                .arg("--data-dir")
-                .arg(&data)
-                .args([
-                    "--listen-client-urls",
-                    &client,
-                    "--advertise-client-urls",
-                    &client,
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &peer,
-                    "--initial-advertise-peer-urls",
-                    &peer,
-                ])
-                .args(["--initial-cluster", &initial.join(",")])
-                .args([
-                    "--initial-cluster-state",
-                    "new",
-                    "--initial-cluster-token",
-                    "veto-bench",
-                ])
-                .args(["--log-level", "error"])
-                .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log))
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("spawn {}", bin.display()))?;
-            children.push(child);
+        for (i, &(cp, pp)) in ports.iter().enumerate() {
+            children.push(spawn_member(bin, &dir, i, cp, pp, &initial)?);
             client_urls.push(format!("127.0.0.1:{cp}"));
         }
-        let url = client_urls[0].clone();
-        eventually(
-            "etcd to accept puts",
-            Duration::from_secs(30),
-            Duration::from_millis(100),
-            || {
-                let url = url.clone();
-                async move {
-                    let mut kv = KvClient::new(channel(&url).ok()?);
-                    kv.put(veto_proto::etcd::PutRequest {
-                        key: b"warmup".to_vec(),
-                        value: b"1".to_vec(),
-                        lease: 0,
-                        prev_kv: false,
-                    })
-                    .await
-                    .ok()
-                }
-            },
-        )
-        .await?;
+        wait_for_puts(&client_urls[0]).await?;
         let leader = eventually(
             "an etcd leader",
             Duration::from_secs(10),
@@ -451,12 +432,87 @@ impl Etcd {
         Ok(KvClient::new(channel(&self.leader)?))
     }
 
+    /// `n` (at least one) KV clients on the leader.
+    pub(crate) fn leader_kvs(&self, n: usize) -> Result<Vec<KvClient<Channel>>> {
+        (0..n.max(1)).map(|_| self.leader_kv()).collect()
+    }
+
+    /// Kills every member and waits for it to exit.
     pub(crate) async fn stop(mut self) {
         for c in &mut self.children {
             let _ = c.start_kill();
             let _ = c.wait().await;
         }
     }
+}
+
+/// Spawns member `e{i}` (client port `cp`, peer port `pp`) of the cluster
+/// `initial`, with its data and log under `dir`.
+fn spawn_member(
+    bin: &Path,
+    dir: &Path,
+    i: usize,
+    cp: u16,
+    pp: u16,
+    initial: &str,
+) -> Result<Child> {
+    let data = dir.join(format!("e{i}"));
+    std::fs::create_dir_all(&data)?;
+    let log = std::fs::File::create(dir.join(format!("e{i}.log")))?;
+    let client = format!("http://127.0.0.1:{cp}");
+    let peer = format!("http://127.0.0.1:{pp}");
+    Command::new(bin)
+        .args(["--name", &format!("e{i}")])
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", initial])
+        .args([
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            "veto-bench",
+        ])
+        .args(["--log-level", "error"])
+        .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawn {}", bin.display()))
+}
+
+/// Waits (up to 30 s) until the member at `url` accepts a put.
+async fn wait_for_puts(url: &str) -> Result<()> {
+    eventually(
+        "etcd to accept puts",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async move {
+            let mut kv = KvClient::new(channel(url).ok()?);
+            kv.put(veto_proto::etcd::PutRequest {
+                key: b"warmup".to_vec(),
+                value: b"1".to_vec(),
+                lease: 0,
+                prev_kv: false,
+            })
+            .await
+            .ok()
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 /// The client URL of the member that reports itself as leader.

@@ -4,6 +4,7 @@
 //! which is why it lives apart from the `veto` CLI.
 
 pub mod bench;
+mod common;
 pub mod demo;
 pub mod edgebench;
 pub mod overhead;

@@ -412,11 +412,11 @@ pub struct Edge {
 
 impl Edge {
     /// Starts the replica and its subscription, without any server.
-    pub fn start_embedded(opts: Options) -> Result<Edge, String> {
-        opts.validate()?;
+    pub fn start_embedded(opts: Options) -> Result<Edge, StartError> {
+        opts.validate().map_err(StartError::Invalid)?;
         // The recorder first: counters resolved before it would be no-ops.
         if opts.metrics {
-            veto_telemetry::install().map_err(|e| e.to_string())?;
+            veto_telemetry::install()?;
             veto_telemetry::register_edge(&opts.edge_id);
         }
         let handle = EdgeHandle::new(opts);
@@ -431,69 +431,29 @@ impl Edge {
         })
     }
 
-    /// Starts the replica, its subscription, VerifierService on `grpc` and
-    /// `/healthz` on `http`.
-    pub async fn start(opts: Options, grpc: SocketAddr, http: SocketAddr) -> anyhow::Result<Edge> {
-        let mut edge =
-            Self::start_embedded(opts).map_err(|e| anyhow::anyhow!("invalid edge options: {e}"))?;
-        let gl = tokio::net::TcpListener::bind(grpc).await?;
-        let hl = tokio::net::TcpListener::bind(http).await?;
-        edge.grpc_addr = Some(gl.local_addr()?);
-        edge.http_addr = Some(hl.local_addr()?);
-        let svc = service::server(edge.handle.clone());
-        let mut rx = edge.shutdown.subscribe();
-        let transport = edge.handle.options().transport.clone();
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = transport.server_tls() {
-            builder = builder.tls_config(tls)?;
-        }
-        let mut builder = builder.tcp_nodelay(true).layer(veto_auth::AuthLayer::new(
-            service::policy,
-            transport.is_tls(),
-            None,
-        ));
-        // grpc.health.v1 follows /healthz: NOT_SERVING while stale.
-        let services = vec![veto_proto::verifier_service_server::SERVICE_NAME];
-        let (health, health_svc) = veto_proto::standard::health();
-        let reflection_v1 = veto_proto::standard::reflection_v1(&services)?;
-        let reflection_v1alpha = veto_proto::standard::reflection_v1alpha(&services)?;
-        let fresh = edge.handle.clone();
-        edge.tasks
-            .push(tokio::spawn(veto_proto::standard::report_health(
-                health,
-                services,
-                move || fresh.freshness().fresh,
-                edge.shutdown.subscribe(),
-            )));
-        edge.tasks.push(tokio::spawn(async move {
-            let r = builder
-                .add_service(svc)
-                .add_service(health_svc)
-                .add_service(reflection_v1)
-                .add_service(reflection_v1alpha)
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(gl).with_nodelay(Some(true)),
-                    async move {
-                        let _ = rx.wait_for(|s| *s).await;
-                    },
-                )
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "verifier server failed");
-            }
-        }));
-        let metrics = veto_telemetry::install().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let app = service::http_router(edge.handle.clone(), metrics);
-        let mut rx = edge.shutdown.subscribe();
-        edge.tasks.push(tokio::spawn(async move {
-            let r = veto_auth::http::serve(hl, app, &transport, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "edge HTTP server failed");
-            }
-        }));
+    /// Starts the replica, its subscription, VerifierService (with
+    /// grpc.health.v1 and reflection) on `grpc` and `/healthz` and
+    /// `/metrics` on `http`.
+    pub async fn start(
+        opts: Options,
+        grpc: SocketAddr,
+        http: SocketAddr,
+    ) -> Result<Edge, StartError> {
+        let mut edge = Self::start_embedded(opts)?;
+        let bind = |addr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .and_then(|l| Ok((l.local_addr()?, l)))
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let (grpc_addr, gl) = bind(grpc).await?;
+        let (http_addr, hl) = bind(http).await?;
+        edge.grpc_addr = Some(grpc_addr);
+        edge.http_addr = Some(http_addr);
+        let grpc_tasks = serve_grpc(&edge.handle, gl, edge.shutdown.subscribe())?;
+        edge.tasks.extend(grpc_tasks);
+        let http_task = serve_http(&edge.handle, hl, edge.shutdown.subscribe())?;
+        edge.tasks.push(http_task);
         Ok(edge)
     }
 
@@ -504,4 +464,97 @@ impl Edge {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
     }
+}
+
+/// Why an edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// An option is out of range; the message names it.
+    #[error("invalid edge options: {0}")]
+    Invalid(String),
+    /// The metrics recorder cannot be installed.
+    #[error("metrics: {0}")]
+    Telemetry(#[from] veto_telemetry::Error),
+    /// A listener cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The gRPC server's TLS configuration was refused.
+    #[error("gRPC TLS configuration: {0}")]
+    Tls(#[from] tonic::transport::Error),
+    /// The reflection service cannot be built from the descriptors.
+    #[error(transparent)]
+    Reflection(#[from] veto_proto::standard::ReflectionError),
+}
+
+/// Serves VerifierService, grpc.health.v1 (following `/healthz`:
+/// NOT_SERVING while stale) and reflection on `listener` until `shutdown`.
+fn serve_grpc(
+    h: &EdgeHandle,
+    listener: tokio::net::TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, StartError> {
+    let transport = h.options().transport.clone();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = transport.server_tls() {
+        builder = builder.tls_config(tls)?;
+    }
+    let services = vec![veto_proto::verifier_service_server::SERVICE_NAME];
+    let (health, health_svc) = veto_proto::standard::health();
+    let reflection_v1 = veto_proto::standard::reflection_v1(&services)?;
+    let reflection_v1alpha = veto_proto::standard::reflection_v1alpha(&services)?;
+    let fresh = h.clone();
+    let health_task = tokio::spawn(veto_proto::standard::report_health(
+        health,
+        services,
+        move || fresh.freshness().fresh,
+        shutdown.clone(),
+    ));
+    let serve = builder
+        .tcp_nodelay(true)
+        .layer(veto_auth::AuthLayer::new(
+            service::policy,
+            transport.is_tls(),
+            None,
+        ))
+        .add_service(service::server(h.clone()))
+        .add_service(health_svc)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            },
+        );
+    let grpc_task = tokio::spawn(async move {
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "verifier server failed");
+        }
+    });
+    Ok(vec![health_task, grpc_task])
+}
+
+/// Serves `/healthz` and `/metrics` on `listener` until `shutdown`.
+fn serve_http(
+    h: &EdgeHandle,
+    listener: tokio::net::TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, StartError> {
+    let metrics = veto_telemetry::install()?;
+    let app = service::http_router(h.clone(), metrics);
+    let transport = h.options().transport.clone();
+    Ok(tokio::spawn(async move {
+        let r = veto_auth::http::serve(listener, app, &transport, async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "edge HTTP server failed");
+        }
+    }))
 }

@@ -340,6 +340,72 @@ impl Service {
         )))
     }
 
+    /// Initialises a new cluster of `r.members` (this node alone if none)
+    /// and waits for its first leader.
+    async fn init_local(&self, r: pb::InitRequest) -> Result<pb::InitResponse> {
+        let mut members = BTreeMap::new();
+        if r.members.is_empty() {
+            members.insert(self.node.id(), BasicNode::new(self.advertised.clone()));
+        }
+        for m in &r.members {
+            check_member(m)?;
+            if members
+                .insert(m.node_id, BasicNode::new(m.addr.clone()))
+                .is_some()
+            {
+                return Err(
+                    Invalid::new("members", format!("node {} listed twice", m.node_id)).into(),
+                );
+            }
+        }
+        if !members.contains_key(&self.node.id()) {
+            return Err(Invalid::new(
+                "members",
+                format!("must include this node ({})", self.node.id()),
+            )
+            .into());
+        }
+        // A new cluster gets a new id; every member adopts it from the first
+        // Raft message and refuses messages from any other cluster.
+        let uninitialised = self
+            .node
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .next()
+            .is_none();
+        if uninitialised {
+            let id = veto_core::Jti(rand::random()).to_string();
+            self.node
+                .cluster_id()
+                .set_if_unset(&id)
+                .map_err(|e| Error::Internal(format!("cannot record the cluster id: {e}")))?;
+        }
+        match self.node.raft().initialize(members).await {
+            Ok(()) => {}
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "already initialised: {e}"
+                )))
+            }
+            Err(RaftError::APIError(e)) => {
+                return Err(Invalid::new("members", e.to_string()).into())
+            }
+            Err(RaftError::Fatal(e)) => return Err(Error::Fatal(e.to_string())),
+        }
+        let m = self
+            .node
+            .raft()
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(|m| m.current_leader.is_some(), "leader elected")
+            .await
+            .map_err(|e| Error::Timeout(format!("no leader after init: {e}")))?;
+        Ok(pb::InitResponse {
+            leader_id: m.current_leader.unwrap_or(0),
+        })
+    }
+
     async fn audit_local(&self, r: &pb::AuditRequest) -> Result<pb::AuditResponse> {
         let l = self.node.limits();
         if !r.subject.is_empty() {
@@ -531,66 +597,7 @@ impl AdminService for Service {
         &self,
         req: Request<pb::InitRequest>,
     ) -> Result<Response<pb::InitResponse>, Status> {
-        let r = req.into_inner();
-        let mut members = BTreeMap::new();
-        if r.members.is_empty() {
-            members.insert(self.node.id(), BasicNode::new(self.advertised.clone()));
-        }
-        for m in &r.members {
-            check_member(m).map_err(Status::from)?;
-            if members
-                .insert(m.node_id, BasicNode::new(m.addr.clone()))
-                .is_some()
-            {
-                return Err(Status::invalid_argument(format!(
-                    "members: node {} listed twice",
-                    m.node_id
-                )));
-            }
-        }
-        if !members.contains_key(&self.node.id()) {
-            return Err(Status::invalid_argument(format!(
-                "members: must include this node ({})",
-                self.node.id()
-            )));
-        }
-        // A new cluster gets a new id; every member adopts it from the first
-        // Raft message and refuses messages from any other cluster.
-        let uninitialised = self
-            .node
-            .metrics()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .next()
-            .is_none();
-        if uninitialised {
-            let id = veto_core::Jti(rand::random()).to_string();
-            self.node
-                .cluster_id()
-                .set_if_unset(&id)
-                .map_err(|e| Status::internal(format!("cannot record the cluster id: {e}")))?;
-        }
-        match self.node.raft().initialize(members).await {
-            Ok(()) => {}
-            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
-                return Err(Status::failed_precondition(format!(
-                    "already initialised: {e}"
-                )))
-            }
-            Err(RaftError::APIError(e)) => return Err(Status::invalid_argument(e.to_string())),
-            Err(RaftError::Fatal(e)) => return Err(Status::internal(e.to_string())),
-        }
-        let m = self
-            .node
-            .raft()
-            .wait(Some(Duration::from_secs(10)))
-            .metrics(|m| m.current_leader.is_some(), "leader elected")
-            .await
-            .map_err(|e| Status::deadline_exceeded(format!("no leader after init: {e}")))?;
-        Ok(Response::new(pb::InitResponse {
-            leader_id: m.current_leader.unwrap_or(0),
-        }))
+        Ok(Response::new(self.init_local(req.into_inner()).await?))
     }
 
     async fn add_learner(

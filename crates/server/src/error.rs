@@ -48,6 +48,22 @@ pub enum Error {
     /// A presented credential (a token to revoke) does not verify.
     #[error("{0}")]
     Unauthenticated(String),
+    /// A stream or call was malformed beyond one field (no Hello first,
+    /// an unexpected message).
+    #[error("{0}")]
+    Protocol(String),
+    /// The caller's certificate may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// This node cannot serve the call now; another node may.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bounded resource of this node is full.
+    #[error("{0}")]
+    Exhausted(String),
+    /// This node failed to record something it must (disk, state).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<Error> for Status {
@@ -59,6 +75,11 @@ impl From<Error> for Status {
             Error::Rejected(Rejection::FailedPrecondition(_)) => Code::FailedPrecondition,
             Error::Rejected(Rejection::Conflict(_)) => Code::Aborted,
             Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::Protocol(_) => Code::InvalidArgument,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Exhausted(_) => Code::ResourceExhausted,
+            Error::Internal(_) => Code::Internal,
             Error::NotLeader(_) | Error::NoLeader | Error::Uninitialised | Error::Discarded => {
                 Code::Unavailable
             }

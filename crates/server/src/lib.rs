@@ -23,7 +23,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
@@ -94,163 +93,46 @@ impl Server {
     }
 
     /// Opens the data directory, starts Raft and binds both listeners.
-    pub async fn start(opts: Options) -> anyhow::Result<Server> {
+    pub async fn start(opts: Options) -> Result<Server, StartError> {
         let transport = opts.transport()?;
-        if !transport.is_tls() {
-            tracing::warn!(
-                "--insecure: gRPC and HTTP are plaintext and every caller may do everything; \
-                 for local demos and tests only"
-            );
-        } else if transport.own_identity().map(|i| i.role) != Some(veto_auth::Role::Server) {
-            tracing::warn!(
-                identity = ?transport.own_identity(),
-                "this node's certificate does not carry the server role; peers will refuse its Raft calls"
-            );
-        }
+        warn_about(&transport);
         let kek = opts.load_kek()?;
         let previous_keks = opts.load_previous_keks()?;
-        std::fs::create_dir_all(&opts.data_dir)
-            .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
-        let (log, sm) = veto_store::open(&opts.data_dir, opts.node_id)?;
-        let state = sm.handle();
-        let r = &opts.raft;
-        let config = openraft::Config {
-            cluster_name: "veto".into(),
-            heartbeat_interval: r.heartbeat_interval_ms,
-            election_timeout_min: r.election_timeout_min_ms,
-            election_timeout_max: r.election_timeout_max_ms,
-            install_snapshot_timeout: 60_000,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_logs_since_last),
-            max_in_snapshot_log_to_keep: r.max_in_snapshot_log_to_keep,
-            purge_batch_size: r.purge_batch_size,
-            max_payload_entries: 512,
-            ..Default::default()
-        }
-        .validate()
-        .context("raft configuration")?;
-        let cluster = log.cluster_id().context("reading the cluster id")?;
-        let factory = raft::network::Factory {
-            max_message_bytes: opts.max_message_bytes.max(64 << 20),
-            cluster: cluster.clone(),
-            transport: transport.clone(),
-            pipeline: opts.raft.pipeline,
-        };
-        let raft = veto_store::Raft::new(opts.node_id, Arc::new(config), factory, log.clone(), sm)
-            .await
-            .context("starting raft")?;
-
-        let grpc_listener = TcpListener::bind(opts.listen_addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", opts.listen_addr))?;
-        let http_listener = TcpListener::bind(opts.http_addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", opts.http_addr))?;
-        let grpc_addr = grpc_listener.local_addr()?;
-        let http_addr = http_listener.local_addr()?;
-        let advertised = opts.advertised(grpc_addr);
-        let max_msg = opts.max_message_bytes;
         info!(
             kek = kek.fingerprint(),
             previous = previous_keks.len(),
             "key-encryption key loaded"
         );
+        let opened = open_raft(&opts, &transport).await?;
+        let grpc_listener = bind(opts.listen_addr).await?;
+        let http_listener = bind(opts.http_addr).await?;
+        let grpc_addr = local_addr(&grpc_listener, opts.listen_addr)?;
+        let http_addr = local_addr(&http_listener, opts.http_addr)?;
+        let advertised = opts.advertised(grpc_addr);
         let node = Node::new(
-            raft.clone(),
-            state,
-            log,
+            opened.raft.clone(),
+            opened.state,
+            opened.log,
             (kek, previous_keks),
-            cluster.clone(),
+            opened.cluster.clone(),
             transport.clone(),
             opts,
         );
-
         let (shutdown, rx) = watch::channel(false);
-        let mut tasks = Vec::new();
-
-        let raft_svc =
-            RaftServiceServer::new(raft::service::Service::new(raft.clone(), 1 << 30, cluster))
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20);
         let hub = feed::Hub::new(node.clone());
-        let token_svc =
-            TokenServiceServer::new(token_service::Service::new(node.clone(), hub.clone()))
-                .max_decoding_message_size(max_msg);
-        let feed_svc = feed_codec::FeedServer::new(feed::Service::new(hub.clone()), 64 * 1024);
-        let admin_svc = AdminServiceServer::new(admin_service::Service::new(
-            node.clone(),
-            advertised.clone(),
-            hub.clone(),
-        ))
-        .max_decoding_message_size(max_msg);
-        // grpc.health.v1 follows /readyz; reflection lists these services.
-        let services = vec![
-            veto_proto::token_service_server::SERVICE_NAME,
-            veto_proto::admin_service_server::SERVICE_NAME,
-            veto_proto::feed_service_server::SERVICE_NAME,
-            veto_proto::raft_service_server::SERVICE_NAME,
-        ];
-        let (health, health_svc) = veto_proto::standard::health();
-        let reflection_v1 = veto_proto::standard::reflection_v1(&services)?;
-        let reflection_v1alpha = veto_proto::standard::reflection_v1alpha(&services)?;
-        let ready_node = node.clone();
-        tasks.push(tokio::spawn(veto_proto::standard::report_health(
-            health,
-            services,
-            move || http::readiness(&ready_node).is_ok(),
+        let mut tasks = serve_grpc(
+            Services::new(&node, &hub, opened.cluster, &advertised),
+            &transport,
+            grpc_listener,
             rx.clone(),
-        )));
-        let mut grpc_rx = rx.clone();
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = transport.server_tls() {
-            builder = builder.tls_config(tls).context("gRPC TLS configuration")?;
-        }
-        let limit = (node.options().write_rate_per_second > 0).then(|| veto_auth::WriteLimit {
-            per_second: node.options().write_rate_per_second,
-            burst: node.options().write_burst,
-            is_write: auth::is_write,
-        });
-        let grpc = builder
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .layer(veto_auth::AuthLayer::new(
-                auth::policy,
-                transport.is_tls(),
-                limit,
-            ))
-            .add_service(raft_svc)
-            .add_service(token_svc)
-            .add_service(admin_svc)
-            .add_service(feed_svc)
-            .add_service(health_svc)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = grpc_rx.wait_for(|s| *s).await;
-                },
-            );
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = grpc.await {
-                tracing::error!(error = %e, "gRPC server failed");
-            }
-        }));
-
-        let mut http_rx = rx.clone();
-        let metrics = veto_telemetry::install()?;
-        veto_telemetry::register_server();
-        let app = http::router(node.clone(), hub.clone(), metrics);
-        let http_transport = transport.clone();
-        tasks.push(tokio::spawn(async move {
-            let r = veto_auth::http::serve(http_listener, app, &http_transport, async move {
-                let _ = http_rx.wait_for(|s| *s).await;
-            })
-            .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        }));
-
+        )?;
+        tasks.push(serve_http(
+            &node,
+            &hub,
+            &transport,
+            http_listener,
+            rx.clone(),
+        )?);
         tasks.push(tokio::spawn(hub.clone().run_read_index(rx.clone())));
         tasks.push(tokio::spawn(node.clone().leader_duties(rx)));
         info!(node_id = node.id(), %grpc_addr, %http_addr, %advertised, "veto-server started");
@@ -280,4 +162,239 @@ impl Server {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
     }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A configuration value or file (TLS material, KEK) is unusable.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The data directory cannot be created or read.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The store cannot be opened.
+    #[error("storage: {0}")]
+    Store(#[from] veto_store::Error),
+    /// Raft refused its configuration or failed to start.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// A listener cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The gRPC server's TLS configuration was refused.
+    #[error("gRPC TLS configuration: {0}")]
+    Tls(#[from] tonic::transport::Error),
+    /// The metrics recorder cannot be installed.
+    #[error("metrics: {0}")]
+    Telemetry(#[from] veto_telemetry::Error),
+    /// The reflection service cannot be built from the descriptors.
+    #[error(transparent)]
+    Reflection(#[from] veto_proto::standard::ReflectionError),
+}
+
+fn warn_about(transport: &veto_auth::Transport) {
+    if !transport.is_tls() {
+        tracing::warn!(
+            "--insecure: gRPC and HTTP are plaintext and every caller may do everything; \
+             for local demos and tests only"
+        );
+    } else if transport.own_identity().map(|i| i.role) != Some(veto_auth::Role::Server) {
+        tracing::warn!(
+            identity = ?transport.own_identity(),
+            "this node's certificate does not carry the server role; peers will refuse its Raft calls"
+        );
+    }
+}
+
+/// Raft started on the node's store.
+struct Opened {
+    raft: veto_store::Raft,
+    log: veto_store::LogStore,
+    state: veto_store::StateHandle,
+    cluster: veto_store::ClusterId,
+}
+
+/// Opens the data directory and starts Raft on it.
+async fn open_raft(opts: &Options, transport: &veto_auth::Transport) -> Result<Opened, StartError> {
+    let data_dir = |source| StartError::DataDir {
+        path: opts.data_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&opts.data_dir).map_err(data_dir)?;
+    let (log, sm) = veto_store::open(&opts.data_dir, opts.node_id)?;
+    let state = sm.handle();
+    let r = &opts.raft;
+    let config = openraft::Config {
+        cluster_name: "veto".into(),
+        heartbeat_interval: r.heartbeat_interval_ms,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
+        install_snapshot_timeout: 60_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: r.max_in_snapshot_log_to_keep,
+        purge_batch_size: r.purge_batch_size,
+        max_payload_entries: 512,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| StartError::Raft(format!("configuration: {e}")))?;
+    let cluster = log.cluster_id().map_err(data_dir)?;
+    let factory = raft::network::Factory {
+        max_message_bytes: opts.max_message_bytes.max(64 << 20),
+        cluster: cluster.clone(),
+        transport: transport.clone(),
+        pipeline: opts.raft.pipeline,
+    };
+    let raft = veto_store::Raft::new(opts.node_id, Arc::new(config), factory, log.clone(), sm)
+        .await
+        .map_err(|e| StartError::Raft(format!("starting: {e}")))?;
+    Ok(Opened {
+        raft,
+        log,
+        state,
+        cluster,
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    l.local_addr()
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Every gRPC service of a node, ready to serve.
+struct Services {
+    node: Node,
+    raft: RaftServiceServer<raft::service::Service>,
+    token: TokenServiceServer<token_service::Service>,
+    admin: AdminServiceServer<admin_service::Service>,
+    feed: feed_codec::FeedServer,
+}
+
+impl Services {
+    fn new(node: &Node, hub: &feed::Hub, cluster: veto_store::ClusterId, advertised: &str) -> Self {
+        let max_msg = node.options().max_message_bytes;
+        Self {
+            node: node.clone(),
+            raft: RaftServiceServer::new(raft::service::Service::new(
+                node.raft().clone(),
+                1 << 30,
+                cluster,
+            ))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20),
+            token: TokenServiceServer::new(token_service::Service::new(node.clone(), hub.clone()))
+                .max_decoding_message_size(max_msg),
+            admin: AdminServiceServer::new(admin_service::Service::new(
+                node.clone(),
+                advertised.to_owned(),
+                hub.clone(),
+            ))
+            .max_decoding_message_size(max_msg),
+            feed: feed_codec::FeedServer::new(feed::Service::new(hub.clone()), 64 * 1024),
+        }
+    }
+}
+
+/// Serves the gRPC port until `shutdown`: veto's services behind the
+/// authorisation layer, grpc.health.v1 following `/readyz`, and reflection.
+fn serve_grpc(
+    s: Services,
+    transport: &veto_auth::Transport,
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, StartError> {
+    let services = vec![
+        veto_proto::token_service_server::SERVICE_NAME,
+        veto_proto::admin_service_server::SERVICE_NAME,
+        veto_proto::feed_service_server::SERVICE_NAME,
+        veto_proto::raft_service_server::SERVICE_NAME,
+    ];
+    let (health, health_svc) = veto_proto::standard::health();
+    let reflection_v1 = veto_proto::standard::reflection_v1(&services)?;
+    let reflection_v1alpha = veto_proto::standard::reflection_v1alpha(&services)?;
+    let ready_node = s.node.clone();
+    let health_task = tokio::spawn(veto_proto::standard::report_health(
+        health,
+        services,
+        move || http::readiness(&ready_node).is_ok(),
+        shutdown.clone(),
+    ));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = transport.server_tls() {
+        builder = builder.tls_config(tls)?;
+    }
+    let o = s.node.options();
+    let limit = (o.write_rate_per_second > 0).then_some(veto_auth::WriteLimit {
+        per_second: o.write_rate_per_second,
+        burst: o.write_burst,
+        is_write: auth::is_write,
+    });
+    let mut rx = shutdown;
+    let grpc = builder
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .layer(veto_auth::AuthLayer::new(
+            auth::policy,
+            transport.is_tls(),
+            limit,
+        ))
+        .add_service(s.raft)
+        .add_service(s.token)
+        .add_service(s.admin)
+        .add_service(s.feed)
+        .add_service(health_svc)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        );
+    let grpc_task = tokio::spawn(async move {
+        if let Err(e) = grpc.await {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+    Ok(vec![health_task, grpc_task])
+}
+
+/// Serves the HTTP(S) port until `shutdown`.
+fn serve_http(
+    node: &Node,
+    hub: &feed::Hub,
+    transport: &veto_auth::Transport,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, StartError> {
+    let metrics = veto_telemetry::install()?;
+    veto_telemetry::register_server();
+    let app = http::router(node.clone(), hub.clone(), metrics);
+    let transport = transport.clone();
+    Ok(tokio::spawn(async move {
+        let r = veto_auth::http::serve(listener, app, &transport, async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    }))
 }

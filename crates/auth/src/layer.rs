@@ -153,81 +153,101 @@ impl Shared {
         if policy == Access::Public {
             return Ok(None);
         }
+        let (identity, peer_ip) = self.caller(req)?;
+        if let (true, Access::Roles(roles)) = (self.tls, policy) {
+            check_roles(identity.as_ref(), roles, path)?;
+        }
+        self.check_rate(path, identity.as_ref(), peer_ip)?;
+        Ok(identity)
+    }
+
+    /// Who is calling: under TLS the identity of the client certificate
+    /// (required), and the peer's address for rate limiting.
+    fn caller<B>(
+        &self,
+        req: &http::Request<B>,
+    ) -> Result<(Option<Identity>, Option<IpAddr>), Status> {
         let ext = req.extensions();
-        let (identity, peer_ip) = if self.tls {
-            let info = ext.get::<TlsConnectInfo<TcpConnectInfo>>();
-            let der = info.and_then(|i| i.peer_certs()).and_then(|c| {
-                let first = c.first()?;
-                Some(first.as_ref().to_vec())
-            });
-            let Some(der) = der else {
-                return Err(deny(
-                    "unauthenticated",
-                    Status::unauthenticated(
-                        "a client certificate signed by the veto CA is required",
-                    ),
-                ));
-            };
-            (
-                self.identity(&der),
-                info.and_then(|i| i.get_ref().remote_addr()).map(|a| a.ip()),
-            )
-        } else {
+        if !self.tls {
             let ip = ext
                 .get::<TcpConnectInfo>()
                 .and_then(|i| i.remote_addr())
                 .map(|a| a.ip());
-            (None, ip)
+            return Ok((None, ip));
+        }
+        let info = ext.get::<TlsConnectInfo<TcpConnectInfo>>();
+        let der = info.and_then(|i| i.peer_certs()).and_then(|c| {
+            let first = c.first()?;
+            Some(first.as_ref().to_vec())
+        });
+        let Some(der) = der else {
+            return Err(deny(
+                "unauthenticated",
+                Status::unauthenticated("a client certificate signed by the veto CA is required"),
+            ));
         };
-        if self.tls {
-            match policy {
-                Access::Public | Access::Authenticated | Access::Deny => {}
-                Access::Roles(roles) => {
-                    let Some(id) = &identity else {
-                        return Err(deny(
-                            "permission_denied",
-                            Status::permission_denied(
-                                "the client certificate names no veto role (SAN URI urn:veto:role:<role>) or CN",
-                            ),
-                        ));
-                    };
-                    if !roles.contains(&id.role) {
-                        let want: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-                        return Err(deny(
-                            "permission_denied",
-                            Status::permission_denied(format!(
-                                "{id} may not call {path}; it needs the role {}",
-                                want.join(" or ")
-                            )),
-                        ));
-                    }
-                }
-            }
-        }
-        if let Some((is_write, limiter)) = &self.limit {
-            // Forwarded writes were limited at the first hop.
-            let peer_is_server = identity.as_ref().is_some_and(|i| i.role == Role::Server);
-            if is_write(path) && !peer_is_server {
-                let key = match (&identity, peer_ip) {
-                    (Some(i), _) => i.actor(),
-                    (None, Some(ip)) => ip_key(ip),
-                    (None, None) => "unknown".to_owned(),
-                };
-                if limiter.check_key(&key).is_err() {
-                    return Err(deny(
-                        "rate_limited",
-                        Status::resource_exhausted(format!(
-                            "write rate limit for {key} exceeded; retry later"
-                        )),
-                    ));
-                }
-                if limiter.len() > 100_000 {
-                    limiter.retain_recent();
-                }
-            }
-        }
-        Ok(identity)
+        Ok((
+            self.identity(&der),
+            info.and_then(|i| i.get_ref().remote_addr()).map(|a| a.ip()),
+        ))
     }
+
+    /// The per-client write rate limit (writes forwarded by a server were
+    /// limited at the first hop).
+    fn check_rate(
+        &self,
+        path: &str,
+        identity: Option<&Identity>,
+        peer_ip: Option<IpAddr>,
+    ) -> Result<(), Status> {
+        let Some((is_write, limiter)) = &self.limit else {
+            return Ok(());
+        };
+        let peer_is_server = identity.is_some_and(|i| i.role == Role::Server);
+        if !is_write(path) || peer_is_server {
+            return Ok(());
+        }
+        let key = match (identity, peer_ip) {
+            (Some(i), _) => i.actor(),
+            (None, Some(ip)) => ip_key(ip),
+            (None, None) => "unknown".to_owned(),
+        };
+        if limiter.check_key(&key).is_err() {
+            return Err(deny(
+                "rate_limited",
+                Status::resource_exhausted(format!(
+                    "write rate limit for {key} exceeded; retry later"
+                )),
+            ));
+        }
+        if limiter.len() > 100_000 {
+            limiter.retain_recent();
+        }
+        Ok(())
+    }
+}
+
+/// The certificate must name one of `roles`.
+fn check_roles(identity: Option<&Identity>, roles: &[Role], path: &str) -> Result<(), Status> {
+    let Some(id) = identity else {
+        return Err(deny(
+            "permission_denied",
+            Status::permission_denied(
+                "the client certificate names no veto role (SAN URI urn:veto:role:<role>) or CN",
+            ),
+        ));
+    };
+    if !roles.contains(&id.role) {
+        let want: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        return Err(deny(
+            "permission_denied",
+            Status::permission_denied(format!(
+                "{id} may not call {path}; it needs the role {}",
+                want.join(" or ")
+            )),
+        ));
+    }
+    Ok(())
 }
 
 fn ip_key(ip: IpAddr) -> String {

@@ -74,16 +74,7 @@ fn timed<T>(m: T) -> Request<T> {
 /// Asks the first reachable address for the membership, then every member
 /// for its status and edges.
 pub async fn collect(addrs: &[String]) -> Result<View> {
-    let mut first = None;
-    for a in addrs {
-        if let Ok(mut c) = admin(a).await {
-            if let Ok(s) = c.status(timed(pb::StatusRequest::default())).await {
-                first = Some(s.into_inner());
-                break;
-            }
-        }
-    }
-    let first = first.ok_or_else(|| anyhow!("no node answered at {}", addrs.join(", ")))?;
+    let first = first_status(addrs).await?;
     let mem = first.membership.clone().unwrap_or_default();
     let mut members: Vec<MemberView> = mem
         .voters
@@ -98,26 +89,7 @@ pub async fn collect(addrs: &[String]) -> Result<View> {
         })
         .collect();
     members.sort_by_key(|m| m.id);
-    let calls = members.iter().map(|m| {
-        let addr = m.addr.clone();
-        async move {
-            let Ok(mut c) = admin(&addr).await else {
-                return (None, None);
-            };
-            let s = c
-                .status(timed(pb::StatusRequest::default()))
-                .await
-                .ok()
-                .map(|r| r.into_inner());
-            let e = c
-                .edges(timed(pb::EdgesRequest::default()))
-                .await
-                .ok()
-                .map(|r| r.into_inner());
-            (s, e)
-        }
-    });
-    let answers = futures::future::join_all(calls).await;
+    let answers = ask_members(&members).await;
     let mut view = View {
         at_unix: unix_now(),
         ..Default::default()
@@ -138,30 +110,53 @@ pub async fn collect(addrs: &[String]) -> Result<View> {
     }
     view.members = members;
     view.edges.sort_by(|a, b| a.edge_id.cmp(&b.edge_id));
-    // An edge that moved is also listed, disconnected, by its old node:
-    // count each edge once, preferring its connected entry.
-    let mut once: BTreeMap<&str, &pb::EdgeInfo> = BTreeMap::new();
-    for e in &view.edges {
-        let keep = once
-            .get(e.edge_id.as_str())
-            .is_some_and(|p| p.connected && !e.connected);
-        if !keep {
-            once.insert(e.edge_id.as_str(), e);
-        }
-    }
-    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
-    for e in once.values() {
-        for (k, n) in &e.verify_counts {
-            let t = totals.entry(k.clone()).or_default();
-            *t = t.saturating_add(*n);
-        }
-    }
-    view.verify_totals = totals;
+    view.verify_totals = veto_proto::edges::verify_totals(&view.edges);
     view.propagation = propagation::merge(seconds)
         .iter()
         .map(|s| (s.unix_s, s.quantile_ms(0.5), s.quantile_ms(0.99), s.count()))
         .collect();
     Ok(view)
+}
+
+/// The status of the first address that answers.
+async fn first_status(addrs: &[String]) -> Result<pb::StatusResponse> {
+    let mut first = None;
+    for a in addrs {
+        if let Ok(mut c) = admin(a).await {
+            if let Ok(s) = c.status(timed(pb::StatusRequest::default())).await {
+                first = Some(s.into_inner());
+                break;
+            }
+        }
+    }
+    first.ok_or_else(|| anyhow!("no node answered at {}", addrs.join(", ")))
+}
+
+/// Every member's status and edges, asked concurrently (`None` where a
+/// member did not answer).
+async fn ask_members(
+    members: &[MemberView],
+) -> Vec<(Option<pb::StatusResponse>, Option<pb::EdgesResponse>)> {
+    let calls = members.iter().map(|m| {
+        let addr = m.addr.clone();
+        async move {
+            let Ok(mut c) = admin(&addr).await else {
+                return (None, None);
+            };
+            let s = c
+                .status(timed(pb::StatusRequest::default()))
+                .await
+                .ok()
+                .map(|r| r.into_inner());
+            let e = c
+                .edges(timed(pb::EdgesRequest::default()))
+                .await
+                .ok()
+                .map(|r| r.into_inner());
+            (s, e)
+        }
+    });
+    futures::future::join_all(calls).await
 }
 
 /// The live state of `veto top`: the latest view and verify rates.
@@ -242,6 +237,17 @@ pub fn draw(f: &mut Frame, app: &App) {
         Constraint::Length(12),
     ])
     .areas(area);
+    draw_title(f, title, app);
+    draw_members(f, members, v);
+    draw_edges(f, edges, v);
+    let [chart_area, rates_area] =
+        Layout::horizontal([Constraint::Percentage(65), Constraint::Percentage(35)]).areas(bottom);
+    draw_propagation(f, chart_area, v);
+    draw_rates(f, rates_area, app);
+}
+
+fn draw_title(f: &mut Frame, title: Rect, app: &App) {
+    let v = &app.view;
     let head = match &app.error {
         Some(e) => Line::from(vec![
             Span::styled(" veto top ", Style::default().add_modifier(Modifier::BOLD)),
@@ -263,7 +269,9 @@ pub fn draw(f: &mut Frame, app: &App) {
         ]),
     };
     f.render_widget(Paragraph::new(head), title);
+}
 
+fn draw_members(f: &mut Frame, members: Rect, v: &View) {
     let rows = v.members.iter().map(|m| {
         let (state, commit, applied, tokens) = match &m.status {
             Some(s) => (
@@ -310,7 +318,9 @@ pub fn draw(f: &mut Frame, app: &App) {
     )
     .block(Block::default().borders(Borders::ALL).title(" members "));
     f.render_widget(t, members);
+}
 
+fn draw_edges(f: &mut Frame, edges: Rect, v: &View) {
     let rows = v.edges.iter().map(|e| {
         let total: u64 = e.verify_counts.values().sum();
         Row::new(vec![
@@ -350,10 +360,10 @@ pub fn draw(f: &mut Frame, app: &App) {
     )
     .block(Block::default().borders(Borders::ALL).title(" edges "));
     f.render_widget(t, edges);
+}
 
-    let [chart_area, rates_area] =
-        Layout::horizontal([Constraint::Percentage(65), Constraint::Percentage(35)]).areas(bottom);
-    draw_propagation(f, chart_area, v);
+fn draw_rates(f: &mut Frame, rates_area: Rect, app: &App) {
+    let v = &app.view;
     let rows = app.rates.iter().map(|(k, r)| {
         Row::new(vec![
             Cell::from(k.clone()),

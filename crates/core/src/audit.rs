@@ -115,24 +115,39 @@ impl AuditLog {
     }
 }
 
+/// The parts every event of one applied command shares.
+struct Ev<'a> {
+    revision: u64,
+    cmd: &'a Command,
+}
+
+impl Ev<'_> {
+    fn event(
+        &self,
+        at: Option<i64>,
+        actor: &crate::Actor,
+        subject: Option<String>,
+        target: String,
+        reason: &str,
+    ) -> AuditEvent {
+        AuditEvent {
+            revision: self.revision,
+            at,
+            actor: actor.0.clone(),
+            action: self.cmd.name().to_owned(),
+            subject,
+            target,
+            reason: reason.to_owned(),
+        }
+    }
+}
+
 /// The event for `cmd`, just applied successfully at `revision` to `s`.
 /// `None` for housekeeping (expiry sweeps).
 pub(crate) fn event_of(s: &State, revision: u64, cmd: &Command) -> Option<AuditEvent> {
-    let ev = |at: Option<i64>,
-              actor: &crate::Actor,
-              subject: Option<String>,
-              target: String,
-              reason: &str| AuditEvent {
-        revision,
-        at,
-        actor: actor.0.clone(),
-        action: cmd.name().to_owned(),
-        subject,
-        target,
-        reason: reason.to_owned(),
-    };
+    let ev = Ev { revision, cmd };
     Some(match cmd.untraced() {
-        Command::Issue { token, actor } => ev(
+        Command::Issue { token, actor } => ev.event(
             Some(token.iat),
             actor,
             Some(token.sub.clone()),
@@ -145,20 +160,42 @@ pub(crate) fn event_of(s: &State, revision: u64, cmd: &Command) -> Option<AuditE
             at,
             actor,
             ..
-        } => ev(
+        } => ev.event(
             Some(*at),
             actor,
             Some(successor.sub.clone()),
             format!("{predecessor} -> {}", successor.jti),
             "",
         ),
+        Command::PublishKey { kid, at, actor, .. }
+        | Command::ActivateKey { kid, at, actor }
+        | Command::RetireKey { kid, at, actor, .. } => {
+            ev.event(Some(*at), actor, None, kid.to_string(), "")
+        }
+        Command::RevokeKey {
+            kid,
+            reason,
+            at,
+            actor,
+        } => ev.event(Some(*at), actor, None, kid.to_string(), reason),
+        Command::RewrapKey {
+            kid, kek, actor, ..
+        } => ev.event(None, actor, None, kid.to_string(), &format!("kek {kek}")),
+        Command::Sweep { .. } | Command::Traced { .. } => return None,
+        revoke => return revoke_event(&ev, s, revoke),
+    })
+}
+
+/// The event of a token, subject or family revoke.
+fn revoke_event(ev: &Ev<'_>, s: &State, cmd: &Command) -> Option<AuditEvent> {
+    Some(match cmd {
         Command::RevokeToken {
             jti,
             reason,
             at,
             actor,
             presented,
-        } => ev(
+        } => ev.event(
             Some(*at),
             actor,
             s.token(jti)
@@ -179,13 +216,13 @@ pub(crate) fn event_of(s: &State, revision: u64, cmd: &Command) -> Option<AuditE
             at,
             actor,
             ..
-        } => ev(
+        } => ev.event(
             Some(*at),
             actor,
             Some(sub.clone()),
             match (*by_revision, *before) {
-                (true, i64::MIN) => format!("issued before revision {revision}"),
-                (true, b) => format!("issued before revision {revision} or at or before {b}"),
+                (true, i64::MIN) => format!("issued before revision {}", ev.revision),
+                (true, b) => format!("issued before revision {} or at or before {b}", ev.revision),
                 (false, b) => format!("issued at or before {b}"),
             },
             reason,
@@ -196,21 +233,7 @@ pub(crate) fn event_of(s: &State, revision: u64, cmd: &Command) -> Option<AuditE
             at,
             actor,
             ..
-        } => ev(Some(*at), actor, None, family.to_string(), reason),
-        Command::PublishKey { kid, at, actor, .. }
-        | Command::ActivateKey { kid, at, actor }
-        | Command::RetireKey { kid, at, actor, .. } => {
-            ev(Some(*at), actor, None, kid.to_string(), "")
-        }
-        Command::RevokeKey {
-            kid,
-            reason,
-            at,
-            actor,
-        } => ev(Some(*at), actor, None, kid.to_string(), reason),
-        Command::RewrapKey {
-            kid, kek, actor, ..
-        } => ev(None, actor, None, kid.to_string(), &format!("kek {kek}")),
-        Command::Sweep { .. } | Command::Traced { .. } => return None,
+        } => ev.event(Some(*at), actor, None, family.to_string(), reason),
+        _ => return None,
     })
 }

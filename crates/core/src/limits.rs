@@ -2,6 +2,15 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Largest piece of a snapshot or backup in one gRPC message: feed
+/// snapshots, Raft `InstallSnapshot` and backups are all sent in pieces
+/// of at most this size.
+pub const STREAM_CHUNK_BYTES: usize = 1 << 20;
+/// Longest edge id; edge ids are `[A-Za-z0-9._-]`.
+pub const MAX_EDGE_ID_BYTES: usize = 128;
+/// Most scopes one verify item may require.
+pub const MAX_REQUIRED_SCOPES: usize = 64;
+
 /// Limits shared by the control plane and the edges.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -140,6 +140,25 @@ pub fn id<T: std::str::FromStr>(field: &'static str, s: &str) -> Result<T, Inval
         .map_err(|_| Invalid::new(field, "must be 32 lowercase hex characters"))
 }
 
+/// An edge id: 1..=[`crate::limits::MAX_EDGE_ID_BYTES`] bytes of
+/// `[A-Za-z0-9._-]`.
+pub fn edge_id(field: &'static str, id: &str) -> Result<(), Invalid> {
+    let max = crate::limits::MAX_EDGE_ID_BYTES;
+    let ok = !id.is_empty()
+        && id.len() <= max
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            field,
+            format!("must be 1..={max} bytes of [A-Za-z0-9._-]"),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +178,14 @@ mod tests {
         assert!(ttl("ttl_seconds", l.max_ttl_seconds + 1, &l).is_err());
         let e = id::<crate::Jti>("jti", "nope").unwrap_err();
         assert_eq!(e.field, "jti");
+    }
+
+    #[test]
+    fn edge_ids_are_short_and_plain() {
+        assert!(super::edge_id("e", "edge-1.a_b").is_ok());
+        assert!(super::edge_id("e", "").is_err());
+        assert!(super::edge_id("e", "a b").is_err());
+        assert!(super::edge_id("e", &"x".repeat(129)).is_err());
+        assert!(super::edge_id("e", &"x".repeat(128)).is_ok());
     }
 }

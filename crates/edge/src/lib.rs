@@ -11,6 +11,7 @@
 //! abandons a node whose probes go unanswered for longer than the bound.
 
 pub mod config;
+pub mod error;
 pub mod service;
 pub mod subscription;
 

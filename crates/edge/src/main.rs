@@ -30,13 +30,32 @@ fn main() -> ExitCode {
             }
         };
     }
-    let opts = match config.options() {
+    let opts = match options(&config) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("veto-edge: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("veto-edge: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(f, config, opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("veto-edge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The edge's options from its configuration, checked.
+fn options(config: &Config) -> Result<Options, String> {
+    let opts = config.options().map_err(|e| e.to_string())?;
     // Test-only (debug builds): an edge that applies another bound than the
     // one it is configured with, so the chaos harness can prove its checker
     // catches an edge that overshoots B. Release builds have no such switch.
@@ -54,48 +73,34 @@ fn main() -> ExitCode {
         }
         _ => opts,
     };
-    if let Err(e) = opts.validate() {
-        eprintln!("veto-edge: invalid configuration: {e}");
-        return ExitCode::from(EXIT_CONFIG);
+    opts.validate()
+        .map_err(|e| format!("invalid configuration: {e}"))?;
+    Ok(opts)
+}
+
+/// Runs the edge until SIGINT or SIGTERM (what container runtimes send).
+async fn serve(f: Flags, config: Config, opts: Options) -> anyhow::Result<()> {
+    let traces = veto_telemetry::trace::init("veto-edge", config.otlp_endpoint.as_deref(), "info")?;
+    if !opts.transport.is_tls() {
+        tracing::warn!(
+            "--insecure: the feed and VerifierService are plaintext with no client authentication; \
+             for local demos and tests only"
+        );
     }
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("veto-edge: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let r = rt.block_on(async move {
-        let traces = veto_telemetry::trace::init("veto-edge", config.otlp_endpoint.as_deref(), "info")?;
-        if !opts.transport.is_tls() {
-            tracing::warn!(
-                "--insecure: the feed and VerifierService are plaintext with no client authentication; \
-                 for local demos and tests only"
-            );
-        }
-        let edge = Edge::start(opts, config.listen_addr, config.http_addr).await?;
-        if let Some(p) = f.ready_file {
-            let body = serde_json::json!({
-                "grpc": edge.grpc_addr.map(|a| a.to_string()),
-                "http": edge.http_addr.map(|a| a.to_string()),
-            });
-            std::fs::write(&p, body.to_string())?;
-        }
-        // SIGINT or SIGTERM (what container runtimes send) stop it cleanly.
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
-            _ = term.recv() => {}
-        }
-        edge.stop().await;
-        traces.shutdown().await;
-        anyhow::Ok(())
-    });
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("veto-edge: {e:#}");
-            ExitCode::FAILURE
-        }
+    let edge = Edge::start(opts, config.listen_addr, config.http_addr).await?;
+    if let Some(p) = f.ready_file {
+        let body = serde_json::json!({
+            "grpc": edge.grpc_addr.map(|a| a.to_string()),
+            "http": edge.http_addr.map(|a| a.to_string()),
+        });
+        std::fs::write(&p, body.to_string())?;
     }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    edge.stop().await;
+    traces.shutdown().await;
+    Ok(())
 }

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use tonic::{Request, Response, Status};
 use veto_core::token::Requirements;
@@ -10,12 +12,13 @@ use veto_feed::{Outcome, Verdict};
 use veto_proto as pb;
 use veto_proto::verifier_service_server::{VerifierService, VerifierServiceServer};
 
+use crate::error::Error;
 use crate::EdgeHandle;
+use veto_core::limits::MAX_REQUIRED_SCOPES;
+use veto_core::validate::Invalid;
 
 /// Longest a `min_revision` wait may take when the call sets no deadline.
 pub const DEFAULT_MIN_REVISION_WAIT: Duration = Duration::from_secs(5);
-/// Most required scopes per item.
-pub const MAX_REQUIRED_SCOPES: usize = 64;
 
 /// Who may call what on an edge: any client whose certificate the CA
 /// signed may verify (no role needed); the health checks need none, and
@@ -82,14 +85,14 @@ fn deadline<T>(r: &Request<T>) -> Duration {
 }
 
 impl Service {
-    fn check(&self, r: &pb::VerifyRequest) -> Result<(), Status> {
+    fn check(&self, r: &pb::VerifyRequest) -> Result<(), Error> {
         if r.required_scopes.len() > MAX_REQUIRED_SCOPES {
-            return Err(Status::invalid_argument(format!(
-                "required_scopes: at most {MAX_REQUIRED_SCOPES}"
-            )));
+            let e = Invalid::new("required_scopes", format!("at most {MAX_REQUIRED_SCOPES}"));
+            return Err(e.into());
         }
-        if r.audience.as_ref().is_some_and(|a| a.len() > 256) {
-            return Err(Status::invalid_argument("audience: at most 256 bytes"));
+        let max = veto_core::Limits::default().max_audience_bytes;
+        if r.audience.as_ref().is_some_and(|a| a.len() > max) {
+            return Err(Invalid::new("audience", format!("at most {max} bytes")).into());
         }
         Ok(())
     }
@@ -120,20 +123,19 @@ impl Service {
         out
     }
 
-    async fn wait_min(&self, min: u64, limit: Duration) -> Result<(), Status> {
+    async fn wait_min(&self, min: u64, limit: Duration) -> Result<(), Error> {
         if min > self.h.revision() && !self.h.wait_revision(min, limit).await {
-            return Err(Status::deadline_exceeded(format!(
-                "min_revision {min} not applied (edge at {})",
-                self.h.revision()
-            )));
+            return Err(Error::MinRevision {
+                wanted: min,
+                at: self.h.revision(),
+            });
         }
         Ok(())
     }
 }
 
 fn stale_status(r: &pb::VerifyResponse) -> Option<Status> {
-    (r.outcome == pb::Outcome::Stale as i32)
-        .then(|| Status::unavailable(format!("STALE: {}", r.reason)))
+    (r.outcome == pb::Outcome::Stale as i32).then(|| Error::Stale(r.reason.clone()).into())
 }
 
 #[tonic::async_trait]
@@ -161,9 +163,9 @@ impl VerifierService for Service {
         let r = req.into_inner();
         let max = self.h.options().max_batch_items;
         if r.items.len() > max {
-            return Err(Status::invalid_argument(format!(
-                "items: at most {max} per batch"
-            )));
+            return Err(
+                Error::from(Invalid::new("items", format!("at most {max} per batch"))).into(),
+            );
         }
         for i in &r.items {
             self.check(i)?;
@@ -184,83 +186,78 @@ impl VerifierService for Service {
 
 /// `/healthz`: 200 while fresh, 503 with the reason when not; `/metrics`.
 pub fn http_router(h: EdgeHandle, metrics: veto_telemetry::Handle) -> axum::Router {
-    let mh = h.clone();
     axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let (h, metrics) = (mh.clone(), metrics.clone());
-                async move {
-                    use veto_telemetry::metrics::gauge;
-                    let id = h.options().edge_id.clone();
-                    gauge!(veto_telemetry::EDGE_APPLIED_REVISION, "edge" => id.clone())
-                        .set(h.revision() as f64);
-                    let f = h.freshness();
-                    if let Some(age) = f.age {
-                        gauge!(veto_telemetry::EDGE_FRESHNESS_AGE_SECONDS, "edge" => id.clone())
-                            .set(age.as_secs_f64());
-                    }
-                    gauge!(veto_telemetry::EDGE_STALE, "edge" => id.clone()).set(if f.fresh {
-                        0.0
-                    } else {
-                        1.0
-                    });
-                    if let Some(o) = h.clock_offset() {
-                        gauge!(veto_telemetry::EDGE_CLOCK_OFFSET_SECONDS, "edge" => id.clone())
-                            .set(o.offset_ms / 1e3);
-                        gauge!(veto_telemetry::EDGE_CLOCK_OFFSET_UNCERTAINTY_SECONDS, "edge" => id.clone())
-                            .set(o.uncertainty_ms / 1e3);
-                    }
-                    gauge!(veto_telemetry::EDGE_BOUND_SECONDS, "edge" => id)
-                        .set(h.options().bound_ms as f64 / 1e3);
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4",
-                        )],
-                        metrics.render(),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/healthz",
-            get(move || {
-                let h = h.clone();
-                async move {
-                    let f = h.freshness();
-                    let server = h.server().unwrap_or_else(|| "none".into());
-                    let age = f
-                        .age
-                        .map(|a| format!("{} ms", a.as_millis()))
-                        .unwrap_or_else(|| "never".into());
-                    let clock = match h.clock_offset() {
-                        Some(o) => format!(
-                            "{:+.0} ms (±{:.0} ms)",
-                            o.offset_ms, o.uncertainty_ms
-                        ),
-                        None => "unknown".into(),
-                    };
-                    let mut body = format!(
-                        "revision {} server {server} fresh_age {age} clock_offset {clock}\n",
-                        h.revision()
-                    );
-                    // A skewed clock does not make the edge unhealthy (no
-                    // revocation depends on it) but it bends exp/nbf: say so.
-                    if h.clock_offset_alarming() {
-                        let o = h.options();
-                        body.push_str(&format!(
-                            "warning: this edge's wall clock differs from the leader's by more than {} ms; \
-                             exp/nbf are judged on it (leeway nbf {} s, exp {} s)\n",
-                            o.clock_offset_warn_ms, o.leeway.nbf_seconds, o.leeway.exp_seconds
-                        ));
-                    }
-                    if f.fresh {
-                        (StatusCode::OK, format!("ok: {body}"))
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, format!("stale: {body}"))
-                    }
-                }
-            }),
-        )
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(healthz))
+        .with_state(Http { h, metrics })
+}
+
+/// What the edge's HTTP handlers share.
+#[derive(Clone)]
+struct Http {
+    h: EdgeHandle,
+    metrics: veto_telemetry::Handle,
+}
+
+/// The Prometheus page, with the replica's gauges set just before.
+async fn metrics_page(State(s): State<Http>) -> impl IntoResponse {
+    use veto_telemetry::metrics::gauge;
+    let h = &s.h;
+    let id = h.options().edge_id.clone();
+    gauge!(veto_telemetry::EDGE_APPLIED_REVISION, "edge" => id.clone()).set(h.revision() as f64);
+    let f = h.freshness();
+    if let Some(age) = f.age {
+        gauge!(veto_telemetry::EDGE_FRESHNESS_AGE_SECONDS, "edge" => id.clone())
+            .set(age.as_secs_f64());
+    }
+    gauge!(veto_telemetry::EDGE_STALE, "edge" => id.clone()).set(if f.fresh { 0.0 } else { 1.0 });
+    if let Some(o) = h.clock_offset() {
+        gauge!(veto_telemetry::EDGE_CLOCK_OFFSET_SECONDS, "edge" => id.clone())
+            .set(o.offset_ms / 1e3);
+        gauge!(veto_telemetry::EDGE_CLOCK_OFFSET_UNCERTAINTY_SECONDS, "edge" => id.clone())
+            .set(o.uncertainty_ms / 1e3);
+    }
+    gauge!(veto_telemetry::EDGE_BOUND_SECONDS, "edge" => id).set(h.options().bound_ms as f64 / 1e3);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        s.metrics.render(),
+    )
+}
+
+/// 200 while fresh, 503 when not; the body says why, and warns about a
+/// skewed wall clock.
+async fn healthz(State(s): State<Http>) -> impl IntoResponse {
+    let h = &s.h;
+    let f = h.freshness();
+    let server = h.server().unwrap_or_else(|| "none".into());
+    let age = f
+        .age
+        .map(|a| format!("{} ms", a.as_millis()))
+        .unwrap_or_else(|| "never".into());
+    let clock = match h.clock_offset() {
+        Some(o) => format!("{:+.0} ms (±{:.0} ms)", o.offset_ms, o.uncertainty_ms),
+        None => "unknown".into(),
+    };
+    let mut body = format!(
+        "revision {} server {server} fresh_age {age} clock_offset {clock}\n",
+        h.revision()
+    );
+    // A skewed clock does not make the edge unhealthy (no revocation
+    // depends on it) but it bends exp/nbf: say so.
+    if h.clock_offset_alarming() {
+        let o = h.options();
+        body.push_str(&format!(
+            "warning: this edge's wall clock differs from the leader's by more than {} ms; \
+             exp/nbf are judged on it (leeway nbf {} s, exp {} s)\n",
+            o.clock_offset_warn_ms, o.leeway.nbf_seconds, o.leeway.exp_seconds
+        ));
+    }
+    if f.fresh {
+        (StatusCode::OK, format!("ok: {body}"))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("stale: {body}"))
+    }
 }

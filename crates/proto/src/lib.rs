@@ -23,6 +23,7 @@ pub mod etcd {
     tonic::include_proto!("etcdserverpb");
 }
 
+pub mod edges;
 pub mod feed;
 pub mod propagation;
 pub mod standard;

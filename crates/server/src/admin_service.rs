@@ -227,50 +227,7 @@ impl Service {
         let started = std::time::Instant::now();
         let stage = pb::KeyStage::try_from(r.stage)
             .map_err(|_| Invalid::new("stage", format!("unknown value {}", r.stage)))?;
-        let kid = || validate::id::<Kid>("kid", &r.kid);
-        let now = unix_now();
-        let (kid, cmd) = match stage {
-            pb::KeyStage::Unspecified => return Err(Invalid::new("stage", "is required").into()),
-            pb::KeyStage::Publish => self.node.new_key_command(actor),
-            pb::KeyStage::Activate => {
-                let kid = kid()?;
-                if !r.force {
-                    self.wait_edges_know_key(kid, r.wait_timeout_ms).await?;
-                }
-                (
-                    kid,
-                    Command::ActivateKey {
-                        kid,
-                        at: now,
-                        actor,
-                    },
-                )
-            }
-            pb::KeyStage::Retire => {
-                let kid = kid()?;
-                (
-                    kid,
-                    Command::RetireKey {
-                        kid,
-                        force: r.force,
-                        at: now,
-                        actor,
-                    },
-                )
-            }
-            pb::KeyStage::Revoke => {
-                let kid = kid()?;
-                (
-                    kid,
-                    Command::RevokeKey {
-                        kid,
-                        reason: r.reason.clone(),
-                        at: now,
-                        actor,
-                    },
-                )
-            }
-        };
+        let (kid, cmd) = self.key_command(r, stage, actor).await?;
         self.node.state().read(|s| s.precheck(&cmd))?;
         let (revision, already) = match self.node.propose(cmd).await? {
             SmResponse::KeyChanged { revision } => (revision, false),
@@ -310,6 +267,45 @@ impl Service {
             keys,
             edges,
         })
+    }
+
+    /// The command for one rotation stage; activation first waits until
+    /// every connected edge knows the key, unless forced.
+    async fn key_command(
+        &self,
+        r: &pb::RotateSigningKeyRequest,
+        stage: pb::KeyStage,
+        actor: Actor,
+    ) -> Result<(Kid, Command)> {
+        if stage == pb::KeyStage::Unspecified {
+            return Err(Invalid::new("stage", "is required").into());
+        }
+        if stage == pb::KeyStage::Publish {
+            return Ok(self.node.new_key_command(actor));
+        }
+        let kid = validate::id::<Kid>("kid", &r.kid)?;
+        let at = unix_now();
+        let cmd = match stage {
+            pb::KeyStage::Activate => {
+                if !r.force {
+                    self.wait_edges_know_key(kid, r.wait_timeout_ms).await?;
+                }
+                Command::ActivateKey { kid, at, actor }
+            }
+            pb::KeyStage::Retire => Command::RetireKey {
+                kid,
+                force: r.force,
+                at,
+                actor,
+            },
+            _ => Command::RevokeKey {
+                kid,
+                reason: r.reason.clone(),
+                at,
+                actor,
+            },
+        };
+        Ok((kid, cmd))
     }
 
     /// Waits until every connected edge has applied the publish of `kid`.
@@ -488,9 +484,6 @@ fn check_member(m: &pb::Member) -> Result<()> {
     Ok(())
 }
 
-/// Chunk size of a backup stream.
-const BACKUP_CHUNK: usize = 1 << 20;
-
 impl Service {
     async fn rewrap_local(&self, actor: Actor) -> Result<pb::RewrapKeysResponse> {
         let mut out = pb::RewrapKeysResponse {
@@ -538,11 +531,11 @@ impl Service {
         };
         let total = data.len() as u64;
         let mut chunks: Vec<pb::BackupChunk> = data
-            .chunks(BACKUP_CHUNK)
+            .chunks(veto_core::limits::STREAM_CHUNK_BYTES)
             .enumerate()
             .map(|(i, c)| pb::BackupChunk {
                 revision,
-                offset: (i * BACKUP_CHUNK) as u64,
+                offset: (i * veto_core::limits::STREAM_CHUNK_BYTES) as u64,
                 data: bytes::Bytes::copy_from_slice(c),
                 last: false,
                 sha256: Default::default(),

@@ -22,6 +22,7 @@ use veto_feed::session::writer::{Next, Start, Writer};
 use veto_proto as pb;
 use veto_proto::feed::change_to_pb;
 
+use crate::error::Error;
 use crate::feed_codec::{Encoded, EncodedStream};
 use crate::node::{Node, ReadIndex};
 
@@ -33,11 +34,11 @@ pub const MAX_BATCH_CHANGES: usize = 1024;
 pub const STREAM_BUFFER: usize = 64;
 /// An edge that does not take a message for this long is disconnected.
 pub const SLOW_EDGE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Snapshot chunk size.
-pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Largest ack delay believed: an edge acks within a few milliseconds of
 /// applying, so more is a bug or a lie, and must not make lag look smaller.
 pub const MAX_ACK_DELAY: Duration = Duration::from_millis(50);
+/// How long a new stream may take to send its `Hello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a probe waits for this node to apply the read index.
 pub const PROBE_APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -599,14 +600,6 @@ fn edge_wait(view: &ClusterView, revision: u64, committed: Instant) -> EdgeWait 
     }
 }
 
-fn valid_edge_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
-
 type Out = mpsc::Sender<Result<Encoded, Status>>;
 
 /// Resolves once the hub is closing (the watch guard is not held across
@@ -651,7 +644,7 @@ async fn send_snapshot(
     let digest = bytes::Bytes::copy_from_slice(&sha2::Sha256::digest(&data));
     let mut off = 0;
     loop {
-        let end = (off + SNAPSHOT_CHUNK_BYTES).min(data.len());
+        let end = (off + veto_core::limits::STREAM_CHUNK_BYTES).min(data.len());
         let last = end == data.len();
         let chunk = pb::SnapshotChunk {
             revision,
@@ -691,9 +684,8 @@ async fn place(hub: &Hub, edge: &str, hello_revision: u64, tx: &Out) -> Option<S
         }
         Err(e) => {
             tracing::info!(%edge, error = %e, "no leader to place an edge ahead of this node; closing its stream");
-            let _ = tx.try_send(Err(Status::unavailable(
-                "no leader; subscribe to another node",
-            )));
+            let e = Error::Unavailable("no leader; subscribe to another node".into());
+            let _ = tx.try_send(Err(e.into()));
             None
         }
     }
@@ -794,7 +786,8 @@ async fn writer(
             _ = tx.closed() => return,
             _ = until_closing(&mut closing) => {
                 // Never wait on a stalled edge while the node stops.
-                let _ = tx.try_send(Err(Status::unavailable("this node is stopping; subscribe to another")));
+                let e = Error::Unavailable("this node is stopping; subscribe to another".into());
+                let _ = tx.try_send(Err(e.into()));
                 return;
             }
         }
@@ -828,56 +821,11 @@ impl Service {
         &self,
         req: Request<Streaming<pb::EdgeMessage>>,
     ) -> Result<Response<EncodedStream>, Status> {
-        // Under TLS an edge may only speak for itself: its certificate's
-        // name is its edge id, so it cannot ack (or hide) for another edge.
-        let caller = req
-            .extensions()
-            .get::<veto_auth::Identity>()
-            .filter(|i| i.role == veto_auth::Role::Edge)
-            .map(|i| i.name.clone());
-        let mut inbound = req.into_inner();
-        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
-            .await
-            .map_err(|_| Status::deadline_exceeded("no Hello within 10 s"))??
-            .ok_or_else(|| Status::invalid_argument("stream closed before Hello"))?;
-        let Some(pb::edge_message::Msg::Hello(hello)) = first.msg else {
-            return Err(Status::invalid_argument("the first message must be Hello"));
-        };
-        if !valid_edge_id(&hello.edge_id) {
-            return Err(Status::invalid_argument(
-                "hello.edge_id must be 1..=128 bytes of [A-Za-z0-9._-]",
-            ));
-        }
-        if let Some(name) = caller {
-            if name != hello.edge_id {
-                veto_telemetry::metrics::counter!(veto_telemetry::AUTH_DENIED_TOTAL, "reason" => "permission_denied")
-                    .increment(1);
-                return Err(Status::permission_denied(format!(
-                    "edge certificate {name:?} may not subscribe as edge {:?}",
-                    hello.edge_id
-                )));
-            }
-        }
-        if *self.hub.inner.closing.borrow() {
-            return Err(Status::unavailable(
-                "this node is stopping; subscribe to another",
-            ));
-        }
-        let m = self.hub.inner.node.metrics();
-        if m.membership_config
-            .membership()
-            .voter_ids()
-            .next()
-            .is_none()
-        {
-            return Err(Status::unavailable(
-                "this node is not part of an initialised cluster",
-            ));
-        }
+        let (hello, inbound) = self.accept(req).await?;
         let edge = hello.edge_id.clone();
         self.hub
             .connected(&edge, hello.applied_revision)
-            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            .map_err(|e| Error::Exhausted(e.to_string()))?;
         veto_telemetry::metrics::counter!(veto_telemetry::FEED_CONNECTS_TOTAL).increment(1);
         tracing::info!(%edge, applied = hello.applied_revision, "edge subscribed");
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -891,45 +839,95 @@ impl Service {
             replies_rx,
         ));
         tokio::spawn(probe_worker(self.hub.clone(), probe_rx, replies_tx));
-        let hub = self.hub.clone();
-        let mut closing = self.hub.inner.closing.subscribe();
-        tokio::spawn(async move {
-            loop {
-                let msg = tokio::select! {
-                    m = inbound.message() => m,
-                    _ = tx.closed() => break,
-                    _ = until_closing(&mut closing) => break,
-                };
-                match msg {
-                    Ok(Some(pb::EdgeMessage {
-                        msg: Some(pb::edge_message::Msg::Probe(p)),
-                    })) => {
-                        // A full queue means probes pile up faster than
-                        // rounds finish; dropping one only delays freshness.
-                        let _ = probe_in.try_send(p.nonce);
-                        hub.probed(&edge, p.verify_counts);
-                    }
-                    Ok(Some(pb::EdgeMessage {
-                        msg: Some(pb::edge_message::Msg::Ack(a)),
-                    })) => hub.ack(
-                        &edge,
-                        a.applied_revision,
-                        Duration::from_micros(a.ack_delay_us),
-                    ),
-                    Ok(Some(_)) => {
-                        let _ = tx
-                            .send(Err(Status::invalid_argument(
-                                "expected SyncProbe or Ack after Hello",
-                            )))
-                            .await;
-                        break;
-                    }
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            hub.disconnected(&edge);
-            tracing::info!(%edge, "edge stream closed");
-        });
+        tokio::spawn(read_edge(self.hub.clone(), edge, inbound, tx, probe_in));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    /// Reads and checks the stream's `Hello`: a valid edge id, the caller's
+    /// own (under TLS an edge may only speak for itself: its certificate's
+    /// name is its edge id, so it cannot ack, or hide, for another edge),
+    /// on a node that is running in an initialised cluster.
+    async fn accept(
+        &self,
+        req: Request<Streaming<pb::EdgeMessage>>,
+    ) -> Result<(pb::Hello, Streaming<pb::EdgeMessage>), Status> {
+        let caller = req
+            .extensions()
+            .get::<veto_auth::Identity>()
+            .filter(|i| i.role == veto_auth::Role::Edge)
+            .map(|i| i.name.clone());
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Error::Timeout(format!("no Hello within {HELLO_TIMEOUT:?}")))??
+            .ok_or_else(|| Error::Protocol("stream closed before Hello".into()))?;
+        let Some(pb::edge_message::Msg::Hello(hello)) = first.msg else {
+            return Err(Error::Protocol("the first message must be Hello".into()).into());
+        };
+        veto_core::validate::edge_id("hello.edge_id", &hello.edge_id).map_err(Error::from)?;
+        if let Some(name) = caller.filter(|n| *n != hello.edge_id) {
+            veto_telemetry::metrics::counter!(veto_telemetry::AUTH_DENIED_TOTAL, "reason" => "permission_denied")
+                .increment(1);
+            return Err(Error::PermissionDenied(format!(
+                "edge certificate {name:?} may not subscribe as edge {:?}",
+                hello.edge_id
+            ))
+            .into());
+        }
+        if *self.hub.inner.closing.borrow() {
+            return Err(
+                Error::Unavailable("this node is stopping; subscribe to another".into()).into(),
+            );
+        }
+        let m = self.hub.inner.node.metrics();
+        if m.membership_config
+            .membership()
+            .voter_ids()
+            .next()
+            .is_none()
+        {
+            return Err(Error::Uninitialised.into());
+        }
+        Ok((hello, inbound))
+    }
+}
+
+/// Reads the edge's probes and acks until the stream ends, the writer
+/// stops or the node closes; then marks the edge disconnected.
+async fn read_edge(
+    hub: Hub,
+    edge: String,
+    mut inbound: Streaming<pb::EdgeMessage>,
+    tx: Out,
+    probe_in: mpsc::Sender<u64>,
+) {
+    let mut closing = hub.inner.closing.subscribe();
+    loop {
+        let msg = tokio::select! {
+            m = inbound.message() => m,
+            _ = tx.closed() => break,
+            _ = until_closing(&mut closing) => break,
+        };
+        match msg.map(|m| m.and_then(|m| m.msg)) {
+            Ok(Some(pb::edge_message::Msg::Probe(p))) => {
+                // A full queue means probes pile up faster than rounds
+                // finish; dropping one only delays freshness.
+                let _ = probe_in.try_send(p.nonce);
+                hub.probed(&edge, p.verify_counts);
+            }
+            Ok(Some(pb::edge_message::Msg::Ack(a))) => hub.ack(
+                &edge,
+                a.applied_revision,
+                Duration::from_micros(a.ack_delay_us),
+            ),
+            Ok(Some(pb::edge_message::Msg::Hello(_))) => {
+                let e = Error::Protocol("expected SyncProbe or Ack after Hello".into());
+                let _ = tx.send(Err(e.into())).await;
+                break;
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    hub.disconnected(&edge);
+    tracing::info!(%edge, "edge stream closed");
 }

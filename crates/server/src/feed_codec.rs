@@ -58,9 +58,11 @@ impl Decoder for EdgeDecoder {
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<pb::EdgeMessage>, Status> {
-        pb::EdgeMessage::decode(src)
-            .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("malformed EdgeMessage: {e}")))
+        pb::EdgeMessage::decode(src).map(Some).map_err(|e| {
+            Status::from(crate::error::Error::Protocol(format!(
+                "malformed EdgeMessage: {e}"
+            )))
+        })
     }
 }
 
@@ -135,9 +137,12 @@ where
                 Ok(grpc.streaming(SubscribeSvc(svc), req).await)
             })
         } else {
-            Box::pin(
-                async move { Ok(Status::unimplemented("unknown FeedService method").into_http()) },
-            )
+            Box::pin(async move {
+                Ok(Status::from(crate::error::Error::Unimplemented(
+                    "unknown FeedService method".into(),
+                ))
+                .into_http())
+            })
         }
     }
 }

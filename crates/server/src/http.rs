@@ -110,10 +110,52 @@ async fn ui_css() -> impl IntoResponse {
 /// merged propagation of the last minutes (docs/status-api.md).
 async fn status_json(State(h): State<Http>) -> impl IntoResponse {
     let m = h.node.metrics();
+    let crate::feed::ClusterView { edges, seconds, .. } = h.hub.cluster_view().await;
+    let edges: Vec<pb::EdgeInfo> = edges.into_iter().map(|(e, _)| e).collect();
+    let totals = veto_proto::edges::verify_totals(&edges);
+    let series: Vec<serde_json::Value> = seconds
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "t_ms": s.unix_s * 1000, "count": s.count(),
+                "p50_ms": s.quantile_ms(0.5), "p99_ms": s.quantile_ms(0.99), "max_ms": s.max_ms(),
+            })
+        })
+        .collect();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let body = serde_json::json!({
+        "node_id": h.node.id(),
+        "now_ms": now_ms,
+        "leader": m.current_leader,
+        "term": m.current_term,
+        "members": members_json(&h, &m),
+        "commit_index": m.local_committed.as_ref().map(|l| l.index).unwrap_or(0),
+        "applied_index": m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
+        "edges": edges_json(edges),
+        "verify_totals": totals,
+        "propagation": {"window_s": veto_proto::propagation::WINDOW_S, "series": series},
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body.to_string(),
+    )
+}
+
+/// Every member with its role as this node sees it and, on the leader,
+/// how far its log matches.
+fn members_json(
+    h: &Http,
+    m: &openraft::RaftMetrics<veto_store::TypeConfig>,
+) -> Vec<serde_json::Value> {
     let mem = m.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = mem.voter_ids().collect();
-    let members: Vec<serde_json::Value> = mem
-        .nodes()
+    mem.nodes()
         .map(|(id, n)| {
             let voter = voters.contains(id);
             let state = if m.current_leader == Some(*id) {
@@ -137,34 +179,14 @@ async fn status_json(State(h): State<Http>) -> impl IntoResponse {
                 "matched_index": matched,
             })
         })
-        .collect();
-    let crate::feed::ClusterView { edges, seconds, .. } = h.hub.cluster_view().await;
-    let mut totals: std::collections::BTreeMap<String, u64> = Default::default();
-    // An edge that moved is listed by its old node too (disconnected, with
-    // older counts): count each edge once, from its connected entry.
-    let counted: std::collections::HashMap<&str, &pb::EdgeInfo> = {
-        let mut m: std::collections::HashMap<&str, &pb::EdgeInfo> = Default::default();
-        for (e, _) in &edges {
-            // Prefer the connected entry, then the most recently acked.
-            let better = m.get(e.edge_id.as_str()).is_none_or(|prev| {
-                (e.connected && !prev.connected)
-                    || (e.connected == prev.connected && e.ack_age_ms < prev.ack_age_ms)
-            });
-            if better {
-                m.insert(e.edge_id.as_str(), e);
-            }
-        }
-        m
-    };
-    for e in counted.values() {
-        for (k, n) in &e.verify_counts {
-            let t = totals.entry(k.clone()).or_default();
-            *t = t.saturating_add(*n);
-        }
-    }
-    let mut edges: Vec<serde_json::Value> = edges
+        .collect()
+}
+
+/// Every reported edge entry (moved edges under each node), sorted by id.
+fn edges_json(edges: Vec<pb::EdgeInfo>) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = edges
         .into_iter()
-        .map(|(e, _)| {
+        .map(|e| {
             let verify: std::collections::BTreeMap<_, _> = e.verify_counts.into_iter().collect();
             serde_json::json!({
                 "edge_id": e.edge_id, "node_id": e.node_id, "connected": e.connected,
@@ -173,39 +195,8 @@ async fn status_json(State(h): State<Http>) -> impl IntoResponse {
             })
         })
         .collect();
-    edges.sort_by(|a, b| a["edge_id"].as_str().cmp(&b["edge_id"].as_str()));
-    let series: Vec<serde_json::Value> = seconds
-        .iter()
-        .map(|s| {
-            serde_json::json!({
-                "t_ms": s.unix_s * 1000, "count": s.count(),
-                "p50_ms": s.quantile_ms(0.5), "p99_ms": s.quantile_ms(0.99), "max_ms": s.max_ms(),
-            })
-        })
-        .collect();
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let body = serde_json::json!({
-        "node_id": h.node.id(),
-        "now_ms": now_ms,
-        "leader": m.current_leader,
-        "term": m.current_term,
-        "members": members,
-        "commit_index": m.local_committed.as_ref().map(|l| l.index).unwrap_or(0),
-        "applied_index": m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
-        "edges": edges,
-        "verify_totals": totals,
-        "propagation": {"window_s": veto_proto::propagation::WINDOW_S, "series": series},
-    });
-    (
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body.to_string(),
-    )
+    out.sort_by(|a, b| a["edge_id"].as_str().cmp(&b["edge_id"].as_str()));
+    out
 }
 
 /// Bytes of the regular files under `dir` (RocksDB files, WAL, snapshots);

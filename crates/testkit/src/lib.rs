@@ -325,7 +325,8 @@ impl Cluster {
         self.nodes.last().ok_or_else(|| anyhow!("no node"))
     }
 
-    async fn launch(&self, id: u64, data_dir: &Path, grpc: &str, http: &str) -> Result<Node> {
+    /// Writes node `id`'s configuration file next to its data directory.
+    fn write_config(&self, id: u64, data_dir: &Path, grpc: &str, http: &str) -> Result<PathBuf> {
         let cfg = data_dir.with_extension("toml");
         let security = match &self.tls_dir {
             Some(d) => {
@@ -350,6 +351,11 @@ impl Cluster {
             self.extra_config
         );
         std::fs::write(&cfg, text)?;
+        Ok(cfg)
+    }
+
+    async fn launch(&self, id: u64, data_dir: &Path, grpc: &str, http: &str) -> Result<Node> {
+        let cfg = self.write_config(id, data_dir, grpc, http)?;
         let ready = data_dir.with_extension("ready");
         let _ = std::fs::remove_file(&ready);
         let log_file = data_dir.with_extension("log");
@@ -381,27 +387,7 @@ impl Cluster {
             .spawn()
             .with_context(|| format!("spawn {}", self.bin.display()))?;
         let mut child = Some(child);
-        let addrs: serde_json::Value = eventually(
-            "node ready file",
-            Duration::from_secs(30),
-            Duration::from_millis(20),
-            || {
-                let ready = ready.clone();
-                let exited = child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-                async move {
-                    if exited.is_some() {
-                        return Some(serde_json::Value::Null);
-                    }
-                    let t = std::fs::read_to_string(&ready).ok()?;
-                    serde_json::from_str(&t).ok()
-                }
-            },
-        )
-        .await?;
-        if addrs.is_null() {
-            let log = std::fs::read_to_string(&log_file).unwrap_or_default();
-            bail!("veto-server {id} exited during start:\n{log}");
-        }
+        let addrs = wait_ready(id, &ready, &log_file, &mut child).await?;
         let get = |k: &str| {
             addrs[k]
                 .as_str()
@@ -573,4 +559,35 @@ pub fn new_kek() -> String {
 fn hex_key() -> String {
     let k: [u8; 32] = rand::random();
     k.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Waits for a starting node's ready file; fails with its log if it exits.
+async fn wait_ready(
+    id: u64,
+    ready: &Path,
+    log_file: &Path,
+    child: &mut Option<Child>,
+) -> Result<serde_json::Value> {
+    let addrs: serde_json::Value = eventually(
+        "node ready file",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || {
+            let ready = ready.to_path_buf();
+            let exited = child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            async move {
+                if exited.is_some() {
+                    return Some(serde_json::Value::Null);
+                }
+                let t = std::fs::read_to_string(&ready).ok()?;
+                serde_json::from_str(&t).ok()
+            }
+        },
+    )
+    .await?;
+    if addrs.is_null() {
+        let log = std::fs::read_to_string(log_file).unwrap_or_default();
+        bail!("veto-server {id} exited during start:\n{log}");
+    }
+    Ok(addrs)
 }

@@ -15,6 +15,3 @@ pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 /// Snapshot metadata.
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
-
-/// Size of one snapshot chunk on the wire.
-pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;

@@ -21,7 +21,8 @@ use veto_proto::raft_service_client::RaftServiceClient;
 use veto_proto::{RaftPayload, SnapshotPart};
 use veto_store::TypeConfig;
 
-use super::{Snapshot, SnapshotData, Vote, SNAPSHOT_CHUNK_BYTES};
+use super::{Snapshot, SnapshotData, Vote};
+use veto_core::limits::STREAM_CHUNK_BYTES;
 
 type C = TypeConfig;
 
@@ -313,7 +314,7 @@ impl RaftNetworkV2<C> for Client {
         }];
         let mut off = 0;
         while off < data.len() {
-            let end = (off + SNAPSHOT_CHUNK_BYTES).min(data.len());
+            let end = (off + STREAM_CHUNK_BYTES).min(data.len());
             parts.push(SnapshotPart {
                 header: bytes::Bytes::new(),
                 data: data.slice(off..end),

@@ -1,5 +1,6 @@
 //! The Raft server: hands peers' RPCs to the local openraft instance.
 
+use crate::error::Error;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -40,18 +41,18 @@ impl Service {
             .and_then(|v| v.to_str().ok());
         self.cluster
             .check(peer)
-            .map_err(|e| Status::failed_precondition(e.to_string()))
+            .map_err(|e| Status::from(Error::FailedPrecondition(e.to_string())))
     }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(p: &RaftPayload) -> Result<T, Status> {
     serde_json::from_slice(&p.data)
-        .map_err(|e| Status::invalid_argument(format!("malformed raft payload: {e}")))
+        .map_err(|e| Status::from(Error::Protocol(format!("malformed raft payload: {e}"))))
 }
 
 fn encode<T: serde::Serialize>(t: &T) -> Result<Response<RaftPayload>, Status> {
-    let data =
-        serde_json::to_vec(t).map_err(|e| Status::internal(format!("encode raft reply: {e}")))?;
+    let data = serde_json::to_vec(t)
+        .map_err(|e| Status::from(Error::Internal(format!("encode raft reply: {e}"))))?;
     Ok(Response::new(RaftPayload { data: data.into() }))
 }
 
@@ -77,7 +78,9 @@ impl RaftService for Service {
                 Ok(p) => {
                     match serde_json::from_slice::<AppendEntriesRequest<TypeConfig>>(&p.data) {
                         Ok(rpc) => return Some(rpc),
-                        Err(e) => Status::invalid_argument(format!("malformed raft payload: {e}")),
+                        Err(e) => {
+                            Status::from(Error::Protocol(format!("malformed raft payload: {e}")))
+                        }
                     }
                 }
                 Err(s) => s,
@@ -91,7 +94,7 @@ impl RaftService for Service {
             .map(|r| {
                 serde_json::to_vec(&r)
                     .map(|data| RaftPayload { data: data.into() })
-                    .map_err(|e| Status::internal(format!("encode append reply: {e}")))
+                    .map_err(|e| Status::from(Error::Internal(format!("encode append reply: {e}"))))
             })
             .chain(futures::stream::iter(std::iter::from_fn(move || {
                 failed
@@ -157,21 +160,23 @@ impl RaftService for Service {
         let first = s
             .message()
             .await?
-            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        let (vote, meta): (Vote, SnapshotMeta) = serde_json::from_slice(&first.header)
-            .map_err(|e| Status::invalid_argument(format!("malformed snapshot header: {e}")))?;
+            .ok_or_else(|| Status::from(Error::Protocol("empty snapshot stream".into())))?;
+        let (vote, meta): (Vote, SnapshotMeta) =
+            serde_json::from_slice(&first.header).map_err(|e| {
+                Status::from(Error::Protocol(format!("malformed snapshot header: {e}")))
+            })?;
         let mut buf = first.data.to_vec();
         while let Some(p) = s.message().await? {
             if buf.len() + p.data.len() > self.max_snapshot_bytes {
-                return Err(Status::resource_exhausted(
-                    "snapshot exceeds the configured limit",
-                ));
+                return Err(Status::from(Error::Exhausted(
+                    "snapshot exceeds the configured limit".into(),
+                )));
             }
             buf.extend_from_slice(&p.data);
         }
         // Reject a snapshot that does not decode before handing it to openraft.
         veto_core::State::from_snapshot_bytes(&buf)
-            .map_err(|e| Status::invalid_argument(format!("snapshot does not decode: {e}")))?;
+            .map_err(|e| Status::from(Error::Protocol(format!("snapshot does not decode: {e}"))))?;
         let snap = Snapshot {
             meta,
             snapshot: buf,

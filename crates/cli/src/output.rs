@@ -1,0 +1,367 @@
+//! How each answer is printed: human text by default, one JSON object with
+//! `--json`. Every command's output lives here, so the two forms stay side
+//! by side.
+
+use serde_json::json;
+use veto_proto as pb;
+
+pub(crate) fn role(r: i32) -> &'static str {
+    match pb::Role::try_from(r) {
+        Ok(pb::Role::Leader) => "leader",
+        Ok(pb::Role::Follower) => "follower",
+        Ok(pb::Role::Candidate) => "candidate",
+        Ok(pb::Role::Learner) => "learner",
+        Ok(pb::Role::Shutdown) => "shutdown",
+        _ => "unknown",
+    }
+}
+
+pub(crate) fn token_status(s: i32) -> &'static str {
+    match pb::TokenStatus::try_from(s) {
+        Ok(pb::TokenStatus::Active) => "active",
+        Ok(pb::TokenStatus::Revoked) => "revoked",
+        Ok(pb::TokenStatus::RevokePending) => "revoke-pending",
+        Ok(pb::TokenStatus::Expired) => "expired",
+        _ => "unknown",
+    }
+}
+
+pub(crate) fn key_state(s: i32) -> &'static str {
+    match pb::KeyState::try_from(s) {
+        Ok(pb::KeyState::Published) => "published",
+        Ok(pb::KeyState::Active) => "active",
+        Ok(pb::KeyState::Retiring) => "retiring",
+        Ok(pb::KeyState::Retired) => "retired",
+        Ok(pb::KeyState::Revoked) => "revoked",
+        _ => "unknown",
+    }
+}
+
+pub(crate) fn record_json(r: &pb::TokenRecord) -> serde_json::Value {
+    json!({
+        "jti": r.jti, "sub": r.sub, "scopes": r.scopes, "aud": r.aud, "iat": r.iat, "nbf": r.nbf,
+        "exp": r.exp, "family": r.family, "kid": r.kid, "issued_revision": r.issued_revision,
+        "successor": r.successor,
+    })
+}
+
+pub(crate) fn info_json(t: &pb::TokenInfo) -> serde_json::Value {
+    json!({
+        "record": t.record.as_ref().map(record_json),
+        "status": token_status(t.status),
+        "revocation": t.revocation.as_ref().map(|r| json!({
+            "kind": r.kind, "revision": r.revision, "effective_at_unix": r.effective_at_unix, "reason": r.reason,
+        })),
+        "revision": t.revision,
+    })
+}
+
+pub(crate) fn membership_json(m: &Option<pb::MembershipInfo>) -> serde_json::Value {
+    let m = m.clone().unwrap_or_default();
+    let list = |v: &[pb::Member]| {
+        v.iter()
+            .map(|m| json!({"node_id": m.node_id, "addr": m.addr}))
+            .collect::<Vec<_>>()
+    };
+    json!({ "voters": list(&m.voters), "learners": list(&m.learners) })
+}
+
+pub(crate) fn print_membership(json_out: bool, r: &pb::MembershipResponse) {
+    if json_out {
+        println!(
+            "{}",
+            json!({"revision": r.revision, "membership": membership_json(&r.membership)})
+        );
+        return;
+    }
+    println!("membership at revision {}", r.revision);
+    print_members(&r.membership.clone().unwrap_or_default());
+}
+
+pub(crate) fn revoke_json(r: &pb::RevokeResponse) -> serde_json::Value {
+    json!({"revision": r.revision, "already_revoked": r.already_revoked, "commit_ms": r.commit_ms,
+           "propagation_ms": r.propagation_ms, "edges_confirmed": r.edges_confirmed,
+           "edges_behind": r.edges_behind, "edges_unknown": r.edges_unknown})
+}
+
+pub(crate) fn print_revoke(json_out: bool, r: &pb::RevokeResponse, waited: bool) {
+    if json_out {
+        println!("{}", revoke_json(r));
+        return;
+    }
+    if r.already_revoked {
+        println!("already revoked at revision {}", r.revision);
+    } else {
+        println!(
+            "revoked at revision {} (committed in {:.2} ms)",
+            r.revision, r.commit_ms
+        );
+    }
+    if waited {
+        println!("{}", propagation_line(r));
+    }
+}
+
+/// What a wait for the edges measured, in one line.
+pub fn propagation_line(r: &pb::RevokeResponse) -> String {
+    match r.propagation_ms {
+        Some(p) => format!(
+            "applied by all {} edges {p:.2} ms after commit",
+            r.edges_confirmed
+        ),
+        None => {
+            let mut parts = vec![format!(
+                "NOT confirmed everywhere: {} edges applied it",
+                r.edges_confirmed
+            )];
+            if !r.edges_behind.is_empty() {
+                parts.push(format!("behind: {}", r.edges_behind.join(", ")));
+            }
+            if !r.edges_unknown.is_empty() {
+                parts.push(format!(
+                    "unknown (member did not answer): {}",
+                    r.edges_unknown.join(", ")
+                ));
+            }
+            if r.edges_confirmed == 0 && r.edges_behind.is_empty() && r.edges_unknown.is_empty() {
+                parts.push("no edge is connected".into());
+            }
+            parts.join("; ")
+        }
+    }
+}
+
+pub(crate) fn print_info(t: &pb::TokenInfo) {
+    let rec = t.record.clone().unwrap_or_default();
+    println!("jti        {}", rec.jti);
+    println!("status     {}", token_status(t.status));
+    println!("sub        {}", rec.sub);
+    println!("scopes     {}", rec.scopes.join(" "));
+    if let Some(a) = &rec.aud {
+        println!("aud        {a}");
+    }
+    println!("iat/exp    {} / {}", rec.iat, rec.exp);
+    println!("family     {}", rec.family);
+    println!("kid        {}", rec.kid);
+    println!("issued at  revision {}", rec.issued_revision);
+    if let Some(s) = &rec.successor {
+        println!("successor  {s}");
+    }
+    if let Some(r) = &t.revocation {
+        println!(
+            "revoked    by {} at revision {}, from {} ({})",
+            r.kind, r.revision, r.effective_at_unix, r.reason
+        );
+    }
+}
+
+pub(crate) fn print_keys(j: bool, keys: &[pb::KeyInfo], revision: u64) {
+    if j {
+        let ks: Vec<_> = keys
+            .iter()
+            .map(|k| json!({"kid": k.kid, "state": key_state(k.state), "public_key": k.public_key,
+                            "published_revision": k.published_revision, "max_token_exp": k.max_token_exp}))
+            .collect();
+        println!("{}", json!({"keys": ks, "revision": revision}));
+        return;
+    }
+    println!(
+        "{:<32}  {:<10}  {:>9}  {:>12}",
+        "kid", "state", "published", "max exp"
+    );
+    for k in keys {
+        println!(
+            "{:<32}  {:<10}  {:>9}  {:>12}",
+            k.kid,
+            key_state(k.state),
+            k.published_revision,
+            k.max_token_exp
+        );
+    }
+}
+
+pub(crate) fn print_status(j: bool, s: &pb::StatusResponse) {
+    if j {
+        println!(
+            "{}",
+            json!({
+                "node_id": s.node_id, "role": role(s.role), "term": s.term, "leader_id": s.leader_id,
+                "leader_addr": s.leader_addr, "commit_index": s.commit_index,
+                "applied_index": s.applied_index, "last_log_index": s.last_log_index,
+                "snapshot_index": s.snapshot_index, "purged_index": s.purged_index,
+                "membership": membership_json(&s.membership), "tokens": s.tokens,
+                "revocations": s.revocations, "active_kid": s.active_kid,
+            })
+        );
+        return;
+    }
+    println!("node {} ({}), term {}", s.node_id, role(s.role), s.term);
+    println!("leader      {} {}", s.leader_id, s.leader_addr);
+    println!("commit      {}", s.commit_index);
+    println!("applied     {}", s.applied_index);
+    println!(
+        "last log    {}  (snapshot {}, purged {})",
+        s.last_log_index, s.snapshot_index, s.purged_index
+    );
+    println!("tokens      {}  revocations {}", s.tokens, s.revocations);
+    let kid = if s.active_kid.is_empty() {
+        "-"
+    } else {
+        &s.active_kid
+    };
+    println!("active key  {kid}");
+    print_members(&s.membership.clone().unwrap_or_default());
+}
+
+fn print_members(m: &pb::MembershipInfo) {
+    for v in &m.voters {
+        println!("  voter   {:>4}  {}", v.node_id, v.addr);
+    }
+    for l in &m.learners {
+        println!("  learner {:>4}  {}", l.node_id, l.addr);
+    }
+}
+
+pub(crate) fn print_issued(j: bool, r: &pb::IssueResponse) {
+    let rec = r.record.clone().unwrap_or_default();
+    if j {
+        println!(
+            "{}",
+            json!({"token": r.token, "record": record_json(&rec), "revision": r.revision})
+        );
+    } else {
+        println!("{}", r.token);
+        eprintln!(
+            "jti {}  sub {}  exp {}  kid {}  revision {}",
+            rec.jti, rec.sub, rec.exp, rec.kid, r.revision
+        );
+    }
+}
+
+pub(crate) fn print_refreshed(j: bool, r: &pb::RefreshResponse) {
+    let s = r.successor.clone().unwrap_or_default();
+    let rec = s.record.clone().unwrap_or_default();
+    if j {
+        println!(
+            "{}",
+            json!({"token": s.token, "record": record_json(&rec), "revision": s.revision,
+                   "predecessor_revoked_at_unix": r.predecessor_revoked_at_unix})
+        );
+    } else {
+        println!("{}", s.token);
+        eprintln!(
+            "jti {}  family {}  revision {}  predecessor refused from {}",
+            rec.jti, rec.family, s.revision, r.predecessor_revoked_at_unix
+        );
+    }
+}
+
+pub(crate) fn print_token_list(j: bool, r: &pb::ListTokensResponse) {
+    if j {
+        println!(
+            "{}",
+            json!({"tokens": r.tokens.iter().map(info_json).collect::<Vec<_>>(),
+                   "next_page_token": r.next_page_token, "revision": r.revision})
+        );
+        return;
+    }
+    println!(
+        "{:<32}  {:<14}  {:<20}  {:>10}",
+        "jti", "status", "sub", "exp"
+    );
+    for t in &r.tokens {
+        let rec = t.record.clone().unwrap_or_default();
+        println!(
+            "{:<32}  {:<14}  {:<20}  {:>10}",
+            rec.jti,
+            token_status(t.status),
+            rec.sub,
+            rec.exp
+        );
+    }
+    if !r.next_page_token.is_empty() {
+        println!("more: --page-token {}", r.next_page_token);
+    }
+}
+
+pub(crate) fn print_rewrapped(j: bool, r: &pb::RewrapKeysResponse) {
+    if j {
+        println!(
+            "{}",
+            json!({"rewrapped": r.rewrapped, "kek_fingerprint": r.kek_fingerprint, "revision": r.revision})
+        );
+    } else if r.rewrapped.is_empty() {
+        println!("every key is already sealed with KEK {}", r.kek_fingerprint);
+    } else {
+        println!(
+            "re-sealed {} key(s) with KEK {} (revision {}): {}",
+            r.rewrapped.len(),
+            r.kek_fingerprint,
+            r.revision,
+            r.rewrapped.join(", ")
+        );
+    }
+}
+
+pub(crate) fn print_rotated(j: bool, r: &pb::RotateSigningKeyResponse, waited: bool) {
+    if j && waited {
+        if let Some(e) = &r.edges {
+            println!("{}", revoke_json(e));
+        }
+    } else if !j {
+        println!("key {} at revision {}", r.kid, r.revision);
+        if let (true, Some(e)) = (waited, &r.edges) {
+            println!("{}", propagation_line(e));
+        }
+    }
+    print_keys(j, &r.keys, r.revision);
+}
+
+pub(crate) fn print_audit_event(j: bool, e: &pb::AuditEvent) {
+    if j {
+        println!(
+            "{}",
+            json!({"revision": e.revision, "at_unix": e.at_unix, "actor": e.actor,
+                "action": e.action, "subject": e.subject, "target": e.target,
+                "reason": e.reason})
+        );
+        return;
+    }
+    let reason = if e.reason.is_empty() {
+        String::new()
+    } else {
+        format!("  ({})", e.reason)
+    };
+    println!(
+        "{:>8}  {:>10}  {:<24} {:<15} {:<20} {}{reason}",
+        e.revision, e.at_unix, e.actor, e.action, e.subject, e.target
+    );
+}
+
+pub(crate) fn print_edges(j: bool, all: &[pb::EdgeInfo]) {
+    if j {
+        let v: Vec<_> = all
+            .iter()
+            .map(|e| json!({"edge_id": e.edge_id, "node_id": e.node_id, "connected": e.connected,
+                             "applied_revision": e.applied_revision, "lag_revisions": e.lag_revisions,
+                             "lag_ms": e.lag_ms, "fresh_age_ms": e.fresh_age_ms, "ack_age_ms": e.ack_age_ms}))
+            .collect();
+        println!("{}", json!({ "edges": v }));
+        return;
+    }
+    println!(
+        "{:<16} {:>5} {:>9} {:>10} {:>8} {:>9} {:>10}",
+        "edge", "node", "connected", "applied", "lag rev", "lag ms", "fresh age"
+    );
+    for e in all {
+        let fresh = if e.fresh_age_ms < 0.0 {
+            "-".to_string()
+        } else {
+            format!("{:.0} ms", e.fresh_age_ms)
+        };
+        println!(
+            "{:<16} {:>5} {:>9} {:>10} {:>8} {:>9.1} {:>10}",
+            e.edge_id, e.node_id, e.connected, e.applied_revision, e.lag_revisions, e.lag_ms, fresh
+        );
+    }
+}

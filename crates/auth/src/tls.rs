@@ -16,6 +16,9 @@ use tonic::transport::{Certificate, Channel, Endpoint, ServerTlsConfig};
 
 use crate::{Error, Identity, Role};
 
+type Dss = rustls::DigitallySignedStruct;
+type Signature = Result<HandshakeSignatureValid, rustls::Error>;
+
 /// Where a process finds its TLS material: the CA that signs every veto
 /// certificate, its own certificate (PEM, leaf first) and private key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -328,22 +331,13 @@ impl ServerCertVerifier for RoleVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+    // Handshake signatures are checked exactly as webpki does.
+    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &Dss) -> Signature {
+        self.inner.verify_tls12_signature(m, c, d)
     }
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &Dss) -> Signature {
+        self.inner.verify_tls13_signature(m, c, d)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

@@ -52,13 +52,7 @@ fn main() -> ExitCode {
     };
     // `overhead` installs its own subscriber (with OTLP export) midway.
     if what != "overhead" {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("VETO_LOG")
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .with_writer(std::io::stderr)
-            .init();
+        veto_telemetry::trace::stderr_logs("warn");
     }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -309,6 +309,22 @@ pub enum Response {
 }
 
 impl Response {
+    /// A revocation that took effect at `revision`.
+    pub fn revoked(revision: u64) -> Self {
+        Response::Revoked {
+            revision,
+            already: false,
+        }
+    }
+
+    /// A revocation already in force since `revision`: nothing changed.
+    pub fn already_revoked(revision: u64) -> Self {
+        Response::Revoked {
+            revision,
+            already: true,
+        }
+    }
+
     /// The revision the response reports.
     pub fn revision(&self) -> u64 {
         match self {

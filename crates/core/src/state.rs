@@ -432,40 +432,21 @@ impl State {
             }
             (None, None) => return Err(not_found("token", jti)),
         };
-        if let Some(existing) = self.revoked_tokens.get_mut(&jti) {
+        if let Some(existing) = self.revoked_tokens.get(&jti) {
             if existing.effective_at <= at {
-                return Ok(Response::Revoked {
-                    revision: existing.revision,
-                    already: true,
-                });
+                return Ok(Response::already_revoked(existing.revision));
             }
-            // A pending (grace-period) revocation becomes immediate.
-            *existing = Revocation {
-                exp,
-                effective_at: at,
-                revision,
-                reason: reason.to_owned(),
-                actor: actor.clone(),
-            };
-            return Ok(Response::Revoked {
-                revision,
-                already: false,
-            });
         }
-        self.revoked_tokens.insert(
-            jti,
-            Revocation {
-                exp,
-                effective_at: at,
-                revision,
-                reason: reason.to_owned(),
-                actor: actor.clone(),
-            },
-        );
-        Ok(Response::Revoked {
+        // New, or a pending (grace-period) revocation made immediate.
+        let now_in_force = Revocation {
+            exp,
+            effective_at: at,
             revision,
-            already: false,
-        })
+            reason: reason.to_owned(),
+            actor: actor.clone(),
+        };
+        self.revoked_tokens.insert(jti, now_in_force);
+        Ok(Response::revoked(revision))
     }
 
     fn revoke_subject(
@@ -481,43 +462,19 @@ impl State {
             before_revision,
             drop_after,
         } = cut;
-        if let Some(c) = self.revoked_subjects.get_mut(sub) {
+        let mut cut = Cutoff::new(cut, revision, reason, actor);
+        if let Some(c) = self.revoked_subjects.get(sub) {
             if c.before >= before && c.before_revision >= before_revision {
-                return Ok(Response::Revoked {
-                    revision: c.revision,
-                    already: true,
-                });
+                return Ok(Response::already_revoked(c.revision));
             }
             // Both cutoffs only grow, so the merged one covers exactly the
             // union of what each revoke covered.
-            *c = Cutoff {
-                before: before.max(c.before),
-                before_revision: before_revision.max(c.before_revision),
-                drop_after: drop_after.max(c.drop_after),
-                revision,
-                reason: reason.to_owned(),
-                actor: actor.clone(),
-            };
-            return Ok(Response::Revoked {
-                revision,
-                already: false,
-            });
+            cut.before = before.max(c.before);
+            cut.before_revision = before_revision.max(c.before_revision);
+            cut.drop_after = drop_after.max(c.drop_after);
         }
-        self.revoked_subjects.insert(
-            sub.to_owned(),
-            Cutoff {
-                before,
-                before_revision,
-                drop_after,
-                revision,
-                reason: reason.to_owned(),
-                actor: actor.clone(),
-            },
-        );
-        Ok(Response::Revoked {
-            revision,
-            already: false,
-        })
+        self.revoked_subjects.insert(sub.to_owned(), cut);
+        Ok(Response::revoked(revision))
     }
 
     fn revoke_family(
@@ -530,10 +487,7 @@ impl State {
         actor: &Actor,
     ) -> Result<Response, Rejection> {
         if let Some(c) = self.revoked_families.get(&family) {
-            return Ok(Response::Revoked {
-                revision: c.revision,
-                already: true,
-            });
+            return Ok(Response::already_revoked(c.revision));
         }
         if self
             .by_family
@@ -543,21 +497,14 @@ impl State {
         {
             return Err(not_found("family", family));
         }
-        self.revoked_families.insert(
-            family,
-            Cutoff {
-                before: at,
-                before_revision: 0,
-                drop_after,
-                revision,
-                reason: reason.to_owned(),
-                actor: actor.clone(),
-            },
-        );
-        Ok(Response::Revoked {
-            revision,
-            already: false,
-        })
+        let cut = SubjectCut {
+            before: at,
+            before_revision: 0,
+            drop_after,
+        };
+        self.revoked_families
+            .insert(family, Cutoff::new(cut, revision, reason, actor));
+        Ok(Response::revoked(revision))
     }
 
     fn publish_key(
@@ -698,10 +645,7 @@ impl State {
             return Err(not_found("key", kid));
         };
         if k.state == KeyState::Revoked {
-            return Ok(Response::Revoked {
-                revision: k.changed_revision,
-                already: true,
-            });
+            return Ok(Response::already_revoked(k.changed_revision));
         }
         k.state = KeyState::Revoked;
         k.sealed.clear();
@@ -710,10 +654,7 @@ impl State {
         if self.active == Some(kid) {
             self.active = None;
         }
-        Ok(Response::Revoked {
-            revision,
-            already: false,
-        })
+        Ok(Response::revoked(revision))
     }
 
     fn sweep(&mut self, revision: u64, cutoff: i64) -> Response {
@@ -973,12 +914,26 @@ fn cutoff_info(kind: RevocationKind, c: &Cutoff) -> RevocationInfo {
     }
 }
 
-/// A subject revoke's cutoffs, as apply computes them.
+/// A revoke's cutoffs, as apply computes them (families have no
+/// revision cutoff).
 #[derive(Debug, Clone, Copy)]
 struct SubjectCut {
     before: i64,
     before_revision: u64,
     drop_after: i64,
+}
+
+impl Cutoff {
+    fn new(cut: SubjectCut, revision: u64, reason: &str, actor: &Actor) -> Self {
+        Cutoff {
+            before: cut.before,
+            before_revision: cut.before_revision,
+            drop_after: cut.drop_after,
+            revision,
+            reason: reason.to_owned(),
+            actor: actor.clone(),
+        }
+    }
 }
 
 fn not_found(what: &str, id: impl std::fmt::Display) -> Rejection {

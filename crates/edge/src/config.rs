@@ -79,29 +79,8 @@ impl Default for Config {
     }
 }
 
-/// A configuration that cannot be used; the message names the field.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// Path given.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for these settings.
-    #[error("config file {path}: {source}")]
-    Parse {
-        /// Path given.
-        path: PathBuf,
-        /// Cause.
-        source: Box<toml::de::Error>,
-    },
-    /// A value is missing or out of range.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
+pub use veto_runtime::config::ConfigError;
+use veto_runtime::config::{overlay as set, read_toml};
 
 /// `veto-edge` command line. Every setting flag also reads a `VETO_*`
 /// variable; both override the TOML file.
@@ -155,44 +134,16 @@ pub struct Flags {
     /// OTEL_EXPORTER_OTLP_ENDPOINT is set.
     #[arg(long, env = "VETO_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
-    /// CA certificate (PEM) that signs every veto certificate.
-    #[arg(long, env = "VETO_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
-    /// This edge's certificate (PEM, role `edge`, CN = the edge id).
-    #[arg(long, env = "VETO_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// This edge's private key (PEM).
-    #[arg(long, env = "VETO_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// Plaintext toward servers and clients, no client authentication
-    /// (local demos and tests only; a warning is logged).
-    #[arg(long, env = "VETO_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
-    pub insecure: bool,
-}
-
-fn set<T: Clone>(dst: &mut T, src: &Option<T>) {
-    if let Some(v) = src {
-        *dst = v.clone();
-    }
+    /// TLS files, or plaintext.
+    #[command(flatten)]
+    pub tls: veto_runtime::config::TlsFlags,
 }
 
 impl Config {
     /// Layers the defaults, the TOML file, the environment and the flags
     /// (clap has already put each `VETO_*` variable under its flag).
     pub fn load(flags: &Flags) -> Result<Self, ConfigError> {
-        let mut c = match &flags.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: path.clone(),
-                    source: Box::new(e),
-                })?
-            }
-            None => Config::default(),
-        };
+        let mut c: Config = read_toml(flags.config.as_deref())?;
         set(&mut c.edge_id, &flags.edge_id);
         set(&mut c.servers, &flags.servers);
         set(&mut c.listen_addr, &flags.listen_addr);
@@ -205,17 +156,8 @@ impl Config {
         if flags.otlp_endpoint.is_some() {
             c.otlp_endpoint = flags.otlp_endpoint.clone();
         }
-        for (dst, src) in [
-            (&mut c.tls.ca, &flags.tls_ca),
-            (&mut c.tls.cert, &flags.tls_cert),
-            (&mut c.tls.key, &flags.tls_key),
-        ] {
-            if src.is_some() {
-                *dst = src.clone();
-            }
-        }
+        flags.tls.overlay(&mut c.tls, &mut c.insecure);
         c.fail_open |= flags.fail_open;
-        c.insecure |= flags.insecure;
         Ok(c)
     }
 

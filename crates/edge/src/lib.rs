@@ -18,7 +18,8 @@ pub mod subscription;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+pub use veto_runtime::clock::{unix_now, unix_now_ms};
 
 use tokio::sync::watch;
 use veto_core::token::{Leeway, Requirements};
@@ -155,22 +156,6 @@ struct Inner {
     verify_counts: Vec<AtomicU64>,
     clock: Mutex<ClockSamples>,
     opts: Options,
-}
-
-/// Unix seconds on this edge's clock.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Unix milliseconds on this edge's clock.
-pub fn unix_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl EdgeHandle {
@@ -441,14 +426,8 @@ impl Edge {
         http: SocketAddr,
     ) -> Result<Edge, StartError> {
         let mut edge = Self::start_embedded(opts)?;
-        let bind = |addr| async move {
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .and_then(|l| Ok((l.local_addr()?, l)))
-                .map_err(|source| StartError::Bind { addr, source })
-        };
-        let (grpc_addr, gl) = bind(grpc).await?;
-        let (http_addr, hl) = bind(http).await?;
+        let (grpc_addr, gl) = veto_runtime::bind(grpc).await?;
+        let (http_addr, hl) = veto_runtime::bind(http).await?;
         edge.grpc_addr = Some(grpc_addr);
         edge.http_addr = Some(http_addr);
         let grpc_tasks = serve_grpc(&edge.handle, gl, edge.shutdown.subscribe())?;
@@ -477,19 +456,11 @@ pub enum StartError {
     #[error("metrics: {0}")]
     Telemetry(#[from] veto_telemetry::Error),
     /// A listener cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The gRPC server's TLS configuration was refused.
-    #[error("gRPC TLS configuration: {0}")]
-    Tls(#[from] tonic::transport::Error),
-    /// The reflection service cannot be built from the descriptors.
     #[error(transparent)]
-    Reflection(#[from] veto_proto::standard::ReflectionError),
+    Bind(#[from] veto_runtime::BindError),
+    /// The gRPC port could not start (TLS refused, reflection).
+    #[error(transparent)]
+    Grpc(#[from] veto_runtime::grpc::ServeError),
 }
 
 /// Serves VerifierService, grpc.health.v1 (following `/healthz`:
@@ -497,47 +468,19 @@ pub enum StartError {
 fn serve_grpc(
     h: &EdgeHandle,
     listener: tokio::net::TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, StartError> {
-    let transport = h.options().transport.clone();
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = transport.server_tls() {
-        builder = builder.tls_config(tls)?;
-    }
-    let services = vec![veto_proto::verifier_service_server::SERVICE_NAME];
-    let (health, health_svc) = veto_proto::standard::health();
-    let reflection_v1 = veto_proto::standard::reflection_v1(&services)?;
-    let reflection_v1alpha = veto_proto::standard::reflection_v1alpha(&services)?;
     let fresh = h.clone();
-    let health_task = tokio::spawn(veto_proto::standard::report_health(
-        health,
-        services,
-        move || fresh.freshness().fresh,
-        shutdown.clone(),
-    ));
-    let serve = builder
-        .tcp_nodelay(true)
-        .layer(veto_auth::AuthLayer::new(
-            service::policy,
-            transport.is_tls(),
-            None,
-        ))
-        .add_service(service::server(h.clone()))
-        .add_service(health_svc)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            },
-        );
-    let grpc_task = tokio::spawn(async move {
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "verifier server failed");
-        }
-    });
-    Ok(vec![health_task, grpc_task])
+    let port = veto_runtime::grpc::Port {
+        name: "verifier",
+        transport: h.options().transport.clone(),
+        policy: service::policy,
+        limit: None,
+        services: vec![veto_proto::verifier_service_server::SERVICE_NAME],
+        routes: tonic::service::Routes::new(service::server(h.clone())),
+        ready: move || fresh.freshness().fresh,
+    };
+    Ok(veto_runtime::grpc::serve(port, listener, shutdown)?)
 }
 
 /// Serves `/healthz` and `/metrics` on `listener` until `shutdown`.

@@ -16,7 +16,6 @@ use veto_proto::admin_service_server::AdminService;
 use crate::convert;
 use crate::error::{Error, Result};
 use crate::node::{membership_err, unix_now, Node};
-use crate::routed;
 use crate::routing::actor;
 
 /// The AdminService implementation.
@@ -109,10 +108,7 @@ impl Service {
         let m = self.node.metrics();
         let mem = m.membership_config.membership();
         if mem.get_node(&r.node_id).is_none() {
-            return Err(Error::Rejected(veto_core::command::Rejection::NotFound {
-                what: "member".into(),
-                id: r.node_id.to_string(),
-            }));
+            return Err(not_a_member(r.node_id));
         }
         if mem.voter_ids().any(|v| v == r.node_id) {
             return Err(Error::FailedPrecondition(format!(
@@ -156,10 +152,7 @@ impl Service {
         let m = self.node.metrics();
         let mem = m.membership_config.membership();
         if mem.get_node(&r.node_id).is_none() {
-            return Err(Error::Rejected(veto_core::command::Rejection::NotFound {
-                what: "member".into(),
-                id: r.node_id.to_string(),
-            }));
+            return Err(not_a_member(r.node_id));
         }
         let set = BTreeSet::from([r.node_id]);
         if mem.voter_ids().any(|v| v == r.node_id) {
@@ -484,6 +477,13 @@ fn check_member(m: &pb::Member) -> Result<()> {
     Ok(())
 }
 
+fn not_a_member(node_id: u64) -> Error {
+    Error::Rejected(veto_core::command::Rejection::NotFound {
+        what: "member".into(),
+        id: node_id.to_string(),
+    })
+}
+
 impl Service {
     async fn rewrap_local(&self, actor: Actor) -> Result<pb::RewrapKeysResponse> {
         let mut out = pb::RewrapKeysResponse {
@@ -557,24 +557,42 @@ impl Service {
     }
 }
 
-#[tonic::async_trait]
-impl AdminService for Service {
+crate::rpc_service! {
+    impl AdminService, client AdminServiceClient, for Service;
+    routed {
+        rewrap_keys(pb::RewrapKeysRequest) -> pb::RewrapKeysResponse,
+            "veto.v1.AdminService/RewrapKeys" = |s, r| s.rewrap_local(actor(r));
+        add_learner(pb::AddLearnerRequest) -> pb::MembershipResponse,
+            "veto.v1.AdminService/AddLearner" = |s, r| s.add_learner_local(r.get_ref());
+        promote(pb::PromoteRequest) -> pb::MembershipResponse,
+            "veto.v1.AdminService/Promote" = |s, r| s.promote_local(r.get_ref());
+        change_membership(pb::ChangeMembershipRequest) -> pb::MembershipResponse,
+            "veto.v1.AdminService/ChangeMembership" =
+            |s, r| s.change_membership_local(r.get_ref());
+        remove(pb::RemoveRequest) -> pb::MembershipResponse,
+            "veto.v1.AdminService/Remove" = |s, r| s.remove_local(r.get_ref());
+        transfer_leader(pb::TransferLeaderRequest) -> pb::TransferLeaderResponse,
+            "veto.v1.AdminService/TransferLeader" = |s, r| s.transfer_local(r.get_ref());
+        rotate_signing_key(pb::RotateSigningKeyRequest) -> pb::RotateSigningKeyResponse,
+            "veto.v1.AdminService/RotateSigningKey" =
+            |s, r| s.rotate_local(r.get_ref(), actor(r));
+        list_keys(pb::ListKeysRequest) -> pb::ListKeysResponse,
+            "veto.v1.AdminService/ListKeys" = |s, r| s.list_keys_local();
+        audit(pb::AuditRequest) -> pb::AuditResponse,
+            "veto.v1.AdminService/Audit" = |s, r| s.audit_local(r.get_ref());
+    }
+    local {
+        init(pb::InitRequest) -> pb::InitResponse,
+            "veto.v1.AdminService/Init" = |s, r| s.init_local(r.into_inner());
+        status(pb::StatusRequest) -> pb::StatusResponse,
+            "veto.v1.AdminService/Status" = |s, r| s.status_local(r.get_ref().include_digest);
+        edges(pb::EdgesRequest) -> pb::EdgesResponse,
+            "veto.v1.AdminService/Edges" = |s, r| s.edges_local(r.into_inner());
+    }
+
     type BackupStream = std::pin::Pin<
         Box<dyn futures::Stream<Item = std::result::Result<pb::BackupChunk, Status>> + Send>,
     >;
-
-    async fn rewrap_keys(
-        &self,
-        req: Request<pb::RewrapKeysRequest>,
-    ) -> std::result::Result<Response<pb::RewrapKeysResponse>, Status> {
-        routed!(
-            self.node,
-            req,
-            AdminServiceClient,
-            rewrap_keys,
-            self.rewrap_local(actor(&req))
-        )
-    }
 
     async fn backup(
         &self,
@@ -585,84 +603,12 @@ impl AdminService for Service {
             chunks.into_iter().map(Ok),
         ))))
     }
+}
 
-    async fn init(
-        &self,
-        req: Request<pb::InitRequest>,
-    ) -> Result<Response<pb::InitResponse>, Status> {
-        Ok(Response::new(self.init_local(req.into_inner()).await?))
-    }
-
-    async fn add_learner(
-        &self,
-        req: Request<pb::AddLearnerRequest>,
-    ) -> Result<Response<pb::MembershipResponse>, Status> {
-        routed!(
-            self.node,
-            req,
-            AdminServiceClient,
-            add_learner,
-            self.add_learner_local(req.get_ref())
-        )
-    }
-
-    async fn promote(
-        &self,
-        req: Request<pb::PromoteRequest>,
-    ) -> Result<Response<pb::MembershipResponse>, Status> {
-        routed!(
-            self.node,
-            req,
-            AdminServiceClient,
-            promote,
-            self.promote_local(req.get_ref())
-        )
-    }
-
-    async fn change_membership(
-        &self,
-        req: Request<pb::ChangeMembershipRequest>,
-    ) -> Result<Response<pb::MembershipResponse>, Status> {
-        routed!(
-            self.node,
-            req,
-            AdminServiceClient,
-            change_membership,
-            self.change_membership_local(req.get_ref())
-        )
-    }
-
-    async fn remove(
-        &self,
-        req: Request<pb::RemoveRequest>,
-    ) -> Result<Response<pb::MembershipResponse>, Status> {
-        routed!(
-            self.node,
-            req,
-            AdminServiceClient,
-            remove,
-            self.remove_local(req.get_ref())
-        )
-    }
-
-    async fn transfer_leader(
-        &self,
-        req: Request<pb::TransferLeaderRequest>,
-    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        routed!(
-            self.node,
-            req,
-            AdminServiceClient,
-            transfer_leader,
-            self.transfer_local(req.get_ref())
-        )
-    }
-
-    async fn status(
-        &self,
-        req: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusResponse>, Status> {
-        let want_digest = req.get_ref().include_digest;
+impl Service {
+    /// This node's view: role, term, leader, log positions, state counts
+    /// and (when asked) the state digest.
+    async fn status_local(&self, want_digest: bool) -> Result<pb::StatusResponse> {
         let m = self.node.metrics();
         let role = match m.state {
             ServerState::Leader => pb::Role::Leader,
@@ -697,7 +643,7 @@ impl AdminService for Service {
                     s.revision,
                 )
             });
-        Ok(Response::new(pb::StatusResponse {
+        Ok(pb::StatusResponse {
             node_id: self.node.id(),
             role: role as i32,
             term: m.current_term,
@@ -713,53 +659,12 @@ impl AdminService for Service {
             revocations,
             active_kid,
             state_digest,
-        }))
+        })
     }
 
-    async fn rotate_signing_key(
-        &self,
-        req: Request<pb::RotateSigningKeyRequest>,
-    ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
-        routed!(
-            self.node,
-            req,
-            AdminServiceClient,
-            rotate_signing_key,
-            self.rotate_local(req.get_ref(), actor(&req))
-        )
-    }
-
-    async fn list_keys(
-        &self,
-        req: Request<pb::ListKeysRequest>,
-    ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        routed!(
-            self.node,
-            req,
-            AdminServiceClient,
-            list_keys,
-            self.list_keys_local()
-        )
-    }
-
-    async fn audit(
-        &self,
-        req: Request<pb::AuditRequest>,
-    ) -> Result<Response<pb::AuditResponse>, Status> {
-        routed!(
-            self.node,
-            req,
-            AdminServiceClient,
-            audit,
-            self.audit_local(req.get_ref())
-        )
-    }
-
-    async fn edges(
-        &self,
-        req: Request<pb::EdgesRequest>,
-    ) -> Result<Response<pb::EdgesResponse>, Status> {
-        let r = req.into_inner();
+    /// This node's edges, once every connected edge applied
+    /// `wait_revision` (or the wait timed out).
+    async fn edges_local(&self, r: pb::EdgesRequest) -> Result<pb::EdgesResponse> {
         if r.wait_revision > 0 {
             let ms = match r.wait_timeout_ms {
                 0 => 10_000,
@@ -768,6 +673,6 @@ impl AdminService for Service {
             let deadline = std::time::Instant::now() + Duration::from_millis(u64::from(ms));
             self.hub.wait_local(r.wait_revision, deadline).await;
         }
-        Ok(Response::new(self.hub.local_edges()))
+        Ok(self.hub.local_edges())
     }
 }

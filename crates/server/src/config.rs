@@ -115,29 +115,8 @@ impl Default for Options {
     }
 }
 
-/// A bad configuration value; the message names the field.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// Path given.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for these options.
-    #[error("config file {path}: {source}")]
-    Parse {
-        /// Path given.
-        path: PathBuf,
-        /// Cause.
-        source: Box<toml::de::Error>,
-    },
-    /// A value is out of range.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
+pub use veto_runtime::config::ConfigError;
+use veto_runtime::config::{overlay, read_text, read_toml};
 
 /// `veto-server` command line. Every flag also reads a `VETO_*` variable.
 #[derive(Debug, Parser, Default)]
@@ -184,19 +163,9 @@ pub struct Flags {
     /// is set.
     #[arg(long, env = "VETO_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
-    /// CA certificate (PEM) that signs every veto certificate.
-    #[arg(long, env = "VETO_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
-    /// This node's certificate (PEM, role `server`).
-    #[arg(long, env = "VETO_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// This node's private key (PEM).
-    #[arg(long, env = "VETO_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// Serve plaintext gRPC and HTTP with no client authentication.
-    /// Only for local demos and tests; a warning is logged.
-    #[arg(long, env = "VETO_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
-    pub insecure: bool,
+    /// TLS files, or plaintext.
+    #[command(flatten)]
+    pub tls: veto_runtime::config::TlsFlags,
     /// Writes per second each client may send (0 = no limit).
     #[arg(long, env = "VETO_WRITE_RATE")]
     pub write_rate_per_second: Option<u32>,
@@ -208,34 +177,14 @@ pub struct Flags {
 impl Options {
     /// Layers defaults, the TOML file, the environment and the flags.
     pub fn load(flags: &Flags) -> Result<Self, ConfigError> {
-        let mut o = match &flags.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: path.clone(),
-                    source: Box::new(e),
-                })?
-            }
-            None => Options::default(),
-        };
-        if let Some(v) = flags.node_id {
-            o.node_id = v;
-        }
-        if let Some(v) = flags.listen_addr {
-            o.listen_addr = v;
-        }
+        let mut o: Options = read_toml(flags.config.as_deref())?;
+        overlay(&mut o.node_id, &flags.node_id);
+        overlay(&mut o.listen_addr, &flags.listen_addr);
         if let Some(v) = &flags.advertise_addr {
             o.advertise_addr = Some(v.clone());
         }
-        if let Some(v) = flags.http_addr {
-            o.http_addr = v;
-        }
-        if let Some(v) = &flags.data_dir {
-            o.data_dir = v.clone();
-        }
+        overlay(&mut o.http_addr, &flags.http_addr);
+        overlay(&mut o.data_dir, &flags.data_dir);
         if let Some(v) = &flags.kek_file {
             o.kek_file = Some(v.clone());
         }
@@ -245,21 +194,8 @@ impl Options {
         if !flags.previous_kek_file.is_empty() {
             o.previous_kek_files = flags.previous_kek_file.clone();
         }
-        for (dst, src) in [
-            (&mut o.tls.ca, &flags.tls_ca),
-            (&mut o.tls.cert, &flags.tls_cert),
-            (&mut o.tls.key, &flags.tls_key),
-        ] {
-            if let Some(v) = src {
-                *dst = Some(v.clone());
-            }
-        }
-        if flags.insecure {
-            o.insecure = true;
-        }
-        if let Some(v) = flags.write_rate_per_second {
-            o.write_rate_per_second = v;
-        }
+        flags.tls.overlay(&mut o.tls, &mut o.insecure);
+        overlay(&mut o.write_rate_per_second, &flags.write_rate_per_second);
         if let Some(v) = flags.raft_pipeline {
             o.raft.pipeline = v;
         }
@@ -352,10 +288,7 @@ impl Options {
     pub fn load_kek(&self) -> Result<veto_core::Kek, ConfigError> {
         let text = match (&self.kek, &self.kek_file) {
             (Some(k), _) => k.clone(),
-            (None, Some(p)) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                path: p.clone(),
-                source,
-            })?,
+            (None, Some(p)) => read_text(p)?,
             (None, None) => {
                 return Err(ConfigError::Invalid(
                     "no key-encryption key configured".into(),
@@ -369,10 +302,7 @@ impl Options {
     pub fn load_previous_keks(&self) -> Result<Vec<veto_core::Kek>, ConfigError> {
         let mut out = Vec::new();
         for p in &self.previous_kek_files {
-            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                path: p.clone(),
-                source,
-            })?;
+            let text = read_text(p)?;
             out.push(veto_core::Kek::parse(&text).map_err(|e| {
                 ConfigError::Invalid(format!("previous_kek_files {}: {e}", p.display()))
             })?);

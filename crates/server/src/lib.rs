@@ -104,10 +104,8 @@ impl Server {
             "key-encryption key loaded"
         );
         let opened = open_raft(&opts, &transport).await?;
-        let grpc_listener = bind(opts.listen_addr).await?;
-        let http_listener = bind(opts.http_addr).await?;
-        let grpc_addr = local_addr(&grpc_listener, opts.listen_addr)?;
-        let http_addr = local_addr(&http_listener, opts.http_addr)?;
+        let (grpc_addr, grpc_listener) = veto_runtime::bind(opts.listen_addr).await?;
+        let (http_addr, http_listener) = veto_runtime::bind(opts.http_addr).await?;
         let advertised = opts.advertised(grpc_addr);
         let node = Node::new(
             opened.raft.clone(),
@@ -185,22 +183,14 @@ pub enum StartError {
     #[error("raft: {0}")]
     Raft(String),
     /// A listener cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The gRPC server's TLS configuration was refused.
-    #[error("gRPC TLS configuration: {0}")]
-    Tls(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Bind(#[from] veto_runtime::BindError),
+    /// The gRPC port could not start (TLS refused, reflection).
+    #[error(transparent)]
+    Grpc(#[from] veto_runtime::grpc::ServeError),
     /// The metrics recorder cannot be installed.
     #[error("metrics: {0}")]
     Telemetry(#[from] veto_telemetry::Error),
-    /// The reflection service cannot be built from the descriptors.
-    #[error(transparent)]
-    Reflection(#[from] veto_proto::standard::ReflectionError),
 }
 
 fn warn_about(transport: &veto_auth::Transport) {
@@ -267,17 +257,6 @@ async fn open_raft(opts: &Options, transport: &veto_auth::Transport) -> Result<O
     })
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
-}
-
-fn local_addr(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
-    l.local_addr()
-        .map_err(|source| StartError::Bind { addr, source })
-}
-
 /// Every gRPC service of a node, ready to serve.
 struct Services {
     node: Node,
@@ -320,60 +299,31 @@ fn serve_grpc(
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, StartError> {
-    let services = vec![
-        veto_proto::token_service_server::SERVICE_NAME,
-        veto_proto::admin_service_server::SERVICE_NAME,
-        veto_proto::feed_service_server::SERVICE_NAME,
-        veto_proto::raft_service_server::SERVICE_NAME,
-    ];
-    let (health, health_svc) = veto_proto::standard::health();
-    let reflection_v1 = veto_proto::standard::reflection_v1(&services)?;
-    let reflection_v1alpha = veto_proto::standard::reflection_v1alpha(&services)?;
-    let ready_node = s.node.clone();
-    let health_task = tokio::spawn(veto_proto::standard::report_health(
-        health,
-        services,
-        move || http::readiness(&ready_node).is_ok(),
-        shutdown.clone(),
-    ));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = transport.server_tls() {
-        builder = builder.tls_config(tls)?;
-    }
     let o = s.node.options();
     let limit = (o.write_rate_per_second > 0).then_some(veto_auth::WriteLimit {
         per_second: o.write_rate_per_second,
         burst: o.write_burst,
         is_write: auth::is_write,
     });
-    let mut rx = shutdown;
-    let grpc = builder
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .layer(veto_auth::AuthLayer::new(
-            auth::policy,
-            transport.is_tls(),
-            limit,
-        ))
-        .add_service(s.raft)
-        .add_service(s.token)
-        .add_service(s.admin)
-        .add_service(s.feed)
-        .add_service(health_svc)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            },
-        );
-    let grpc_task = tokio::spawn(async move {
-        if let Err(e) = grpc.await {
-            tracing::error!(error = %e, "gRPC server failed");
-        }
-    });
-    Ok(vec![health_task, grpc_task])
+    let ready_node = s.node.clone();
+    let port = veto_runtime::grpc::Port {
+        name: "control plane",
+        transport: transport.clone(),
+        policy: auth::policy,
+        limit,
+        services: vec![
+            veto_proto::token_service_server::SERVICE_NAME,
+            veto_proto::admin_service_server::SERVICE_NAME,
+            veto_proto::feed_service_server::SERVICE_NAME,
+            veto_proto::raft_service_server::SERVICE_NAME,
+        ],
+        routes: tonic::service::Routes::new(s.raft)
+            .add_service(s.token)
+            .add_service(s.admin)
+            .add_service(s.feed),
+        ready: move || http::readiness(&ready_node).is_ok(),
+    };
+    Ok(veto_runtime::grpc::serve(port, listener, shutdown)?)
 }
 
 /// Serves the HTTP(S) port until `shutdown`.

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+pub use veto_runtime::clock::{unix_now, unix_now_ms};
 
 use ed25519_dalek::SigningKey;
 use openraft::async_runtime::WatchReceiver;
@@ -45,23 +46,6 @@ struct Inner {
     opts: Options,
     signer: Mutex<Option<(Kid, SigningKey)>>,
     peers: Mutex<HashMap<String, Channel>>,
-}
-
-/// Unix time in seconds on this node's clock. Only the leader's value is
-/// ever replicated (stamped into commands).
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// This node's wall clock, unix milliseconds.
-pub fn unix_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// A commit index the leader confirmed (a quorum still follows it) in a

@@ -114,3 +114,59 @@ macro_rules! routed {
         }
     }};
 }
+
+/// The tonic trait impl of a service whose RPCs are one call each to an
+/// inherent `*_local` method. `routed` RPCs run on the leader (forwarded
+/// there by [`routed!`]); `local` RPCs answer from this node. Every RPC
+/// gets its server span. `$s` and `$r` name the service and the request
+/// (a `&Request` for routed RPCs, the owned `Request` for local ones) in
+/// the body, which is an expression of a future of `Result<Reply, Error>`.
+/// Anything after the lists (associated types, streaming RPCs) is copied
+/// into the impl as written.
+#[macro_export]
+macro_rules! rpc_service {
+    (
+        impl $trait:path, client $client:ident, for $svc:ty;
+        routed {
+            $( $m:ident($in:ty) -> $out:ty, $name:literal = |$s:ident, $r:ident| $body:expr; )*
+        }
+        local {
+            $( $lm:ident($lin:ty) -> $lout:ty, $lname:literal = |$ls:ident, $lr:ident| $lbody:expr; )*
+        }
+        $($rest:tt)*
+    ) => {
+        #[tonic::async_trait]
+        impl $trait for $svc {
+            $(
+                async fn $m(
+                    &self,
+                    req: tonic::Request<$in>,
+                ) -> ::std::result::Result<tonic::Response<$out>, tonic::Status> {
+                    let span = $crate::routing::rpc_span($name, &req);
+                    let call = async {
+                        let $s = self;
+                        #[allow(unused_variables)]
+                        let $r = &req;
+                        $crate::routed!(self.node, req, $client, $m, $body)
+                    };
+                    tracing::Instrument::instrument(call, span).await
+                }
+            )*
+            $(
+                async fn $lm(
+                    &self,
+                    req: tonic::Request<$lin>,
+                ) -> ::std::result::Result<tonic::Response<$lout>, tonic::Status> {
+                    let span = $crate::routing::rpc_span($lname, &req);
+                    let call = async {
+                        let $ls = self;
+                        let $lr = req;
+                        $lbody.await.map(tonic::Response::new).map_err(tonic::Status::from)
+                    };
+                    tracing::Instrument::instrument(call, span).await
+                }
+            )*
+            $($rest)*
+        }
+    };
+}

@@ -7,7 +7,6 @@
 
 use std::time::Instant;
 
-use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use veto_core::command::{Actor, Command, NewToken, Presented, Rejection, Response as SmResponse};
 use veto_core::state::TokenStatus;
@@ -19,7 +18,6 @@ use veto_proto::token_service_server::TokenService;
 use crate::convert;
 use crate::error::{Error, Result};
 use crate::node::{unix_now, Node};
-use crate::routed;
 use crate::routing::actor;
 
 /// Times an issue or refresh is signed again after a [`Rejection::Conflict`].
@@ -588,121 +586,25 @@ fn info(s: &veto_core::State, rec: &veto_core::state::TokenRecord, now: i64) -> 
     }
 }
 
-#[tonic::async_trait]
-impl TokenService for Service {
-    async fn issue(
-        &self,
-        req: Request<pb::IssueRequest>,
-    ) -> Result<Response<pb::IssueResponse>, Status> {
-        let span = crate::routing::rpc_span("veto.v1.TokenService/Issue", &req);
-        async {
-            routed!(
-                self.node,
-                req,
-                TokenServiceClient,
-                issue,
-                self.issue_local(req.get_ref(), actor(&req))
-            )
-        }
-        .instrument(span)
-        .await
+crate::rpc_service! {
+    impl TokenService, client TokenServiceClient, for Service;
+    routed {
+        issue(pb::IssueRequest) -> pb::IssueResponse, "veto.v1.TokenService/Issue" =
+            |s, r| s.issue_local(r.get_ref(), actor(r));
+        refresh(pb::RefreshRequest) -> pb::RefreshResponse, "veto.v1.TokenService/Refresh" =
+            |s, r| s.refresh_local(r.get_ref(), actor(r));
+        revoke(pb::RevokeRequest) -> pb::RevokeResponse, "veto.v1.TokenService/Revoke" =
+            |s, r| s.revoke_local(r.get_ref(), actor(r));
+        revoke_subject(pb::RevokeSubjectRequest) -> pb::RevokeResponse,
+            "veto.v1.TokenService/RevokeSubject" =
+            |s, r| s.revoke_subject_local(r.get_ref(), actor(r));
+        revoke_family(pb::RevokeFamilyRequest) -> pb::RevokeResponse,
+            "veto.v1.TokenService/RevokeFamily" =
+            |s, r| s.revoke_family_local(r.get_ref(), actor(r));
+        get(pb::GetTokenRequest) -> pb::TokenInfo, "veto.v1.TokenService/Get" =
+            |s, r| s.get_local(r.get_ref());
+        list(pb::ListTokensRequest) -> pb::ListTokensResponse, "veto.v1.TokenService/List" =
+            |s, r| s.list_local(r.get_ref());
     }
-
-    async fn refresh(
-        &self,
-        req: Request<pb::RefreshRequest>,
-    ) -> Result<Response<pb::RefreshResponse>, Status> {
-        let span = crate::routing::rpc_span("veto.v1.TokenService/Refresh", &req);
-        async {
-            routed!(
-                self.node,
-                req,
-                TokenServiceClient,
-                refresh,
-                self.refresh_local(req.get_ref(), actor(&req))
-            )
-        }
-        .instrument(span)
-        .await
-    }
-
-    async fn revoke(
-        &self,
-        req: Request<pb::RevokeRequest>,
-    ) -> Result<Response<pb::RevokeResponse>, Status> {
-        let span = crate::routing::rpc_span("veto.v1.TokenService/Revoke", &req);
-        async {
-            routed!(
-                self.node,
-                req,
-                TokenServiceClient,
-                revoke,
-                self.revoke_local(req.get_ref(), actor(&req))
-            )
-        }
-        .instrument(span)
-        .await
-    }
-
-    async fn revoke_subject(
-        &self,
-        req: Request<pb::RevokeSubjectRequest>,
-    ) -> Result<Response<pb::RevokeResponse>, Status> {
-        let span = crate::routing::rpc_span("veto.v1.TokenService/RevokeSubject", &req);
-        async {
-            routed!(
-                self.node,
-                req,
-                TokenServiceClient,
-                revoke_subject,
-                self.revoke_subject_local(req.get_ref(), actor(&req))
-            )
-        }
-        .instrument(span)
-        .await
-    }
-
-    async fn revoke_family(
-        &self,
-        req: Request<pb::RevokeFamilyRequest>,
-    ) -> Result<Response<pb::RevokeResponse>, Status> {
-        let span = crate::routing::rpc_span("veto.v1.TokenService/RevokeFamily", &req);
-        async {
-            routed!(
-                self.node,
-                req,
-                TokenServiceClient,
-                revoke_family,
-                self.revoke_family_local(req.get_ref(), actor(&req))
-            )
-        }
-        .instrument(span)
-        .await
-    }
-
-    async fn get(
-        &self,
-        req: Request<pb::GetTokenRequest>,
-    ) -> Result<Response<pb::TokenInfo>, Status> {
-        routed!(
-            self.node,
-            req,
-            TokenServiceClient,
-            get,
-            self.get_local(req.get_ref())
-        )
-    }
-
-    async fn list(
-        &self,
-        req: Request<pb::ListTokensRequest>,
-    ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        routed!(
-            self.node,
-            req,
-            TokenServiceClient,
-            list,
-            self.list_local(req.get_ref())
-        )
-    }
+    local {}
 }

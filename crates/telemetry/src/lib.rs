@@ -86,59 +86,73 @@ fn register_auth() {
 #[error("metrics recorder: {0}")]
 pub struct Error(String);
 
+/// What kind of series a metric is.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric's description: name, kind, unit and help text.
+type Described = (&'static str, Kind, Option<metrics::Unit>, &'static str);
+
+const SECONDS: Option<metrics::Unit> = Some(metrics::Unit::Seconds);
+
+#[rustfmt::skip]
+const SERVER_METRICS: &[Described] = &[
+    (ISSUE_LATENCY_SECONDS, Kind::Histogram, SECONDS, "Issue latency on the serving node, receipt to commit."),
+    (REVOKE_LATENCY_SECONDS, Kind::Histogram, SECONDS, "Revoke latency on the serving node, receipt to commit."),
+    (REVOKES_TOTAL, Kind::Counter, None, "Committed revocations by kind."),
+    (ISSUED_TOTAL, Kind::Counter, None, "Tokens issued."),
+    (PROPAGATION_SECONDS, Kind::Histogram, SECONDS, "Apply on this node to an edge's ack, on this node's clock."),
+    (EDGE_LAG_REVISIONS, Kind::Gauge, None, "Per edge streaming from this node: revisions behind this node."),
+    (EDGE_FRESH_AGE_SECONDS, Kind::Gauge, SECONDS, "Per edge streaming from this node: seconds since this node answered its probe."),
+    (FEED_CONNECTS_TOTAL, Kind::Counter, None, "Feed streams opened by edges on this node."),
+    (FEED_SNAPSHOTS_TOTAL, Kind::Counter, None, "Snapshots sent to edges."),
+    (FEED_RESYNCS_TOTAL, Kind::Counter, None, "Snapshots sent to edges that had state but fell behind the retained log."),
+    (EDGES_CONNECTED, Kind::Gauge, None, "Edges streaming from this node now."),
+    (ROCKSDB_SIZE_BYTES, Kind::Gauge, Some(metrics::Unit::Bytes), "Bytes of the node's data directory (RocksDB and snapshots)."),
+    (RAFT_TERM, Kind::Gauge, None, "Raft term."),
+    (RAFT_LEADER, Kind::Gauge, None, "Current leader id (0 when unknown)."),
+    (RAFT_IS_LEADER, Kind::Gauge, None, "1 on the leader, else 0."),
+    (RAFT_COMMIT_INDEX, Kind::Gauge, None, "Highest committed log index known here."),
+    (RAFT_APPLIED_INDEX, Kind::Gauge, None, "Highest applied log index here."),
+];
+
+#[rustfmt::skip]
+const EDGE_METRICS: &[Described] = &[
+    (VERIFY_TOTAL, Kind::Counter, None, "Verifies answered, by outcome."),
+    (EDGE_APPLIED_REVISION, Kind::Gauge, None, "The edge's applied revision."),
+    (EDGE_FEED_CONNECTS_TOTAL, Kind::Counter, None, "Feed sessions the edge opened (connects and failovers)."),
+    (EDGE_RESYNCS_TOTAL, Kind::Counter, None, "Snapshot resyncs at the edge."),
+    (EDGE_FRESHNESS_AGE_SECONDS, Kind::Gauge, SECONDS, "The edge's own view: seconds since its last answered probe."),
+    (EDGE_STALE, Kind::Gauge, None, "1 while the edge is outside its bound (answers STALE), else 0."),
+    (EDGE_BOUND_SECONDS, Kind::Gauge, SECONDS, "The edge's propagation bound B."),
+    (EDGE_CLOCK_OFFSET_SECONDS, Kind::Gauge, SECONDS, "The leader's wall clock minus this edge's, from probe replies (exp/nbf use the edge's clock; revocations use none)."),
+    (EDGE_CLOCK_OFFSET_UNCERTAINTY_SECONDS, Kind::Gauge, SECONDS, "Error bound of veto_edge_clock_offset_seconds (half the probe's round trip)."),
+];
+
+fn describe(all: &[Described]) {
+    for &(name, kind, unit, help) in all {
+        match (kind, unit) {
+            (Kind::Counter, Some(u)) => metrics::describe_counter!(name, u, help),
+            (Kind::Counter, None) => metrics::describe_counter!(name, help),
+            (Kind::Gauge, Some(u)) => metrics::describe_gauge!(name, u, help),
+            (Kind::Gauge, None) => metrics::describe_gauge!(name, help),
+            (Kind::Histogram, Some(u)) => metrics::describe_histogram!(name, u, help),
+            (Kind::Histogram, None) => metrics::describe_histogram!(name, help),
+        }
+    }
+}
+
 /// Describes every server metric and creates its counters at 0, so each
 /// series exists (with help text) before the first event.
 pub fn register_server() {
-    use metrics::{counter, describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_histogram!(
-        ISSUE_LATENCY_SECONDS,
-        Unit::Seconds,
-        "Issue latency on the serving node, receipt to commit."
-    );
-    describe_histogram!(
-        REVOKE_LATENCY_SECONDS,
-        Unit::Seconds,
-        "Revoke latency on the serving node, receipt to commit."
-    );
-    describe_counter!(REVOKES_TOTAL, "Committed revocations by kind.");
-    describe_counter!(ISSUED_TOTAL, "Tokens issued.");
-    describe_histogram!(
-        PROPAGATION_SECONDS,
-        Unit::Seconds,
-        "Apply on this node to an edge's ack, on this node's clock."
-    );
-    describe_gauge!(
-        EDGE_LAG_REVISIONS,
-        "Per edge streaming from this node: revisions behind this node."
-    );
-    describe_gauge!(
-        EDGE_FRESH_AGE_SECONDS,
-        Unit::Seconds,
-        "Per edge streaming from this node: seconds since this node answered its probe."
-    );
-    describe_counter!(
-        FEED_CONNECTS_TOTAL,
-        "Feed streams opened by edges on this node."
-    );
-    describe_counter!(FEED_SNAPSHOTS_TOTAL, "Snapshots sent to edges.");
-    describe_counter!(
-        FEED_RESYNCS_TOTAL,
-        "Snapshots sent to edges that had state but fell behind the retained log."
-    );
-    describe_gauge!(EDGES_CONNECTED, "Edges streaming from this node now.");
-    describe_gauge!(
-        ROCKSDB_SIZE_BYTES,
-        Unit::Bytes,
-        "Bytes of the node's data directory (RocksDB and snapshots)."
-    );
-    describe_gauge!(RAFT_TERM, "Raft term.");
-    describe_gauge!(RAFT_LEADER, "Current leader id (0 when unknown).");
-    describe_gauge!(RAFT_IS_LEADER, "1 on the leader, else 0.");
-    describe_gauge!(RAFT_COMMIT_INDEX, "Highest committed log index known here.");
-    describe_gauge!(RAFT_APPLIED_INDEX, "Highest applied log index here.");
+    describe(SERVER_METRICS);
     register_auth();
     for kind in ["token", "subject", "family", "key"] {
-        counter!(REVOKES_TOTAL, "kind" => kind).increment(0);
+        metrics::counter!(REVOKES_TOTAL, "kind" => kind).increment(0);
     }
     for c in [
         ISSUED_TOTAL,
@@ -146,47 +160,16 @@ pub fn register_server() {
         FEED_SNAPSHOTS_TOTAL,
         FEED_RESYNCS_TOTAL,
     ] {
-        counter!(c).increment(0);
+        metrics::counter!(c).increment(0);
     }
 }
 
 /// Describes every edge metric and creates the edge's counters at 0.
 pub fn register_edge(edge_id: &str) {
-    use metrics::{counter, describe_counter, describe_gauge, Unit};
-    describe_counter!(VERIFY_TOTAL, "Verifies answered, by outcome.");
-    describe_gauge!(EDGE_APPLIED_REVISION, "The edge's applied revision.");
-    describe_counter!(
-        EDGE_FEED_CONNECTS_TOTAL,
-        "Feed sessions the edge opened (connects and failovers)."
-    );
-    describe_counter!(EDGE_RESYNCS_TOTAL, "Snapshot resyncs at the edge.");
-    describe_gauge!(
-        EDGE_FRESHNESS_AGE_SECONDS,
-        Unit::Seconds,
-        "The edge's own view: seconds since its last answered probe."
-    );
-    describe_gauge!(
-        EDGE_STALE,
-        "1 while the edge is outside its bound (answers STALE), else 0."
-    );
-    describe_gauge!(
-        EDGE_BOUND_SECONDS,
-        Unit::Seconds,
-        "The edge's propagation bound B."
-    );
-    describe_gauge!(
-        EDGE_CLOCK_OFFSET_SECONDS,
-        Unit::Seconds,
-        "The leader's wall clock minus this edge's, from probe replies (exp/nbf use the edge's clock; revocations use none)."
-    );
-    describe_gauge!(
-        EDGE_CLOCK_OFFSET_UNCERTAINTY_SECONDS,
-        Unit::Seconds,
-        "Error bound of veto_edge_clock_offset_seconds (half the probe's round trip)."
-    );
+    describe(EDGE_METRICS);
     register_auth();
     for c in [EDGE_FEED_CONNECTS_TOTAL, EDGE_RESYNCS_TOTAL] {
-        counter!(c, "edge" => edge_id.to_string()).increment(0);
+        metrics::counter!(c, "edge" => edge_id.to_string()).increment(0);
     }
 }
 

@@ -225,6 +225,18 @@ pub fn set_parent<'a>(span: &tracing::Span, headers: impl IntoIterator<Item = (&
     }
 }
 
+/// Plain logs to stderr for command-line tools, filtered by `VETO_LOG`
+/// (else `default_filter`); no span export.
+pub fn stderr_logs(default_filter: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VETO_LOG")
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@
 pub mod otlp;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -15,6 +15,8 @@ use base64::Engine;
 use veto_core::token;
 use veto_proto as pb;
 use veto_testkit::{eventually, http_get, Cluster, Node};
+
+pub use veto_chaos::workload::{History, IssueRec, RevokeRec, Target, VerifyRec};
 
 /// Issues a token through `node`, waiting (bounded) for the first signing
 /// key on a fresh cluster.
@@ -182,14 +184,21 @@ pub async fn verify_at(
 }
 
 /// Revokes `jti` through whichever of `addrs` answers (starting at the
-/// `start`-th, trying each up to `rounds` times, 3 s per call); returns the
-/// time of the acknowledgement, or None if no node acknowledged it.
-pub async fn revoke_via_any(
-    addrs: &[String],
-    jti: &str,
-    start: usize,
-    rounds: usize,
-) -> Option<std::time::Instant> {
+/// `start`-th, trying each up to `rounds` times, 3 s per call), recorded for
+/// the history checker: acknowledged or not, with its invocation and its
+/// acknowledgement (or last failure).
+pub async fn revoke_via_any(addrs: &[String], jti: &str, start: usize, rounds: usize) -> RevokeRec {
+    let mut rec = RevokeRec {
+        start: Instant::now(),
+        end: Instant::now(),
+        target: Target::Jti(jti.to_string()),
+        acked: false,
+        propagation_ms: None,
+        tries: 0,
+        waited: false,
+        edges_behind: 0,
+        refresh: false,
+    };
     for a in addrs.iter().cycle().skip(start).take(addrs.len() * rounds) {
         let Ok(ch) = veto_testkit::channel(a) else {
             continue;
@@ -200,46 +209,83 @@ pub async fn revoke_via_any(
             ..Default::default()
         });
         req.set_timeout(Duration::from_secs(3));
-        if c.revoke(req).await.is_ok() {
-            return Some(std::time::Instant::now());
+        rec.tries += 1;
+        let answer = c.revoke(req).await;
+        rec.end = Instant::now();
+        if answer.is_ok() {
+            rec.acked = true;
+            return rec;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    None
+    rec
+}
+
+/// An acknowledged issue as the history checker records it; `start` is
+/// when the call was sent, the acknowledgement is now.
+pub fn issue_rec(r: &pb::IssueResponse, start: Instant) -> IssueRec {
+    let rec = r.record.clone().unwrap_or_default();
+    IssueRec {
+        start,
+        end: Instant::now(),
+        jti: rec.jti,
+        token: r.token.clone(),
+        sub: rec.sub,
+        family: rec.family,
+        kid: rec.kid,
+        nbf: rec.nbf.max(rec.iat),
+        exp: rec.exp,
+    }
+}
+
+/// Checks a recorded history with the chaos harness's checker (the same
+/// rules: no acceptance at or after ack + B, no fresh edge refusing a
+/// token no revoke attempt covers, no edge error but a network failure).
+pub fn check_history(
+    issues: &[IssueRec],
+    revokes: &[RevokeRec],
+    verifies: &[VerifyRec],
+    bound: Duration,
+) -> Vec<veto_chaos::checker::Violation> {
+    let h = History {
+        issues: issues.to_vec(),
+        revokes: revokes.to_vec(),
+        verifies: verifies.to_vec(),
+        ..History::default()
+    };
+    veto_chaos::checker::check_history(&h, bound)
 }
 
 /// Verifies continuously at every edge (in-process, `pause` between calls,
 /// the k-th call on token `(k * stride) % toks.len()`) until `stop` is set;
-/// each task returns its history with every outcome.
+/// each task returns its edge's verifies as the history checker records them.
 pub fn spawn_verifiers(
     edges: &[veto_edge::Edge],
-    toks: &[(String, String)],
+    toks: &[IssueRec],
     stride: usize,
     pause: Duration,
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<Vec<(VerifyOp, veto_feed::Outcome)>>> {
+) -> Vec<tokio::task::JoinHandle<Vec<VerifyRec>>> {
     edges
         .iter()
-        .map(|e| {
+        .enumerate()
+        .map(|(edge, e)| {
             let (h, stop, toks) = (e.handle.clone(), stop.clone(), toks.to_vec());
             tokio::spawn(async move {
                 let mut i = 0usize;
                 let mut local = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (jti, token) = &toks[(i * stride) % toks.len()];
-                    let start = std::time::Instant::now();
-                    let v = h.verify(token, &Default::default());
-                    local.push((
-                        VerifyOp {
-                            edge: h.options().edge_id.clone(),
-                            jti: jti.clone(),
-                            start,
-                            end: std::time::Instant::now(),
-                            accepted: v.outcome == veto_feed::Outcome::Valid,
-                            revoked: v.outcome == veto_feed::Outcome::Revoked,
-                        },
-                        v.outcome,
-                    ));
+                    let t = &toks[(i * stride) % toks.len()];
+                    let start = Instant::now();
+                    let v = h.verify(&t.token, &Default::default());
+                    local.push(VerifyRec {
+                        edge,
+                        jti: t.jti.clone(),
+                        start,
+                        end: Instant::now(),
+                        outcome: Some(veto_edge::service::outcome(v.outcome)),
+                        error: None,
+                    });
                     i += 1;
                     tokio::time::sleep(pause).await;
                 }
@@ -247,75 +293,6 @@ pub fn spawn_verifiers(
             })
         })
         .collect()
-}
-
-/// One verify in a recorded history.
-#[derive(Debug, Clone)]
-pub struct VerifyOp {
-    /// Which edge answered.
-    pub edge: String,
-    /// Token id verified.
-    pub jti: String,
-    /// Invocation time (harness clock).
-    pub start: std::time::Instant,
-    /// Completion time.
-    pub end: std::time::Instant,
-    /// Whether the edge accepted the token.
-    pub accepted: bool,
-    /// Whether the edge refused it as revoked.
-    pub revoked: bool,
-}
-
-/// A violation of the guarantee (docs/design.md, "The feed") found in a history.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Violation {
-    /// An edge accepted `jti` at or after (revoke ack + B).
-    AcceptedAfterBound {
-        /// The edge.
-        edge: String,
-        /// The token.
-        jti: String,
-        /// How long after the ack the verify started.
-        after_ack: Duration,
-    },
-    /// An edge refused an unrevoked token as revoked.
-    RefusedUnrevoked {
-        /// The edge.
-        edge: String,
-        /// The token.
-        jti: String,
-    },
-}
-
-/// Checks a history: `acks` maps jti -> the time its revoke was acknowledged
-/// to the caller; `attempted` holds every jti a revoke was sent for (acked or
-/// not). A verify that *started* at or after ack + `bound` must not accept.
-pub fn check_history(
-    ops: &[VerifyOp],
-    acks: &std::collections::HashMap<String, std::time::Instant>,
-    attempted: &std::collections::HashSet<String>,
-    bound: Duration,
-) -> Vec<Violation> {
-    let mut out = Vec::new();
-    for op in ops {
-        if op.accepted {
-            if let Some(t) = acks.get(&op.jti) {
-                if op.start >= *t + bound {
-                    out.push(Violation::AcceptedAfterBound {
-                        edge: op.edge.clone(),
-                        jti: op.jti.clone(),
-                        after_ack: op.start - *t,
-                    });
-                }
-            }
-        } else if op.revoked && !attempted.contains(&op.jti) {
-            out.push(Violation::RefusedUnrevoked {
-                edge: op.edge.clone(),
-                jti: op.jti.clone(),
-            });
-        }
-    }
-    out
 }
 
 /// GET `path` over HTTPS (HTTP/1.1), trusting `t`'s CA and presenting
@@ -417,36 +394,4 @@ pub fn python_env(name: &str, requirements: &str) -> Result<std::path::PathBuf> 
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8_lossy(&out.stdout).trim().into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::{HashMap, HashSet};
-    use std::time::Instant;
-
-    #[test]
-    fn checker_flags_late_acceptance_and_false_refusal() {
-        let t0 = Instant::now();
-        let b = Duration::from_millis(100);
-        let op = |jti: &str, start_ms: u64, accepted: bool, revoked: bool| VerifyOp {
-            edge: "e".into(),
-            jti: jti.into(),
-            start: t0 + Duration::from_millis(start_ms),
-            end: t0 + Duration::from_millis(start_ms + 1),
-            accepted,
-            revoked,
-        };
-        let acks = HashMap::from([("x".to_string(), t0)]);
-        let attempted = HashSet::from(["x".to_string()]);
-        let ok = [
-            op("x", 50, true, false),
-            op("x", 150, false, true),
-            op("y", 10, true, false),
-        ];
-        assert!(check_history(&ok, &acks, &attempted, b).is_empty());
-        let bad = [op("x", 100, true, false), op("y", 5, false, true)];
-        let v = check_history(&bad, &acks, &attempted, b);
-        assert_eq!(v.len(), 2, "{v:?}");
-    }
 }

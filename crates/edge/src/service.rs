@@ -46,7 +46,8 @@ pub struct Service {
     h: EdgeHandle,
 }
 
-fn outcome(o: Outcome) -> pb::Outcome {
+/// The wire form of a verdict's outcome.
+pub fn outcome(o: Outcome) -> pb::Outcome {
     match o {
         Outcome::Valid => pb::Outcome::Valid,
         Outcome::Malformed => pb::Outcome::Malformed,

@@ -101,7 +101,7 @@ async fn dashboard_renders_edges_and_propagation_in_chromium() -> anyhow::Result
     }
 
     // Chromium renders it.
-    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("t90_ui");
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("observability_ui");
     std::fs::create_dir_all(&out_dir)?;
     let profile = tempfile::tempdir()?;
     let url = format!("http://{}/ui", f.http_addr);

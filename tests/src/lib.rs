@@ -171,7 +171,16 @@ pub async fn verify_at(
     min_revision: u64,
 ) -> Result<pb::VerifyResponse, tonic::Status> {
     let addr = edge.grpc_addr.map(|a| a.to_string()).unwrap_or_default();
-    let ch = veto_testkit::channel(&addr).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    verify_addr(&addr, token, min_revision).await
+}
+
+/// Verifies `token` at the edge listening on `addr` (5 s deadline).
+pub async fn verify_addr(
+    addr: &str,
+    token: &str,
+    min_revision: u64,
+) -> Result<pb::VerifyResponse, tonic::Status> {
+    let ch = veto_testkit::channel(addr).map_err(|e| tonic::Status::internal(e.to_string()))?;
     let mut c = veto_proto::verifier_service_client::VerifierServiceClient::new(ch);
     let mut req = tonic::Request::new(pb::VerifyRequest {
         token: token.into(),

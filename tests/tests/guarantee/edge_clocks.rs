@@ -96,16 +96,7 @@ async fn start_edge(
 }
 
 async fn verify(e: &ClockEdge, token: &str, min_revision: u64) -> anyhow::Result<pb::Outcome> {
-    let mut c =
-        pb::verifier_service_client::VerifierServiceClient::new(veto_testkit::channel(&e.grpc)?);
-    let mut req = tonic::Request::new(pb::VerifyRequest {
-        token: token.into(),
-        required_scopes: vec![],
-        audience: None,
-        min_revision,
-    });
-    req.set_timeout(Duration::from_secs(5));
-    let r = c.verify(req).await?.into_inner();
+    let r = veto_tests::verify_addr(&e.grpc, token, min_revision).await?;
     Ok(pb::Outcome::try_from(r.outcome)?)
 }
 

@@ -142,6 +142,20 @@ impl Connected<IncomingStream<'_, TlsListener>> for Peer {
 /// and peers: it shows members, addresses and edges.
 pub const METRICS_PATHS: &[&str] = &["/metrics"];
 
+/// Path prefixes any veto certificate may reach, each answering for
+/// itself: the edge's gateway and introspection hooks serve every role, as
+/// gRPC `Verify` does (a gateway or OAuth client presents a `client`
+/// certificate); the servers' RFC 7009 revocation endpoint checks for an
+/// operator itself, so a refusal is the RFC's `invalid_client`.
+pub const VERIFIER_PATHS: &[&str] = &["/v1/forward-auth", "/oauth2/introspect", "/oauth2/revoke"];
+
+fn is_verifier_path(path: &str) -> bool {
+    VERIFIER_PATHS.iter().any(|p| {
+        path.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
 async fn require_cert(
     State(open): State<&'static [&'static str]>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -164,7 +178,7 @@ async fn require_cert(
     let role = peer.identity.as_ref().map(|i| i.role);
     let allowed = match role {
         Some(Role::Operator | Role::Server) => true,
-        Some(_) => METRICS_PATHS.contains(&path),
+        Some(_) => METRICS_PATHS.contains(&path) || is_verifier_path(path),
         None => false,
     };
     if allowed {
@@ -174,7 +188,7 @@ async fn require_cert(
         .increment(1);
     (
         StatusCode::FORBIDDEN,
-        "this path needs an operator or server certificate (metrics: any veto role)\n",
+        "this path needs an operator or server certificate (metrics and the edge's hooks: any veto role)\n",
     )
         .into_response()
 }

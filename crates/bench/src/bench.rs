@@ -25,7 +25,7 @@ use crate::common::{micros, q, read_token};
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// What to measure (the subcommand): issue, revoke, all (issue +
-    /// revoke), verify, propagation, scale or overhead.
+    /// revoke), verify, propagation, scale, overhead or gateways.
     #[arg(skip)]
     pub what: String,
     /// Concurrency levels (in-flight calls), comma-separated.
@@ -115,7 +115,11 @@ fn outcome<T>(op: &str, r: &Result<T, tonic::Status>) -> Option<bool> {
 
 /// Runs `c` workers for `dur`; each calls `op(worker, i)` until time is up
 /// or it returns `None` (out of work).
-async fn drive<F, Fut>(c: usize, dur: Duration, op: F) -> Result<(Histogram<u64>, u64, Duration)>
+pub(crate) async fn drive<F, Fut>(
+    c: usize,
+    dur: Duration,
+    op: F,
+) -> Result<(Histogram<u64>, u64, Duration)>
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Option<bool>> + Send,
@@ -178,6 +182,7 @@ pub async fn run(args: BenchArgs, json_out: bool) -> Result<()> {
         "propagation" => crate::edgebench::propagation(&args, json_out).await,
         "scale" => crate::edgebench::scale(json_out).await,
         "overhead" => crate::overhead::run(&args, json_out).await,
+        "gateways" => crate::gatewaybench::run(&args, json_out).await,
         _ => committed(&args, json_out).await,
     }
 }

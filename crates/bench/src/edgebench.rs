@@ -173,11 +173,13 @@ fn verify_transports(
 
 /// An edge on a runtime (and threads) of its own, as it would run in its
 /// own process, so the load generator's tasks do not queue its work.
-struct EdgeThread {
+pub(crate) struct EdgeThread {
     /// The running edge.
-    handle: veto_edge::EdgeHandle,
+    pub(crate) handle: veto_edge::EdgeHandle,
     /// Its Verify port.
-    grpc_addr: Option<std::net::SocketAddr>,
+    pub(crate) grpc_addr: Option<std::net::SocketAddr>,
+    /// Its HTTP port.
+    pub(crate) http_addr: Option<std::net::SocketAddr>,
     /// Tells the thread to stop the edge.
     stop_tx: tokio::sync::oneshot::Sender<()>,
     /// The thread.
@@ -186,7 +188,7 @@ struct EdgeThread {
 
 impl EdgeThread {
     /// Starts the edge with `opts` on a new 2-thread runtime.
-    async fn start(opts: veto_edge::Options) -> Result<Self> {
+    pub(crate) async fn start(opts: veto_edge::Options) -> Result<Self> {
         let (edge_tx, edge_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || -> Result<()> {
@@ -196,23 +198,24 @@ impl EdgeThread {
                 .build()?;
             rt.block_on(async move {
                 let edge = start_local_edge(opts).await?;
-                let _ = edge_tx.send((edge.handle.clone(), edge.grpc_addr));
+                let _ = edge_tx.send((edge.handle.clone(), edge.grpc_addr, edge.http_addr));
                 let _ = stop_rx.await;
                 edge.stop().await;
                 anyhow::Ok(())
             })
         });
-        let (handle, grpc_addr) = edge_rx.await.context("edge thread")?;
+        let (handle, grpc_addr, http_addr) = edge_rx.await.context("edge thread")?;
         Ok(Self {
             handle,
             grpc_addr,
+            http_addr,
             stop_tx,
             thread,
         })
     }
 
     /// Stops the edge and waits for its thread.
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop_tx.send(());
         let thread = self.thread;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;

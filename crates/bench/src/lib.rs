@@ -7,4 +7,5 @@ pub mod bench;
 mod common;
 pub mod demo;
 pub mod edgebench;
+pub mod gatewaybench;
 pub mod overhead;

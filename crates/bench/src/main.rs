@@ -36,6 +36,9 @@ enum Cmd {
     Scale(BenchArgs),
     /// What metrics and tracing cost on the verify path.
     Overhead(BenchArgs),
+    /// The edge's gateway hooks (ext_authz Check, forward-auth) against gRPC
+    /// Verify, and nginx with veto's auth_request against nginx alone.
+    Gateways(BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Cmd::Propagation(b) => ("propagation", Ok(b)),
         Cmd::Scale(b) => ("scale", Ok(b)),
         Cmd::Overhead(b) => ("overhead", Ok(b)),
+        Cmd::Gateways(b) => ("gateways", Ok(b)),
     };
     // `overhead` installs its own subscriber (with OTLP export) midway.
     if what != "overhead" {

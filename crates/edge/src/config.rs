@@ -52,6 +52,9 @@ pub struct Config {
     pub tls: veto_auth::TlsFiles,
     /// Plaintext, no client authentication (local demos and tests only).
     pub insecure: bool,
+    /// The gateway hooks: token header and scheme, identity headers and
+    /// per-route requirements (`[gateway]`, `[[gateway.routes]]`).
+    pub gateway: crate::gateway::Gateway,
 }
 
 impl Default for Config {
@@ -75,6 +78,7 @@ impl Default for Config {
             otlp_endpoint: None,
             tls: veto_auth::TlsFiles::default(),
             insecure: false,
+            gateway: o.gateway,
         }
     }
 }
@@ -191,6 +195,7 @@ impl Config {
                 exp_seconds: self.exp_leeway_secs,
             },
             clock_offset_warn_ms: self.clock_offset_warn_ms,
+            gateway: self.gateway.clone(),
             ..Options::default()
         };
         o.validate().map_err(ConfigError::Invalid)?;

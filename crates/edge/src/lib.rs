@@ -12,6 +12,9 @@
 
 pub mod config;
 pub mod error;
+pub mod ext_authz;
+pub mod gateway;
+pub mod hooks;
 pub mod service;
 pub mod subscription;
 
@@ -62,6 +65,9 @@ pub struct Options {
     /// Warn (log and `/healthz`) when this edge's clock differs from the
     /// leader's by more than this, ms.
     pub clock_offset_warn_ms: u64,
+    /// How the gateway hooks (ext_authz, forward-auth) find the token,
+    /// what each route requires and which headers carry the identity.
+    pub gateway: gateway::Gateway,
 }
 
 impl Default for Options {
@@ -81,6 +87,7 @@ impl Default for Options {
             transport: veto_auth::Transport::Insecure,
             leeway: Leeway::default(),
             clock_offset_warn_ms: DEFAULT_CLOCK_OFFSET_WARN_MS,
+            gateway: gateway::Gateway::default(),
         }
     }
 }
@@ -133,7 +140,7 @@ impl Options {
         if self.max_batch_items == 0 || self.max_token_bytes == 0 {
             return Err("max_batch_items and max_token_bytes must be greater than 0".into());
         }
-        Ok(())
+        self.gateway.validate().map_err(|e| e.to_string())
     }
 }
 
@@ -417,9 +424,9 @@ impl Edge {
         })
     }
 
-    /// Starts the replica, its subscription, VerifierService (with
-    /// grpc.health.v1 and reflection) on `grpc` and `/healthz` and
-    /// `/metrics` on `http`.
+    /// Starts the replica, its subscription, VerifierService and Envoy's
+    /// ext_authz (with grpc.health.v1 and reflection) on `grpc`, and
+    /// `/healthz`, `/metrics` and the HTTP hooks on `http`.
     pub async fn start(
         opts: Options,
         grpc: SocketAddr,
@@ -477,7 +484,8 @@ fn serve_grpc(
         policy: service::policy,
         limit: None,
         services: vec![veto_proto::verifier_service_server::SERVICE_NAME],
-        routes: tonic::service::Routes::new(service::server(h.clone())),
+        routes: tonic::service::Routes::new(service::server(h.clone()))
+            .add_service(ext_authz::server(h.clone())),
         ready: move || fresh.freshness().fresh,
     };
     Ok(veto_runtime::grpc::serve(port, listener, shutdown)?)

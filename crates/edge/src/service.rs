@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{any, get, post};
 use tonic::{Request, Response, Status};
 use veto_core::token::Requirements;
 use veto_feed::{Outcome, Verdict};
@@ -29,9 +29,9 @@ pub fn policy(path: &str) -> veto_auth::Access {
         return a;
     }
     match path {
-        "/veto.v1.VerifierService/Verify" | "/veto.v1.VerifierService/VerifyBatch" => {
-            veto_auth::Access::Authenticated
-        }
+        "/veto.v1.VerifierService/Verify"
+        | "/veto.v1.VerifierService/VerifyBatch"
+        | crate::ext_authz::CHECK_PATH => veto_auth::Access::Authenticated,
         _ => veto_auth::Access::Deny,
     }
 }
@@ -185,18 +185,23 @@ impl VerifierService for Service {
     }
 }
 
-/// `/healthz`: 200 while fresh, 503 with the reason when not; `/metrics`.
+/// `/healthz`: 200 while fresh, 503 with the reason when not; `/metrics`;
+/// the gateway and OAuth hooks ([`crate::hooks`]).
 pub fn http_router(h: EdgeHandle, metrics: veto_telemetry::Handle) -> axum::Router {
+    use crate::hooks::{forward_auth, introspect, FORWARD_AUTH_PATH, INTROSPECT_PATH};
     axum::Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(healthz))
+        .route(FORWARD_AUTH_PATH, any(forward_auth))
+        .route(&format!("{FORWARD_AUTH_PATH}/{{*rest}}"), any(forward_auth))
+        .route(INTROSPECT_PATH, post(introspect))
         .with_state(Http { h, metrics })
 }
 
 /// What the edge's HTTP handlers share.
 #[derive(Clone)]
-struct Http {
-    h: EdgeHandle,
+pub(crate) struct Http {
+    pub(crate) h: EdgeHandle,
     metrics: veto_telemetry::Handle,
 }
 

@@ -117,6 +117,8 @@ pub struct Verdict {
     pub claims: Option<Claims>,
     /// Answered outside the bound (fail-open only).
     pub stale: bool,
+    /// The signing key, when the signature verified.
+    pub kid: Option<Kid>,
 }
 
 impl Verdict {
@@ -131,7 +133,13 @@ impl Verdict {
             reason: reason.into(),
             claims,
             stale,
+            kid: None,
         }
+    }
+
+    fn signed_by(mut self, kid: Kid) -> Self {
+        self.kid = Some(kid);
+        self
     }
 }
 
@@ -480,13 +488,13 @@ impl Replica {
             }
             self.cache.insert(ck);
         }
-        let c = parsed.claims;
+        let (c, kid) = (parsed.claims, parsed.kid);
         if let Some(reason) = self.revoked(&c, now) {
-            return Verdict::no(Outcome::Revoked, reason, Some(c), stale);
+            return Verdict::no(Outcome::Revoked, reason, Some(c), stale).signed_by(kid);
         }
         if c.exp <= self.expired_through {
             let reason = format!("expired at {} (on the cluster's clock)", c.exp);
-            return Verdict::no(Outcome::Expired, reason, Some(c), stale);
+            return Verdict::no(Outcome::Expired, reason, Some(c), stale).signed_by(kid);
         }
         if let Err(e) = token::check_claims(&c, now_unix, req, self.leeway) {
             let o = match e {
@@ -498,13 +506,14 @@ impl Replica {
                 token::Error::InsufficientScope => Outcome::InsufficientScope,
                 _ => Outcome::Malformed,
             };
-            return Verdict::no(o, e.to_string(), Some(c), stale);
+            return Verdict::no(o, e.to_string(), Some(c), stale).signed_by(kid);
         }
         Verdict {
             outcome: Outcome::Valid,
             reason: String::new(),
             claims: Some(c),
             stale,
+            kid: Some(kid),
         }
     }
 

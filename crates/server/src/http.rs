@@ -1,11 +1,12 @@
 //! HTTP endpoints: `/healthz`, `/readyz`, `/.well-known/jwks.json`,
 //! `/metrics`, the JSON status (`/api/v1/status`, see docs/status-api.md)
-//! and the dashboard (`/ui`, assets compiled in).
+//! the dashboard (`/ui`, assets compiled in) and RFC 7009 revocation
+//! (`/oauth2/revoke`, [`crate::oauth`]).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use openraft::ServerState;
 
@@ -16,8 +17,8 @@ use veto_proto as pb;
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
 pub struct Http {
-    node: Node,
-    hub: crate::feed::Hub,
+    pub(crate) node: Node,
+    pub(crate) hub: crate::feed::Hub,
     metrics: veto_telemetry::Handle,
 }
 
@@ -34,6 +35,7 @@ pub fn router(node: Node, hub: crate::feed::Hub, metrics: veto_telemetry::Handle
         .route("/ui/", get(ui_index))
         .route("/ui/app.js", get(ui_js))
         .route("/ui/style.css", get(ui_css))
+        .route(crate::oauth::REVOKE_PATH, post(crate::oauth::revoke))
         .with_state(st)
 }
 

@@ -15,6 +15,7 @@ pub mod feed;
 pub mod feed_codec;
 pub mod http;
 pub mod node;
+pub mod oauth;
 pub mod raft;
 pub mod routing;
 pub mod token_service;

@@ -149,6 +149,11 @@ impl Node {
             .map(|n| n.addr.clone())
     }
 
+    /// The transport this node serves and dials with.
+    pub fn transport(&self) -> &veto_auth::Transport {
+        &self.inner.transport
+    }
+
     /// A cached channel to a peer's gRPC endpoint.
     pub fn channel_to(&self, addr: &str) -> Result<Channel> {
         let mut peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());

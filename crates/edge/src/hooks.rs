@@ -1,0 +1,227 @@
+//! The edge's HTTP hooks for gateways and OAuth clients:
+//!
+//! - `/v1/forward-auth` (any method, and any path below it): the
+//!   forward-auth form nginx `auth_request`, Traefik `forwardAuth` and Caddy
+//!   `forward_auth` expect — the status decides (200, 401, 403, 503), the
+//!   identity rides in response headers, the original method and URI come
+//!   from `X-Original-Method`/`X-Original-URI` (nginx) or
+//!   `X-Forwarded-Method`/`X-Forwarded-Uri` (Traefik, Caddy), and the query
+//!   may name `scope` and `audience` for this hook.
+//! - `POST /oauth2/introspect`: RFC 7662 token introspection, with veto's
+//!   revision and staleness as extension fields.
+
+use std::collections::HashMap;
+
+use axum::extract::{Form, FromRequest, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use veto_core::token::Requirements;
+use veto_feed::Outcome;
+
+use crate::gateway::{Decision, Denial, Required};
+use crate::service::Http;
+
+/// The forward-auth path (and prefix).
+pub const FORWARD_AUTH_PATH: &str = "/v1/forward-auth";
+/// The RFC 7662 introspection path.
+pub const INTROSPECT_PATH: &str = "/oauth2/introspect";
+
+fn first<'a>(h: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
+    names
+        .iter()
+        .find_map(|n| h.get(*n).and_then(|v| v.to_str().ok()))
+        .filter(|v| !v.is_empty())
+}
+
+/// The request the gateway is asking about: its method and path.
+fn original<'a>(h: &'a HeaderMap, method: &'a Method, uri: &'a Uri) -> (&'a str, String) {
+    let m = first(h, &["x-original-method", "x-forwarded-method"]).unwrap_or(method.as_str());
+    let path = match first(h, &["x-original-uri", "x-forwarded-uri"]) {
+        Some(u) => u.to_owned(),
+        None => {
+            let rest = uri.path().strip_prefix(FORWARD_AUTH_PATH).unwrap_or("");
+            if rest.is_empty() {
+                "/".to_owned()
+            } else {
+                rest.to_owned()
+            }
+        }
+    };
+    (m, path)
+}
+
+fn refusal(d: Denial) -> Response {
+    let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::UNAUTHORIZED);
+    let mut r = (status, format!("{}\n", d.reason)).into_response();
+    if let Some(w) = d
+        .www_authenticate
+        .and_then(|w| HeaderValue::from_str(&w).ok())
+    {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, w);
+    }
+    if let Some(s) = d.retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    r
+}
+
+/// The forward-auth hook.
+pub(crate) async fn forward_auth(
+    State(s): State<Http>,
+    Query(q): Query<HashMap<String, String>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let g = &s.h.options().gateway;
+    let token = headers
+        .get(g.token_header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| g.token(v));
+    let Some(token) = token else {
+        return refusal(g.no_token());
+    };
+    let (m, path) = original(&headers, &method, &uri);
+    let (qs, qa) = (q.get("scope"), q.get("audience"));
+    let req = if qs.is_some() || qa.is_some() {
+        Required::parse(qs.map(String::as_str), qa.map(String::as_str))
+    } else {
+        match g.route(m, &path) {
+            Some(rule) => Required {
+                scopes: rule.scopes.clone(),
+                audience: rule.audience.clone(),
+            },
+            None => Required::default(),
+        }
+    };
+    let v = s.h.verify(
+        token,
+        &Requirements {
+            audience: req.audience.as_deref(),
+            scopes: &req.scopes,
+        },
+    );
+    match g.decide(&v, &req, s.h.revision()) {
+        Decision::Allow(a) => {
+            let mut r = StatusCode::OK.into_response();
+            for (k, v) in a.headers {
+                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+                    r.headers_mut().insert(k, v);
+                }
+            }
+            r
+        }
+        Decision::Deny(d) => refusal(d),
+    }
+}
+
+/// Verifies `token` for introspection: every check `Verify` makes except
+/// the audience, which RFC 7662 leaves to the resource server (the answer
+/// carries `aud`). A token for an audience is checked again naming its own
+/// audience, so revocation, keys and time still decide.
+fn verify_any_audience(h: &crate::EdgeHandle, token: &str) -> veto_feed::Verdict {
+    let v = h.verify(
+        token,
+        &Requirements {
+            audience: None,
+            scopes: &[],
+        },
+    );
+    let aud = match (&v.outcome, &v.claims) {
+        (Outcome::WrongAudience, Some(c)) => c.aud.clone(),
+        _ => None,
+    };
+    match aud {
+        Some(aud) => h.verify(
+            token,
+            &Requirements {
+                audience: Some(&aud),
+                scopes: &[],
+            },
+        ),
+        None => v,
+    }
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    let body = json!({ "error": error, "error_description": description });
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// RFC 7662 introspection: `token` (and an ignored `token_type_hint`) in
+/// an `application/x-www-form-urlencoded` body.
+pub(crate) async fn introspect(State(s): State<Http>, req: Request) -> Response {
+    // A body that is not a form is an invalid request (RFC 6749 §5.2), not
+    // axum's 415.
+    let Ok(Form(form)) = Form::<HashMap<String, String>>::from_request(req, &()).await else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        );
+    };
+    let Some(token) = form.get("token").filter(|t| !t.is_empty()) else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the token parameter is required",
+        );
+    };
+    let v = verify_any_audience(&s.h, token);
+    let revision = s.h.revision();
+    if v.outcome == Outcome::Stale {
+        let mut r = oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            &v.reason,
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+        return r;
+    }
+    let fresh_age_ms =
+        s.h.freshness()
+            .age
+            .map(|a| a.as_secs_f64() * 1e3)
+            .unwrap_or(-1.0);
+    let body = match (&v.outcome, &v.claims) {
+        (Outcome::Valid, Some(c)) => {
+            let mut b = json!({
+                "active": true,
+                "scope": c.scope,
+                "sub": c.sub,
+                "exp": c.exp,
+                "iat": c.iat,
+                "nbf": c.nbf,
+                "jti": c.jti.to_string(),
+                "token_type": "Bearer",
+                "veto_family": c.fam.to_string(),
+                "veto_revision": revision,
+                "veto_stale": v.stale,
+                "veto_fresh_age_ms": fresh_age_ms,
+            });
+            if let (Some(aud), Some(o)) = (&c.aud, b.as_object_mut()) {
+                o.insert("aud".into(), json!(aud));
+            }
+            if let (Some(kid), Some(o)) = (v.kid, b.as_object_mut()) {
+                o.insert("veto_kid".into(), json!(kid.to_string()));
+            }
+            b
+        }
+        // RFC 7662 §2.2: nothing more about a token that is not active.
+        _ => json!({ "active": false, "veto_revision": revision, "veto_stale": v.stale }),
+    };
+    (
+        StatusCode::OK,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(body),
+    )
+        .into_response()
+}

@@ -1,0 +1,183 @@
+//! Debian's nginx, configured with the `nginx-run` block of
+//! docs/integrations.md as documented (only its ports changed), with
+//! `auth_request` to the edge's forward-auth hook in front of an upstream
+//! that echoes what it received.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use veto_testkit::{eventually, http_request, Cluster, ClusterOptions, HttpAnswer};
+
+use crate::{doc_check, echoed, gateway_edge, issue, jti, make_stale, revoke, Upstream};
+
+/// An nginx process (no daemon, no master) on a temporary prefix.
+pub struct Nginx {
+    /// Where it listens, `127.0.0.1:port`.
+    pub addr: String,
+    child: tokio::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// `nginx -t` on `conf` in a scratch prefix; the test's output or why
+    /// it failed.
+    pub fn test(conf: &str) -> Result<String> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf)?;
+        let out = std::process::Command::new("nginx")
+            .args(nginx_args(dir.path(), &path))
+            .arg("-t")
+            .output()
+            .context("cannot run nginx (scripts/deps.sh test installs nginx-light)")?;
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        anyhow::ensure!(out.status.success(), "nginx -t refused:\n{text}\n{conf}");
+        Ok(text)
+    }
+
+    /// Starts nginx with the documented `nginx-run` configuration, its
+    /// ports moved to a free one, the edge's HTTP address and `upstream`.
+    pub async fn start(doc: &str, edge_http: &str, upstream: &str) -> Result<Nginx> {
+        let addr = veto_testkit::free_addr()?;
+        let mut conf = doc.to_owned();
+        for (from, to) in [
+            ("listen 8080;", format!("listen {addr};")),
+            ("server 127.0.0.1:7580;", format!("server {edge_http};")),
+            (
+                "proxy_pass http://127.0.0.1:9000;",
+                format!("proxy_pass http://{upstream};"),
+            ),
+        ] {
+            anyhow::ensure!(conf.contains(from), "the nginx-run block lost `{from}`");
+            conf = conf.replace(from, &to);
+        }
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, &conf)?;
+        let child = tokio::process::Command::new("nginx")
+            .args(nginx_args(dir.path(), &path))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start nginx (scripts/deps.sh test installs nginx-light)")?;
+        let n = Nginx { addr, child, dir };
+        eventually(
+            "nginx to listen",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || async { http_request(&n.addr, "GET", "/", &[], "").await.ok() },
+        )
+        .await
+        .with_context(|| n.error_log())?;
+        Ok(n)
+    }
+
+    /// nginx's error log, for failure messages.
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Foreground, single process, pid and logs inside `prefix`.
+fn nginx_args(prefix: &Path, conf: &Path) -> Vec<String> {
+    let p = prefix.display();
+    vec![
+        "-p".into(),
+        format!("{p}/"),
+        "-c".into(),
+        conf.display().to_string(),
+        "-g".into(),
+        format!("daemon off; master_process off; pid {p}/nginx.pid; error_log {p}/error.log warn;"),
+    ]
+}
+
+/// GET `path` through nginx with `token` (as a Bearer token) and a forged
+/// identity header a client might send.
+async fn get(nginx: &Nginx, path: &str, token: Option<&str>) -> Result<HttpAnswer> {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("X-Veto-Subject", "mallory")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    http_request(&nginx.addr, "GET", path, &headers, "").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_auth_request_passes_refuses_and_fails_closed() -> Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    let node = &cluster.nodes[2];
+    let reader = issue(node, "svc:orders", &["read"], None).await?;
+    let ops = issue(node, "svc:ops", &["admin", "read"], None).await?;
+    let edge = gateway_edge(node, "nginx-edge").await?;
+    let upstream = Upstream::start().await?;
+    let edge_http = edge.http_addr.context("edge without HTTP")?.to_string();
+    let nginx = Nginx::start(&doc_check("nginx-run")?, &edge_http, &upstream.addr).await?;
+
+    // A valid token reaches the upstream with its identity, and a forged
+    // identity header does not.
+    let r = get(&nginx, "/orders/7?x=1", Some(&reader.token)).await?;
+    assert_eq!(r.status, 200, "{r:?}\n{}", nginx.error_log());
+    let rec = reader.record.clone().unwrap_or_default();
+    assert_eq!(
+        echoed(&r.body, "x-veto-subject"),
+        Some("svc:orders"),
+        "{}",
+        r.body
+    );
+    assert_eq!(echoed(&r.body, "x-veto-scopes"), Some("read"), "{}", r.body);
+    assert_eq!(
+        echoed(&r.body, "x-veto-jti"),
+        Some(rec.jti.as_str()),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        echoed(&r.body, "x-veto-kid"),
+        Some(rec.kid.as_str()),
+        "{}",
+        r.body
+    );
+
+    // No token, or not one veto signed: 401 with the RFC 6750 challenge.
+    let r = get(&nginx, "/orders/7", None).await?;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"veto\""));
+    let r = get(&nginx, "/orders/7", Some("eyJhbGciOiJub25lIn0.e30.")).await?;
+    assert_eq!(r.status, 401, "{r:?}");
+    let w = r.header("www-authenticate").unwrap_or_default();
+    assert!(w.contains("error=\"invalid_token\""), "{w}");
+
+    // /admin needs the admin scope (the edge's route rule).
+    let r = get(&nginx, "/admin/users", Some(&reader.token)).await?;
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = get(&nginx, "/admin/users", Some(&ops.token)).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(echoed(&r.body, "x-veto-subject"), Some("svc:ops"));
+
+    // Revoked: refused by nginx from the ack + B on.
+    let ack = revoke(&cluster.nodes[0], &jti(&reader)).await?;
+    let after = crate::refused_from_ack_plus_bound(ack, || async {
+        Ok(get(&nginx, "/orders/7", Some(&reader.token)).await?.status == 200)
+    })
+    .await?;
+    let r = get(&nginx, "/orders/7", Some(&reader.token)).await?;
+    assert_eq!(r.status, 401, "{r:?}");
+    let w = r.header("www-authenticate").unwrap_or_default();
+    assert!(w.contains("revoked"), "{w}");
+    eprintln!("nginx: {after} requests at or after ack + B, all refused");
+
+    // The edge's only server dies: once stale, nginx fails closed with 503.
+    make_stale(&mut cluster, 3, &edge).await?;
+    let r = get(&nginx, "/orders/7", Some(&ops.token)).await?;
+    assert_eq!(r.status, 503, "{r:?}\n{}", nginx.error_log());
+    assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
+    Ok(())
+}

@@ -315,7 +315,8 @@ async fn nginx_turns(
         for (port, row) in [(alone, &mut rows.alone), (auth, &mut rows.with_auth)] {
             let out = tokio::process::Command::new("wrk")
                 .args(["-t", &threads.to_string(), "-c", &c.to_string()])
-                .args(["-d", &format!("{}ms", turn.as_millis().max(1_000))])
+                // wrk takes whole seconds (s, m, h).
+                .args(["-d", &format!("{}s", turn.as_secs().max(1))])
                 .arg("--latency")
                 .arg("-s")
                 .arg(&script)
@@ -325,7 +326,8 @@ async fn nginx_turns(
                 .context("wrk (scripts/deps.sh bench installs it)")?;
             anyhow::ensure!(
                 out.status.success(),
-                "wrk: {}",
+                "wrk: {}{}",
+                String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
             parse_wrk(&String::from_utf8_lossy(&out.stdout), row)?;

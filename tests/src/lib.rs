@@ -27,6 +27,7 @@ pub async fn issue(node: &Node, sub: &str, ttl_seconds: u64) -> Result<pb::Issue
         scopes: vec!["read".into()],
         aud: None,
         ttl_seconds,
+        ..Default::default()
     };
     eventually(
         "an issued token",

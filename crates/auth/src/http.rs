@@ -169,6 +169,19 @@ async fn require_cert(
     if !peer.verified {
         metrics::counter!(veto_telemetry::AUTH_DENIED_TOTAL, "reason" => "unauthenticated")
             .increment(1);
+        if path.starts_with("/oauth2/") {
+            // RFC 6749 §5.2, as RFC 7662 §2.3 and RFC 7009 §2.2.1 ask.
+            return (
+                StatusCode::UNAUTHORIZED,
+                [
+                    (axum::http::header::WWW_AUTHENTICATE, "Mutual-TLS realm=\"veto\""),
+                    (axum::http::header::CACHE_CONTROL, "no-store"),
+                    (axum::http::header::CONTENT_TYPE, "application/json"),
+                ],
+                "{\"error\":\"invalid_client\",\"error_description\":\"a client certificate signed by the veto CA is required\"}",
+            )
+                .into_response();
+        }
         return (
             StatusCode::UNAUTHORIZED,
             "a client certificate signed by the veto CA is required\n",
@@ -179,7 +192,8 @@ async fn require_cert(
     let allowed = match role {
         Some(Role::Operator | Role::Server) => true,
         Some(_) => METRICS_PATHS.contains(&path) || is_verifier_path(path),
-        None => false,
+        // Like Verify: any certificate the CA signed may use the hooks.
+        None => is_verifier_path(path),
     };
     if allowed {
         return next.run(req).await;

@@ -93,6 +93,7 @@ pub(crate) fn read_token(sub: String, ttl_seconds: u64) -> pb::IssueRequest {
         scopes: vec!["read".into()],
         aud: None,
         ttl_seconds,
+        ..Default::default()
     }
 }
 

@@ -220,6 +220,7 @@ async fn issue_and_verify(
         scopes: vec!["orders:read".into(), "orders:write".into()],
         aud: Some(AUDIENCE.into()),
         ttl_seconds: 3600,
+        ..Default::default()
     };
     let issued = issue_first(&tokens, req).await?;
     let rec = issued.record.clone().unwrap_or_default();

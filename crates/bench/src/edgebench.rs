@@ -47,6 +47,7 @@ pub(crate) async fn cluster_with_key_opts(mut opts: ClusterOptions) -> Result<(C
         scopes: vec![],
         aud: None,
         ttl_seconds: 60,
+        ..Default::default()
     };
     issue_first(&probe, warmup).await?;
     Ok((cluster, addr))

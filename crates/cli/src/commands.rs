@@ -126,6 +126,9 @@ pub(crate) async fn token(t: TokenCmd, mut tokens: Tokens, j: bool) -> Result<()
                 scopes: a.scopes,
                 aud: a.aud,
                 ttl_seconds: a.ttl,
+                owner: a.owner,
+                description: a.description,
+                labels: a.labels.into_iter().collect(),
             };
             let r = tokens.issue(req).await.map_err(status_err)?;
             output::print_issued(j, &r.into_inner());
@@ -151,6 +154,11 @@ pub(crate) async fn token(t: TokenCmd, mut tokens: Tokens, j: bool) -> Result<()
         TokenCmd::List {
             sub,
             family,
+            owner,
+            selector,
+            status,
+            kid,
+            expires_within,
             page_size,
             page_token,
         } => {
@@ -159,6 +167,11 @@ pub(crate) async fn token(t: TokenCmd, mut tokens: Tokens, j: bool) -> Result<()
                 family,
                 page_size,
                 page_token,
+                owner,
+                selector,
+                status: status.unwrap_or_default(),
+                kid,
+                expires_within_seconds: expires_within,
             };
             let r = tokens.list(req).await.map_err(status_err)?;
             output::print_token_list(j, &r.into_inner());
@@ -215,6 +228,19 @@ async fn token_revoke(t: TokenCmd, mut tokens: Tokens, j: bool) -> Result<()> {
                 wait_timeout_ms: wait.wait_timeout_ms,
             };
             (tokens.revoke_family(req).await, wait.wait_edges)
+        }
+        TokenCmd::RevokeSelector {
+            selector,
+            reason,
+            wait,
+        } => {
+            let req = pb::RevokeSelectorRequest {
+                selector,
+                reason,
+                wait_for: wait.wait_for(),
+                wait_timeout_ms: wait.wait_timeout_ms,
+            };
+            (tokens.revoke_selector(req).await, wait.wait_edges)
         }
         other => bail!("not a revoke command: {other:?}"),
     };

@@ -311,6 +311,17 @@ pub enum TokenCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Revoke every live token whose labels match a selector, e.g.
+    /// `version=1.4` or `app=api,version!=2.0` (`key`, `!key` test presence).
+    RevokeSelector {
+        /// The selector.
+        selector: String,
+        /// Reason for the audit trail.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Show one token's record and status.
     Get {
         /// jti of the token.
@@ -324,6 +335,21 @@ pub enum TokenCmd {
         /// Only this family.
         #[arg(long)]
         family: Option<String>,
+        /// Only this owner.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Only tokens whose labels match this selector (`version=1.4,app=api`).
+        #[arg(long)]
+        selector: Option<String>,
+        /// Only tokens in this status: active, revoked, revoke-pending, expired.
+        #[arg(long, value_parser = parse_status)]
+        status: Option<i32>,
+        /// Only tokens signed by this key id.
+        #[arg(long)]
+        kid: Option<String>,
+        /// Only live tokens expiring within this many seconds.
+        #[arg(long, default_value_t = 0)]
+        expires_within: u64,
         /// Page size (1..=1000).
         #[arg(long, default_value_t = 100)]
         page_size: u32,
@@ -331,6 +357,20 @@ pub enum TokenCmd {
         #[arg(long, default_value = "")]
         page_token: String,
     },
+}
+
+fn parse_status(s: &str) -> Result<i32, String> {
+    Ok(match s {
+        "active" => pb::TokenStatus::Active,
+        "revoked" => pb::TokenStatus::Revoked,
+        "revoke-pending" => pb::TokenStatus::RevokePending,
+        "expired" => pb::TokenStatus::Expired,
+        other => {
+            return Err(format!(
+                "{other:?}: use active, revoked, revoke-pending or expired"
+            ))
+        }
+    } as i32)
 }
 
 /// Waiting for the edges after a revoke.
@@ -370,6 +410,19 @@ pub struct IssueArgs {
     /// Lifetime in seconds (0 = the cluster default).
     #[arg(long, default_value_t = 0)]
     pub ttl: u64,
+    /// Who answers for the token (default: you, as your certificate's role:CN).
+    #[arg(long, default_value = "")]
+    pub owner: String,
+    /// What the token is for.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// A label KEY=VALUE (repeatable), e.g. --label version=1.4.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    veto_core::labels::parse_pair(s).map_err(|e| e.to_string())
 }
 
 /// `veto keys ...`

@@ -41,7 +41,8 @@ pub(crate) fn record_json(r: &pb::TokenRecord) -> serde_json::Value {
     json!({
         "jti": r.jti, "sub": r.sub, "scopes": r.scopes, "aud": r.aud, "iat": r.iat, "nbf": r.nbf,
         "exp": r.exp, "family": r.family, "kid": r.kid, "issued_revision": r.issued_revision,
-        "successor": r.successor,
+        "successor": r.successor, "owner": r.owner, "description": r.description,
+        "labels": r.labels, "issued_by": r.issued_by,
     })
 }
 
@@ -143,7 +144,19 @@ pub(crate) fn print_info(t: &pb::TokenInfo) {
     println!("iat/exp    {} / {}", rec.iat, rec.exp);
     println!("family     {}", rec.family);
     println!("kid        {}", rec.kid);
-    println!("issued at  revision {}", rec.issued_revision);
+    println!(
+        "issued at  revision {} by {}",
+        rec.issued_revision, rec.issued_by
+    );
+    println!("owner      {}", rec.owner);
+    if !rec.description.is_empty() {
+        println!("about      {}", rec.description);
+    }
+    if !rec.labels.is_empty() {
+        let mut labels: Vec<String> = rec.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        println!("labels     {}", labels.join(","));
+    }
     if let Some(s) = &rec.successor {
         println!("successor  {s}");
     }
@@ -266,16 +279,17 @@ pub(crate) fn print_token_list(j: bool, r: &pb::ListTokensResponse) {
         return;
     }
     println!(
-        "{:<32}  {:<14}  {:<20}  {:>10}",
-        "jti", "status", "sub", "exp"
+        "{:<32}  {:<14}  {:<20}  {:<20}  {:>10}",
+        "jti", "status", "sub", "owner", "exp"
     );
     for t in &r.tokens {
         let rec = t.record.clone().unwrap_or_default();
         println!(
-            "{:<32}  {:<14}  {:<20}  {:>10}",
+            "{:<32}  {:<14}  {:<20}  {:<20}  {:>10}",
             rec.jti,
             token_status(t.status),
             rec.sub,
+            rec.owner,
             rec.exp
         );
     }

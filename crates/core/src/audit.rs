@@ -234,6 +234,21 @@ fn revoke_event(ev: &Ev<'_>, s: &State, cmd: &Command) -> Option<AuditEvent> {
             actor,
             ..
         } => ev.event(Some(*at), actor, None, family.to_string(), reason),
+        Command::RevokeSelector {
+            selector,
+            reason,
+            at,
+            actor,
+        } => ev.event(
+            Some(*at),
+            actor,
+            None,
+            format!(
+                "selector {selector} ({} tokens)",
+                s.revoked_by_selector(selector, ev.revision).len()
+            ),
+            reason,
+        ),
         _ => return None,
     })
 }

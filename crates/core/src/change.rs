@@ -135,6 +135,16 @@ impl State {
                     });
                 }
             }
+            Command::RevokeSelector { selector, .. } => {
+                for (jti, r) in self.revoked_by_selector(selector, revision) {
+                    out.push(EdgeChange::TokenRevoked {
+                        jti,
+                        exp: r.exp,
+                        effective_at: r.effective_at,
+                        grace_ms: 0,
+                    });
+                }
+            }
             Command::PublishKey { kid, public, .. } => out.push(EdgeChange::KeyPublished {
                 kid: *kid,
                 public: *public,

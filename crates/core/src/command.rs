@@ -36,6 +36,17 @@ pub struct NewToken {
     /// Revision the leader had applied when it signed (the token's `rev`).
     #[serde(default)]
     pub rev: u64,
+    /// Who answers for the token (a team, a service, a person); the
+    /// issuing actor when the request names none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+    /// What the token is for, in the issuer's words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// `key=value` labels (e.g. `version=1.4`), for listing and revoking
+    /// by selector.
+    #[serde(default, skip_serializing_if = "crate::labels::Labels::is_empty")]
+    pub labels: crate::labels::Labels,
 }
 
 /// A replicated command.
@@ -111,6 +122,19 @@ pub enum Command {
         /// Audit reason.
         reason: String,
         /// Leader's time.
+        at: i64,
+        /// Caller.
+        actor: Actor,
+    },
+    /// Revoke every live token whose labels match a selector, each as by
+    /// jti ("retire every token of `version=1.4`"). Tokens issued later
+    /// with matching labels are not covered.
+    RevokeSelector {
+        /// Terms every revoked token's labels satisfy.
+        selector: crate::labels::Selector,
+        /// Audit reason.
+        reason: String,
+        /// Leader's time: tokens expired by then are left alone.
         at: i64,
         /// Caller.
         actor: Actor,
@@ -197,6 +221,7 @@ impl Command {
             Command::RevokeToken { .. } => "revoke_token",
             Command::RevokeSubject { .. } => "revoke_subject",
             Command::RevokeFamily { .. } => "revoke_family",
+            Command::RevokeSelector { .. } => "revoke_selector",
             Command::PublishKey { .. } => "publish_key",
             Command::ActivateKey { .. } => "activate_key",
             Command::RetireKey { .. } => "retire_key",
@@ -361,6 +386,9 @@ impl std::fmt::Display for Command {
                 write!(f, "revoke_subject sub={sub} before={before}")
             }
             Command::RevokeFamily { family, .. } => write!(f, "revoke_family fam={family}"),
+            Command::RevokeSelector { selector, .. } => {
+                write!(f, "revoke_selector selector={selector}")
+            }
             Command::PublishKey { kid, .. } => write!(f, "publish_key kid={kid}"),
             Command::ActivateKey { kid, .. } => write!(f, "activate_key kid={kid}"),
             Command::RetireKey { kid, .. } => write!(f, "retire_key kid={kid}"),

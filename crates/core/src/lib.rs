@@ -14,6 +14,7 @@ pub mod claims;
 pub mod command;
 pub mod ids;
 pub mod kek;
+pub mod labels;
 pub mod limits;
 pub mod state;
 pub mod token;

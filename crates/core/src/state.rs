@@ -263,6 +263,12 @@ impl State {
                 at,
                 actor,
             } => self.revoke_family(revision, *family, *drop_after, reason, *at, actor),
+            Command::RevokeSelector {
+                selector,
+                reason,
+                at,
+                actor,
+            } => self.revoke_selector(revision, selector, reason, *at, actor),
             Command::PublishKey {
                 kid,
                 public,
@@ -505,6 +511,70 @@ impl State {
         self.revoked_families
             .insert(family, Cutoff::new(cut, revision, reason, actor));
         Ok(Response::revoked(revision))
+    }
+
+    fn revoke_selector(
+        &mut self,
+        revision: u64,
+        selector: &crate::labels::Selector,
+        reason: &str,
+        at: i64,
+        actor: &Actor,
+    ) -> Result<Response, Rejection> {
+        let mut matched = 0u64;
+        let mut earliest_in_force: Option<u64> = None;
+        let mut revoke = Vec::new();
+        for (jti, rec) in &self.tokens {
+            if rec.token.exp <= at || !selector.matches(&rec.token.labels) {
+                continue;
+            }
+            matched += 1;
+            match self.revoked_tokens.get(jti) {
+                Some(r) if r.effective_at <= at => {
+                    earliest_in_force =
+                        Some(earliest_in_force.map_or(r.revision, |e| e.min(r.revision)));
+                }
+                _ => revoke.push((*jti, rec.token.exp)),
+            }
+        }
+        if matched == 0 {
+            return Err(not_found("live tokens matching", selector));
+        }
+        if revoke.is_empty() {
+            return Ok(Response::already_revoked(
+                earliest_in_force.unwrap_or(revision),
+            ));
+        }
+        for (jti, exp) in revoke {
+            self.revoked_tokens.insert(
+                jti,
+                Revocation {
+                    exp,
+                    effective_at: at,
+                    revision,
+                    reason: reason.to_owned(),
+                    actor: actor.clone(),
+                },
+            );
+        }
+        Ok(Response::revoked(revision))
+    }
+
+    /// The tokens a selector revoke at `revision` revoked, with their
+    /// revocations (what edges must learn, and what the audit counts).
+    pub fn revoked_by_selector(
+        &self,
+        selector: &crate::labels::Selector,
+        revision: u64,
+    ) -> Vec<(Jti, &Revocation)> {
+        self.tokens
+            .iter()
+            .filter(|(_, rec)| selector.matches(&rec.token.labels))
+            .filter_map(|(jti, _)| {
+                let r = self.revoked_tokens.get(jti)?;
+                (r.revision == revision).then_some((*jti, r))
+            })
+            .collect()
     }
 
     fn publish_key(
@@ -855,6 +925,34 @@ impl State {
         (status, rev)
     }
 
+    /// Up to `limit` records matching `f` after `after` (exclusive),
+    /// ordered by jti, looking at no more than `scan` records; the second
+    /// value is the last record looked at when the scan stopped early (a
+    /// caller pages on from there).
+    pub fn list_where(
+        &self,
+        f: &TokenFilter<'_>,
+        after: Option<Jti>,
+        limit: usize,
+        scan: usize,
+    ) -> (Vec<&TokenRecord>, Option<Jti>) {
+        let mut out = Vec::new();
+        let mut last = None;
+        for (n, rec) in self.records_after(f.sub, f.family, after).enumerate() {
+            if out.len() >= limit {
+                return (out, None);
+            }
+            if n >= scan {
+                return (out, last);
+            }
+            last = Some(rec.token.jti);
+            if f.matches(self, rec) {
+                out.push(rec);
+            }
+        }
+        (out, None)
+    }
+
     /// Up to `limit` records after `after` (exclusive), ordered by jti,
     /// optionally only of one subject or family.
     pub fn list(
@@ -864,9 +962,23 @@ impl State {
         after: Option<Jti>,
         limit: usize,
     ) -> Vec<&TokenRecord> {
+        self.records_after(sub, family, after).take(limit).collect()
+    }
+
+    /// Records after `after` (exclusive) in jti order, of one subject or
+    /// family when given, from the index that holds them.
+    fn records_after<'s>(
+        &'s self,
+        sub: Option<&str>,
+        family: Option<Jti>,
+        after: Option<Jti>,
+    ) -> Box<dyn Iterator<Item = &'s TokenRecord> + 's> {
+        if after == Some(Jti([0xff; 16])) {
+            return Box::new(std::iter::empty());
+        }
         let start = after.map(|a| {
             let mut b = a.0;
-            // the next id after `a`; saturates at the last id
+            // the next id after `a`
             for i in (0..16).rev() {
                 let (v, carry) = b[i].overflowing_add(1);
                 b[i] = v;
@@ -874,18 +986,11 @@ impl State {
                     break;
                 }
             }
-            if b == [0; 16] {
-                Jti([0xff; 16])
-            } else {
-                Jti(b)
-            }
+            Jti(b)
         });
         let lo = start.unwrap_or(Jti([0; 16]));
-        if after == Some(Jti([0xff; 16])) {
-            return Vec::new();
-        }
         let hi = Jti([0xff; 16]);
-        let ids: Box<dyn Iterator<Item = Jti> + '_> = match (sub, family) {
+        let ids: Box<dyn Iterator<Item = Jti> + 's> = match (sub, family) {
             (Some(s), _) => Box::new(
                 self.by_subject
                     .range((s.to_owned(), lo)..=(s.to_owned(), hi))
@@ -897,9 +1002,44 @@ impl State {
             (None, Some(f)) => Box::new(self.by_family.range((f, lo)..=(f, hi)).map(|(_, j)| *j)),
             (None, None) => Box::new(self.tokens.range(lo..=hi).map(|(j, _)| *j)),
         };
-        ids.filter_map(|j| self.tokens.get(&j))
-            .take(limit)
-            .collect()
+        Box::new(ids.filter_map(|j| self.tokens.get(&j)))
+    }
+}
+
+/// What [`State::list_where`] keeps. Empty fields keep everything.
+#[derive(Debug, Clone, Default)]
+pub struct TokenFilter<'a> {
+    /// Only this subject.
+    pub sub: Option<&'a str>,
+    /// Only this family.
+    pub family: Option<Jti>,
+    /// Only this owner.
+    pub owner: Option<&'a str>,
+    /// Only tokens whose labels match.
+    pub selector: Option<&'a crate::labels::Selector>,
+    /// Only tokens signed by this key.
+    pub kid: Option<Kid>,
+    /// Only tokens in this status at `now`.
+    pub status: Option<TokenStatus>,
+    /// Only tokens that expire at or before this (unix seconds), and after `now`.
+    pub expires_by: Option<i64>,
+    /// The reader's time, unix seconds (for status and expiry).
+    pub now: i64,
+}
+
+impl TokenFilter<'_> {
+    /// Whether `rec` passes every set condition.
+    pub fn matches(&self, state: &State, rec: &TokenRecord) -> bool {
+        let t = &rec.token;
+        self.owner.is_none_or(|o| t.owner == o)
+            && self.selector.is_none_or(|s| s.matches(&t.labels))
+            && self.kid.is_none_or(|k| t.kid == k)
+            && self
+                .expires_by
+                .is_none_or(|by| t.exp <= by && t.exp > self.now)
+            && self
+                .status
+                .is_none_or(|st| state.status(rec, self.now).0 == st)
     }
 }
 

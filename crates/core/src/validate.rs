@@ -119,6 +119,29 @@ pub fn reason(field: &'static str, reason: &str, limits: &Limits) -> Result<(), 
     Ok(())
 }
 
+/// Owner: empty (the caller becomes the owner) or a subject-like name.
+pub fn owner(field: &'static str, owner: &str, limits: &Limits) -> Result<(), Invalid> {
+    if owner.is_empty() {
+        return Ok(());
+    }
+    subject(field, owner, limits)
+}
+
+/// Description: at most as long as a reason, no control characters.
+pub fn description(field: &'static str, text: &str, limits: &Limits) -> Result<(), Invalid> {
+    reason(field, text, limits)
+}
+
+/// Labels: keys and values of the allowed form, not too many.
+pub fn labels(field: &'static str, labels: &crate::labels::Labels) -> Result<(), Invalid> {
+    crate::labels::validate(labels).map_err(|e| Invalid::new(field, e.to_string()))
+}
+
+/// A label selector, parsed.
+pub fn selector(field: &'static str, s: &str) -> Result<crate::labels::Selector, Invalid> {
+    crate::labels::Selector::parse(s).map_err(|e| Invalid::new(field, e.to_string()))
+}
+
 /// TTL: 0 means the default; otherwise 1..=max.
 pub fn ttl(field: &'static str, ttl_seconds: u64, limits: &Limits) -> Result<u64, Invalid> {
     match ttl_seconds {

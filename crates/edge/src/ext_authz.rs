@@ -83,31 +83,30 @@ fn metadata_string<'a>(m: Option<&'a Metadata>, key: &str) -> Option<&'a str> {
     }
 }
 
-fn required(r: &CheckRequest, method: &str, path: &str, h: &EdgeHandle) -> Required {
-    let Some(a) = r.attributes.as_ref() else {
-        return Required::default();
-    };
-    let ext = |k: &str| a.context_extensions.get(k).map(String::as_str);
-    let (scopes, aud) = (ext(SCOPES_EXTENSION), ext(AUDIENCE_EXTENSION));
-    if scopes.is_some() || aud.is_some() {
-        return Required::parse(scopes, aud);
-    }
-    for m in [&a.route_metadata_context, &a.metadata_context] {
-        let (scopes, aud) = (
-            metadata_string(m.as_ref(), "scopes"),
-            metadata_string(m.as_ref(), "audience"),
-        );
+/// The requirements of `r`: its context extensions, else its route or
+/// connection metadata, else the edge's route rules for its method and
+/// (canonical) path.
+fn required(
+    r: &CheckRequest,
+    method: &str,
+    path: &str,
+    h: &EdgeHandle,
+) -> Result<Required, Denial> {
+    let explicit = r.attributes.as_ref().and_then(|a| {
+        let ext = |k: &str| a.context_extensions.get(k).map(String::as_str);
+        let (scopes, aud) = (ext(SCOPES_EXTENSION), ext(AUDIENCE_EXTENSION));
         if scopes.is_some() || aud.is_some() {
-            return Required::parse(scopes, aud);
+            return Some(Required::parse(scopes, aud));
         }
-    }
-    match h.options().gateway.route(method, path) {
-        Some(rule) => Required {
-            scopes: rule.scopes.clone(),
-            audience: rule.audience.clone(),
-        },
-        None => Required::default(),
-    }
+        [&a.route_metadata_context, &a.metadata_context]
+            .into_iter()
+            .find_map(|m| {
+                let scopes = metadata_string(m.as_ref(), "scopes");
+                let aud = metadata_string(m.as_ref(), "audience");
+                (scopes.is_some() || aud.is_some()).then(|| Required::parse(scopes, aud))
+            })
+    });
+    h.options().gateway.requirements(method, path, explicit)
 }
 
 fn header_option(key: &str, value: String) -> HeaderValueOption {
@@ -124,6 +123,7 @@ fn header_option(key: &str, value: String) -> HeaderValueOption {
 
 fn denied(d: Denial) -> CheckResponse {
     let code = match d.status {
+        400 => Code::InvalidArgument,
         403 => Code::PermissionDenied,
         503 => Code::Unavailable,
         _ => Code::Unauthenticated,
@@ -169,16 +169,10 @@ impl ExtAuthz {
         let Some(token) = token else {
             return denied(g.no_token());
         };
-        let req = required(r, &http.method, &http.path, &self.h);
-        if req.scopes.len() > veto_core::limits::MAX_REQUIRED_SCOPES {
-            return denied(Denial {
-                status: 403,
-                www_authenticate: None,
-                reason: "route requires more scopes than an edge checks".into(),
-                outcome: None,
-                retry_after: None,
-            });
-        }
+        let req = match required(r, &http.method, &http.path, &self.h) {
+            Ok(req) => req,
+            Err(d) => return denied(d),
+        };
         let v = self.h.verify(
             token,
             &Requirements {
@@ -198,7 +192,7 @@ impl ExtAuthz {
                         .into_iter()
                         .map(|(k, v)| header_option(&k, v))
                         .collect(),
-                    headers_to_remove: a.remove_header.into_iter().collect(),
+                    headers_to_remove: a.remove_headers,
                     ..Default::default()
                 })),
                 ..Default::default()

@@ -20,6 +20,12 @@ pub struct Gateway {
     /// Remove the token header from the request sent upstream (ext_authz;
     /// forward-auth gateways choose the upstream headers themselves).
     pub strip_token_header: bool,
+    /// Which pair of headers carries the original method and URI to the
+    /// forward-auth hook: `forwarded` (`X-Forwarded-Method`/`-Uri`, which
+    /// Traefik and Caddy set themselves, and the documented nginx setup
+    /// too) or `original` (`X-Original-Method`/`-URI`). Only that pair is
+    /// read, so a client cannot name another path in the other family.
+    pub forward_headers: ForwardHeaders,
     /// `realm` in `WWW-Authenticate`.
     pub realm: String,
     /// Names of the headers that carry the verified identity upstream.
@@ -35,9 +41,30 @@ impl Default for Gateway {
             token_header: "authorization".into(),
             token_scheme: "Bearer".into(),
             strip_token_header: false,
+            forward_headers: ForwardHeaders::Forwarded,
             realm: "veto".into(),
             identity_headers: IdentityHeaders::default(),
             routes: Vec::new(),
+        }
+    }
+}
+
+/// The header pair a forward-auth gateway names the original request in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardHeaders {
+    /// `X-Forwarded-Method` and `X-Forwarded-Uri`.
+    Forwarded,
+    /// `X-Original-Method` and `X-Original-URI`.
+    Original,
+}
+
+impl ForwardHeaders {
+    /// The (method, URI) header names, lower case.
+    pub fn names(self) -> (&'static str, &'static str) {
+        match self {
+            ForwardHeaders::Forwarded => ("x-forwarded-method", "x-forwarded-uri"),
+            ForwardHeaders::Original => ("x-original-method", "x-original-uri"),
         }
     }
 }
@@ -81,7 +108,8 @@ impl Default for IdentityHeaders {
 pub struct RouteRule {
     /// Path prefix the rule covers (`/admin`); `/` covers everything.
     pub path_prefix: String,
-    /// Methods it covers (upper case); empty: every method.
+    /// Methods it covers (case-insensitive; a `GET` rule covers `HEAD`
+    /// too); empty: every method.
     pub methods: Vec<String>,
     /// Scopes the token must grant.
     pub scopes: Vec<String>,
@@ -143,8 +171,15 @@ impl Gateway {
         if !self.token_scheme.is_empty() && !is_header_name(&self.token_scheme) {
             return Err(err("token_scheme", "must be one token68-free word"));
         }
-        if self.realm.contains(['"', '\\']) || !self.realm.is_ascii() {
-            return Err(err("realm", "must be ASCII without quotes or backslashes"));
+        if !self
+            .realm
+            .bytes()
+            .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+        {
+            return Err(err(
+                "realm",
+                "must be printable ASCII without quotes or backslashes",
+            ));
         }
         let h = &self.identity_headers;
         for (name, v) in [
@@ -180,16 +215,63 @@ impl Gateway {
     }
 
     /// What `method path` requires by the configured rules: the longest
-    /// `path_prefix` among those covering the method. The query string is
-    /// ignored; a prefix matches whole path segments (`/admin` covers
-    /// `/admin` and `/admin/x`, not `/administrator`).
+    /// `path_prefix` among those covering the method. `path` must be
+    /// canonical ([`canonical_path`]); a prefix matches whole path segments
+    /// (`/admin` covers `/admin` and `/admin/x`, not `/administrator`).
     pub fn route(&self, method: &str, path: &str) -> Option<&RouteRule> {
-        let path = path.split(['?', '#']).next().unwrap_or("");
         self.routes
             .iter()
-            .filter(|r| r.methods.is_empty() || r.methods.iter().any(|m| m == method))
+            .filter(|r| r.methods.is_empty() || r.methods.iter().any(|m| method_covers(m, method)))
             .filter(|r| prefix_matches(&r.path_prefix, path))
             .max_by_key(|r| r.path_prefix.len())
+    }
+
+    /// What a request to `method raw_uri` must satisfy: `explicit` (the
+    /// hook's own per-request requirements) if given, else the route rules
+    /// applied to the canonical form of the path. A path with no canonical
+    /// form is refused (403: every gateway passes a 403 on, while nginx
+    /// turns a 400 into a 500) rather than matched as written, since the
+    /// upstream may read it as a path a rule covers.
+    pub fn requirements(
+        &self,
+        method: &str,
+        raw_uri: &str,
+        explicit: Option<Required>,
+    ) -> Result<Required, Denial> {
+        if let Some(r) = explicit {
+            return self.bounded(r);
+        }
+        let Some(path) = canonical_path(raw_uri) else {
+            return Err(Denial {
+                status: 403,
+                www_authenticate: None,
+                reason: "the request path is not in canonical form (encoded slash or backslash, \
+                         bad percent-encoding, ';' or a path escaping the root)"
+                    .into(),
+                outcome: None,
+                retry_after: None,
+            });
+        };
+        Ok(match self.route(method, &path) {
+            Some(rule) => Required {
+                scopes: rule.scopes.clone(),
+                audience: rule.audience.clone(),
+            },
+            None => Required::default(),
+        })
+    }
+
+    fn bounded(&self, r: Required) -> Result<Required, Denial> {
+        if r.scopes.len() > veto_core::limits::MAX_REQUIRED_SCOPES {
+            return Err(Denial {
+                status: 403,
+                www_authenticate: None,
+                reason: "the request requires more scopes than an edge checks".into(),
+                outcome: None,
+                retry_after: None,
+            });
+        }
+        Ok(r)
     }
 
     /// The token in the configured header's value, if it has one.
@@ -283,16 +365,80 @@ impl Gateway {
             put(&h.kid, k.to_string());
         }
         put(&h.revision, revision.to_string());
-        if v.stale {
-            put(&h.stale, "true".into());
+        // Always sent, `false` when fresh: a gateway that copies an absent
+        // header as something else (Caddy before 2.10 copies its
+        // placeholder text) still passes a definite answer.
+        put(&h.stale, v.stale.to_string());
+        // A client may send identity headers itself: whatever this answer
+        // does not set is removed, so only the edge's word reaches upstream.
+        let mut remove_headers: Vec<String> =
+            [&h.subject, &h.scopes, &h.jti, &h.kid, &h.revision, &h.stale]
+                .into_iter()
+                .filter(|n| !n.is_empty() && !headers.iter().any(|(k, _)| k == *n))
+                .map(|n| n.to_ascii_lowercase())
+                .collect();
+        if self.strip_token_header {
+            remove_headers.push(self.token_header.to_ascii_lowercase());
         }
         Allowed {
             headers,
-            remove_header: self
-                .strip_token_header
-                .then(|| self.token_header.to_ascii_lowercase()),
+            remove_headers,
         }
     }
+}
+
+/// Whether a rule's `rule` method covers a request's `method`.
+fn method_covers(rule: &str, method: &str) -> bool {
+    rule.eq_ignore_ascii_case(method)
+        || (rule.eq_ignore_ascii_case("GET") && method.eq_ignore_ascii_case("HEAD"))
+}
+
+/// The canonical form of a request target's path, as an upstream that
+/// decodes and resolves it would see it: the query and fragment dropped,
+/// percent-encoded octets decoded, `//` merged, `.` and `..` resolved (RFC
+/// 3986 §5.2.4). `None` for what could be read two ways: an encoded `/` or
+/// `\`, a raw `\`, a `;` (path parameters some servers strip), a `..`
+/// above the root, bad percent-encoding or a decoded control character,
+/// and any path not starting with `/`.
+pub fn canonical_path(raw_uri: &str) -> Option<String> {
+    let raw = raw_uri.split(['?', '#']).next().unwrap_or("");
+    if !raw.starts_with('/') || raw.contains(['\\', ';']) {
+        return None;
+    }
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            let b = u8::from_str_radix(hex, 16).ok()?;
+            if matches!(b, b'/' | b'\\' | b';' | b'%') || b.is_ascii_control() {
+                return None;
+            }
+            decoded.push(b);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let path = String::from_utf8(decoded).ok()?;
+    let mut out: Vec<&str> = Vec::new();
+    for seg in path.split('/').skip(1) {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop()?;
+            }
+            s => out.push(s),
+        }
+    }
+    let trailing = path.ends_with('/') && !out.is_empty();
+    let mut c = format!("/{}", out.join("/"));
+    if trailing {
+        c.push('/');
+    }
+    Some(c)
 }
 
 fn prefix_matches(prefix: &str, path: &str) -> bool {
@@ -331,8 +477,10 @@ pub enum Decision {
 pub struct Allowed {
     /// `(name, value)` to add to the upstream request.
     pub headers: Vec<(String, String)>,
-    /// A header to remove from the upstream request (lower case).
-    pub remove_header: Option<String>,
+    /// Headers to remove from the upstream request (lower case): the
+    /// identity headers this answer does not set, and the token header
+    /// when `strip_token_header`.
+    pub remove_headers: Vec<String>,
 }
 
 /// A refusal.
@@ -408,12 +556,70 @@ mod tests {
             ..Gateway::default()
         };
         let scope = |m, p| g.route(m, p).map(|r| r.scopes[0].as_str());
-        assert_eq!(scope("GET", "/admin/keys?x=1"), Some("admin"));
+        assert_eq!(scope("GET", "/admin/keys"), Some("admin"));
+        assert_eq!(
+            scope("head", "/admin/keys"),
+            Some("admin"),
+            "GET covers HEAD"
+        );
+        assert_eq!(
+            scope("delete", "/admin/keys"),
+            Some("keys"),
+            "methods ignore case"
+        );
         assert_eq!(scope("DELETE", "/admin/keys/k1"), Some("keys"));
         assert_eq!(scope("GET", "/administrator"), Some("any"));
         assert_eq!(scope("GET", "/admin"), Some("admin"));
         assert_eq!(Gateway::default().route("GET", "/"), None);
         assert!(g.validate().is_ok());
+    }
+
+    #[test]
+    fn paths_are_matched_in_canonical_form_or_refused() {
+        let c = |p: &str| canonical_path(p);
+        assert_eq!(c("/admin/keys?x=/y#z").as_deref(), Some("/admin/keys"));
+        assert_eq!(c("//admin").as_deref(), Some("/admin"));
+        assert_eq!(c("/x/../admin").as_deref(), Some("/admin"));
+        assert_eq!(c("/./admin/./x/").as_deref(), Some("/admin/x/"));
+        assert_eq!(c("/%61dmin").as_deref(), Some("/admin"));
+        assert_eq!(c("/").as_deref(), Some("/"));
+        for bad in [
+            "/admin%2Fkeys",
+            "/admin%2fkeys",
+            "/admin%5C",
+            "/admin\\x",
+            "/admin;x",
+            "/admin%3Bx",
+            "/../admin",
+            "/%zz",
+            "/%2",
+            "/%00",
+            "/%25",
+            "admin",
+            "",
+            "/%C3",
+        ] {
+            assert_eq!(c(bad), None, "{bad}");
+        }
+        let g = Gateway {
+            routes: vec![RouteRule {
+                path_prefix: "/admin".into(),
+                scopes: vec!["admin".into()],
+                ..RouteRule::default()
+            }],
+            ..Gateway::default()
+        };
+        for p in ["//admin", "/x/../admin", "/%61dmin/users", "/admin/"] {
+            let r = g.requirements("GET", p, None);
+            assert_eq!(r.map(|r| r.scopes), Ok(vec!["admin".to_owned()]), "{p}");
+        }
+        let r = g.requirements("GET", "/admin%2Fkeys", None);
+        assert_eq!(r.map_err(|d| d.status), Err(403));
+        let many = Required::parse(Some(&vec!["s"; 65].join(" ")), None);
+        assert_eq!(
+            g.requirements("GET", "/", Some(many)).map_err(|d| d.status),
+            Err(403)
+        );
     }
 
     #[test]
@@ -479,8 +685,24 @@ mod tests {
         assert_eq!(get(&a, "x-veto-scopes").as_deref(), Some("read write"));
         assert_eq!(get(&a, "x-veto-revision").as_deref(), Some("9"));
         assert_eq!(get(&a, "x-veto-kid"), None, "an empty name leaves it out");
-        assert_eq!(get(&a, "x-veto-stale"), None);
-        assert_eq!(a.remove_header.as_deref(), Some("authorization"));
+        assert_eq!(get(&a, "x-veto-stale").as_deref(), Some("false"));
+        assert_eq!(
+            a.remove_headers,
+            vec!["authorization".to_owned()],
+            "the token header is removed"
+        );
+        let no_kid = Verdict {
+            kid: None,
+            ..verdict(Outcome::Valid, "")
+        };
+        let Decision::Allow(a) = Gateway::default().decide(&no_kid, &Required::default(), 9) else {
+            panic!("valid refused")
+        };
+        assert_eq!(
+            a.remove_headers,
+            vec!["x-veto-kid".to_owned()],
+            "an identity header the answer cannot set is removed, not left to the client"
+        );
         v.stale = true;
         let Decision::Allow(a) = g.decide(&v, &Required::default(), 9) else {
             panic!("fail-open answer refused")
@@ -509,5 +731,10 @@ mod tests {
             g.validate().map_err(|e| e.field),
             Err("token_header".into())
         );
+        let g = Gateway {
+            realm: "a\u{7}b".into(),
+            ..Gateway::default()
+        };
+        assert_eq!(g.validate().map_err(|e| e.field), Err("realm".into()));
     }
 }

@@ -4,9 +4,10 @@
 //!   forward-auth form nginx `auth_request`, Traefik `forwardAuth` and Caddy
 //!   `forward_auth` expect — the status decides (200, 401, 403, 503), the
 //!   identity rides in response headers, the original method and URI come
-//!   from `X-Original-Method`/`X-Original-URI` (nginx) or
-//!   `X-Forwarded-Method`/`X-Forwarded-Uri` (Traefik, Caddy), and the query
-//!   may name `scope` and `audience` for this hook.
+//!   from one configured header pair (`X-Forwarded-Method`/`-Uri` by
+//!   default, as Traefik and Caddy send them; `X-Original-*` on request),
+//!   and the query may name `scope` and `audience` for this hook. Route
+//!   rules see the path in canonical form; one that has none is refused.
 //! - `POST /oauth2/introspect`: RFC 7662 token introspection, with veto's
 //!   revision and staleness as extension fields.
 
@@ -19,7 +20,7 @@ use serde_json::json;
 use veto_core::token::Requirements;
 use veto_feed::Outcome;
 
-use crate::gateway::{Decision, Denial, Required};
+use crate::gateway::{Decision, Denial, Gateway, Required};
 use crate::service::Http;
 
 /// The forward-auth path (and prefix).
@@ -27,28 +28,39 @@ pub const FORWARD_AUTH_PATH: &str = "/v1/forward-auth";
 /// The RFC 7662 introspection path.
 pub const INTROSPECT_PATH: &str = "/oauth2/introspect";
 
-fn first<'a>(h: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
-    names
-        .iter()
-        .find_map(|n| h.get(*n).and_then(|v| v.to_str().ok()))
-        .filter(|v| !v.is_empty())
-}
-
-/// The request the gateway is asking about: its method and path.
-fn original<'a>(h: &'a HeaderMap, method: &'a Method, uri: &'a Uri) -> (&'a str, String) {
-    let m = first(h, &["x-original-method", "x-forwarded-method"]).unwrap_or(method.as_str());
-    let path = match first(h, &["x-original-uri", "x-forwarded-uri"]) {
+/// The request the gateway is asking about: its method and URI, from the
+/// configured header pair only ([`crate::gateway::ForwardHeaders`]), else
+/// the forward-auth request's own method and the path below the hook.
+fn original(g: &Gateway, h: &HeaderMap, method: &Method, uri: &Uri) -> (String, String) {
+    let (m_name, u_name) = g.forward_headers.names();
+    let get = |n: &str| {
+        h.get(n)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+    };
+    let m = get(m_name).unwrap_or(method.as_str()).to_owned();
+    let path = match get(u_name) {
         Some(u) => u.to_owned(),
-        None => {
-            let rest = uri.path().strip_prefix(FORWARD_AUTH_PATH).unwrap_or("");
-            if rest.is_empty() {
-                "/".to_owned()
-            } else {
-                rest.to_owned()
-            }
-        }
+        None => match uri.path().strip_prefix(FORWARD_AUTH_PATH).unwrap_or("") {
+            "" => "/".to_owned(),
+            rest => rest.to_owned(),
+        },
     };
     (m, path)
+}
+
+/// A 400 `invalid_request` refusal, with its RFC 6750 challenge.
+fn invalid_request(g: &Gateway, why: &str) -> Denial {
+    Denial {
+        status: 400,
+        www_authenticate: Some(format!(
+            "Bearer realm=\"{}\", error=\"invalid_request\", error_description=\"{why}\"",
+            g.realm
+        )),
+        reason: why.to_owned(),
+        outcome: None,
+        retry_after: None,
+    }
 }
 
 fn refusal(d: Denial) -> Response {
@@ -76,25 +88,23 @@ pub(crate) async fn forward_auth(
     headers: HeaderMap,
 ) -> Response {
     let g = &s.h.options().gateway;
-    let token = headers
-        .get(g.token_header.as_str())
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| g.token(v));
+    // One credential only (RFC 6750 §3.1): the upstream might read another.
+    let mut values = headers.get_all(g.token_header.as_str()).iter();
+    let (first, second) = (values.next(), values.next());
+    if second.is_some() {
+        return refusal(invalid_request(g, "more than one token header"));
+    }
+    let token = first.and_then(|v| v.to_str().ok()).and_then(|v| g.token(v));
     let Some(token) = token else {
         return refusal(g.no_token());
     };
-    let (m, path) = original(&headers, &method, &uri);
+    let (m, path) = original(g, &headers, &method, &uri);
     let (qs, qa) = (q.get("scope"), q.get("audience"));
-    let req = if qs.is_some() || qa.is_some() {
-        Required::parse(qs.map(String::as_str), qa.map(String::as_str))
-    } else {
-        match g.route(m, &path) {
-            Some(rule) => Required {
-                scopes: rule.scopes.clone(),
-                audience: rule.audience.clone(),
-            },
-            None => Required::default(),
-        }
+    let explicit = (qs.is_some() || qa.is_some())
+        .then(|| Required::parse(qs.map(String::as_str), qa.map(String::as_str)));
+    let req = match g.requirements(&m, &path, explicit) {
+        Ok(req) => req,
+        Err(d) => return refusal(d),
     };
     let v = s.h.verify(
         token,
@@ -117,34 +127,6 @@ pub(crate) async fn forward_auth(
     }
 }
 
-/// Verifies `token` for introspection: every check `Verify` makes except
-/// the audience, which RFC 7662 leaves to the resource server (the answer
-/// carries `aud`). A token for an audience is checked again naming its own
-/// audience, so revocation, keys and time still decide.
-fn verify_any_audience(h: &crate::EdgeHandle, token: &str) -> veto_feed::Verdict {
-    let v = h.verify(
-        token,
-        &Requirements {
-            audience: None,
-            scopes: &[],
-        },
-    );
-    let aud = match (&v.outcome, &v.claims) {
-        (Outcome::WrongAudience, Some(c)) => c.aud.clone(),
-        _ => None,
-    };
-    match aud {
-        Some(aud) => h.verify(
-            token,
-            &Requirements {
-                audience: Some(&aud),
-                scopes: &[],
-            },
-        ),
-        None => v,
-    }
-}
-
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     let body = json!({ "error": error, "error_description": description });
     (
@@ -160,21 +142,30 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
 pub(crate) async fn introspect(State(s): State<Http>, req: Request) -> Response {
     // A body that is not a form is an invalid request (RFC 6749 §5.2), not
     // axum's 415.
-    let Ok(Form(form)) = Form::<HashMap<String, String>>::from_request(req, &()).await else {
+    let Ok(Form(pairs)) = Form::<Vec<(String, String)>>::from_request(req, &()).await else {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "the body must be application/x-www-form-urlencoded",
         );
     };
-    let Some(token) = form.get("token").filter(|t| !t.is_empty()) else {
+    let mut tokens = pairs.iter().filter(|(k, _)| k == "token").map(|(_, v)| v);
+    let (token, again) = (tokens.next(), tokens.next());
+    if again.is_some() {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the token parameter must not repeat",
+        );
+    }
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "the token parameter is required",
         );
     };
-    let v = verify_any_audience(&s.h, token);
+    let v = s.h.verify_any_audience(token);
     let revision = s.h.revision();
     if v.outcome == Outcome::Stale {
         let mut r = oauth_error(

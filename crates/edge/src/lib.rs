@@ -224,6 +224,30 @@ impl EdgeHandle {
         v
     }
 
+    /// Verifies a token for introspection (RFC 7662): every check of
+    /// [`EdgeHandle::verify`] with no scope required, except the audience,
+    /// which introspection leaves to the resource server: a token naming an
+    /// audience is checked as if the request named it. Counted once.
+    pub fn verify_any_audience(&self, token: &str) -> Verdict {
+        let (now, unix) = (Instant::now(), unix_now());
+        let mut replica = self.replica();
+        let mut v = replica.verify(token, &Requirements::default(), now, unix);
+        let aud = match (&v.outcome, &v.claims) {
+            (veto_feed::Outcome::WrongAudience, Some(c)) => c.aud.clone(),
+            _ => None,
+        };
+        if let Some(aud) = aud {
+            let req = Requirements {
+                audience: Some(&aud),
+                scopes: &[],
+            };
+            v = replica.verify(token, &req, now, unix);
+        }
+        drop(replica);
+        self.count(v.outcome);
+        v
+    }
+
     pub(crate) fn count(&self, o: veto_feed::Outcome) {
         self.inner.verify_counters[o as usize].increment(1);
         if let Some(c) = self.inner.verify_counts.get(o as usize) {

@@ -131,6 +131,9 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         fam: Jti([2u8; 16]),
         kid: KID,
         rev: 3,
+        owner: String::new(),
+        description: String::new(),
+        labels: Default::default(),
     };
     let seq = vec![
         Command::PublishKey {

@@ -37,6 +37,7 @@ const TOKEN_METHODS: &[&str] = &[
     "Revoke",
     "RevokeSubject",
     "RevokeFamily",
+    "RevokeSelector",
     "Get",
     "List",
 ];

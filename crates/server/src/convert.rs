@@ -23,6 +23,25 @@ pub fn record(r: &TokenRecord) -> pb::TokenRecord {
         kid: t.kid.to_string(),
         issued_revision: r.issued_revision,
         successor: r.successor.map(|s| s.to_string()),
+        owner: t.owner.clone(),
+        description: t.description.clone(),
+        labels: t
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        issued_by: r.actor.0.clone(),
+    }
+}
+
+/// A token status from the wire (`None` for UNSPECIFIED).
+pub fn status_from(s: pb::TokenStatus) -> Option<TokenStatus> {
+    match s {
+        pb::TokenStatus::Unspecified => None,
+        pb::TokenStatus::Active => Some(TokenStatus::Active),
+        pb::TokenStatus::Revoked => Some(TokenStatus::Revoked),
+        pb::TokenStatus::RevokePending => Some(TokenStatus::RevokePending),
+        pb::TokenStatus::Expired => Some(TokenStatus::Expired),
     }
 }
 

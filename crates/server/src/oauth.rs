@@ -9,8 +9,6 @@
 //! `--insecure` node has no identities and serves anyone, as its gRPC API
 //! does.
 
-use std::collections::HashMap;
-
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -56,14 +54,24 @@ pub async fn revoke(State(h): State<Http>, req: Request) -> Response {
         );
         return r;
     }
-    let Ok(Form(form)) = Form::<HashMap<String, String>>::from_request(req, &()).await else {
+    let Ok(Form(pairs)) = Form::<Vec<(String, String)>>::from_request(req, &()).await else {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "the body must be application/x-www-form-urlencoded",
         );
     };
-    let Some(token) = form.get("token").filter(|t| !t.is_empty()) else {
+    // RFC 6749 §3.1: a parameter must not repeat.
+    let mut tokens = pairs.iter().filter(|(k, _)| k == "token").map(|(_, v)| v);
+    let (token, again) = (tokens.next(), tokens.next());
+    if again.is_some() {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the token parameter must not repeat",
+        );
+    }
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tracing::Instrument;
 use veto_core::command::{Actor, Command, NewToken, Presented, Rejection, Response as SmResponse};
-use veto_core::state::TokenStatus;
+use veto_core::state::{TokenFilter, TokenStatus};
 use veto_core::{token, validate, Claims, Jti};
 use veto_proto as pb;
 use veto_proto::token_service_client::TokenServiceClient;
@@ -65,6 +65,18 @@ pub fn check_wait(wait_for: i32, timeout_ms: u64) -> Result<()> {
     Ok(())
 }
 
+/// Records one List page looks at, at most (a selective filter over a
+/// large state answers in several pages rather than one long read).
+const LIST_SCAN_RECORDS: usize = 100_000;
+
+/// What an issued token carries besides its claims.
+#[derive(Debug, Clone)]
+struct Meta {
+    owner: String,
+    description: String,
+    labels: veto_core::labels::Labels,
+}
+
 /// The TokenService implementation.
 #[derive(Clone)]
 pub struct Service {
@@ -98,6 +110,7 @@ impl Service {
         aud: Option<&str>,
         ttl: u64,
         fam: Option<Jti>,
+        meta: Meta,
     ) -> Result<(NewToken, String)> {
         // Read before signing: every revision at or below it was applied
         // here before the token existed.
@@ -116,6 +129,9 @@ impl Service {
             fam: fam.unwrap_or(jti),
             kid,
             rev,
+            owner: meta.owner,
+            description: meta.description,
+            labels: meta.labels,
         };
         let claims = Claims {
             jti,
@@ -153,10 +169,28 @@ impl Service {
             validate::audience("aud", a, l)?;
         }
         let ttl = validate::ttl("ttl_seconds", r.ttl_seconds, l)?;
+        validate::owner("owner", &r.owner, l)?;
+        validate::description("description", &r.description, l)?;
+        let labels: veto_core::labels::Labels = r
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        validate::labels("labels", &labels)?;
+        let meta = Meta {
+            owner: if r.owner.is_empty() {
+                actor.0.clone()
+            } else {
+                r.owner.clone()
+            },
+            description: r.description.clone(),
+            labels,
+        };
         let started = Instant::now();
         let mut attempt = 0;
         loop {
-            let (t, s) = self.new_token(&r.sub, &r.scopes, r.aud.as_deref(), ttl, None)?;
+            let (t, s) =
+                self.new_token(&r.sub, &r.scopes, r.aud.as_deref(), ttl, None, meta.clone())?;
             let jti = t.jti;
             let cmd = Command::Issue {
                 token: t,
@@ -224,7 +258,20 @@ impl Service {
                 "token {pred} is {status:?}, not active"
             )));
         }
-        let (t, s) = self.new_token(&pt.sub, &pt.scopes, pt.aud.as_deref(), ttl, Some(pt.fam))?;
+        // The successor carries on the predecessor's owner, description and labels.
+        let meta = Meta {
+            owner: pt.owner.clone(),
+            description: pt.description.clone(),
+            labels: pt.labels.clone(),
+        };
+        let (t, s) = self.new_token(
+            &pt.sub,
+            &pt.scopes,
+            pt.aud.as_deref(),
+            ttl,
+            Some(pt.fam),
+            meta,
+        )?;
         let jti = t.jti;
         let revoke_at = now.saturating_add(r.grace_seconds as i64);
         let cmd = Command::Refresh {
@@ -276,6 +323,27 @@ impl Service {
         let started = Instant::now();
         let resp = self.revoke_family_inner(r, actor).await?;
         record_revoke("family", &resp);
+        self.finish(resp, r.wait_for, r.wait_timeout_ms, started)
+            .await
+    }
+
+    async fn revoke_selector_local(
+        &self,
+        r: &pb::RevokeSelectorRequest,
+        actor: Actor,
+    ) -> Result<pb::RevokeResponse> {
+        let started = Instant::now();
+        let selector = validate::selector("selector", &r.selector)?;
+        validate::reason("reason", &r.reason, self.node.limits())?;
+        check_wait(r.wait_for, r.wait_timeout_ms)?;
+        let cmd = Command::RevokeSelector {
+            selector,
+            reason: r.reason.clone(),
+            at: unix_now(),
+            actor,
+        };
+        let resp = self.revoke_cmd(cmd, started).await?;
+        record_revoke("selector", &resp);
         self.finish(resp, r.wait_for, r.wait_timeout_ms, started)
             .await
     }
@@ -540,10 +608,36 @@ impl Service {
             "" => None,
             t => Some(validate::id::<Jti>("page_token", t)?),
         };
+        if let Some(o) = &r.owner {
+            validate::subject("owner", o, l)?;
+        }
+        let selector = r
+            .selector
+            .as_deref()
+            .map(|s| validate::selector("selector", s))
+            .transpose()?;
+        let kid = r
+            .kid
+            .as_deref()
+            .map(|k| validate::id::<veto_core::Kid>("kid", k))
+            .transpose()?;
+        let status = pb::TokenStatus::try_from(r.status)
+            .map_err(|_| validate::Invalid::new("status", format!("unknown value {}", r.status)))?;
         self.node.linearize().await?;
         let now = unix_now();
+        let filter = TokenFilter {
+            sub: r.sub.as_deref(),
+            family,
+            owner: r.owner.as_deref(),
+            selector: selector.as_ref(),
+            kid,
+            status: convert::status_from(status),
+            expires_by: (r.expires_within_seconds > 0)
+                .then(|| now.saturating_add(r.expires_within_seconds.min(i64::MAX as u64) as i64)),
+            now,
+        };
         Ok(self.node.state().read(|s| {
-            let page = s.list(r.sub.as_deref(), family, after, page_size + 1);
+            let (page, stopped) = s.list_where(&filter, after, page_size + 1, LIST_SCAN_RECORDS);
             let more = page.len() > page_size;
             let tokens: Vec<pb::TokenInfo> = page
                 .iter()
@@ -557,7 +651,7 @@ impl Service {
                     .map(|r| r.jti.clone())
                     .unwrap_or_default()
             } else {
-                String::new()
+                stopped.map(|j| j.to_string()).unwrap_or_default()
             };
             pb::ListTokensResponse {
                 tokens,
@@ -603,6 +697,9 @@ crate::rpc_service! {
             |s, r| s.revoke_family_local(r.get_ref(), actor(r));
         get(pb::GetTokenRequest) -> pb::TokenInfo, "veto.v1.TokenService/Get" =
             |s, r| s.get_local(r.get_ref());
+        revoke_selector(pb::RevokeSelectorRequest) -> pb::RevokeResponse,
+            "veto.v1.TokenService/RevokeSelector" =
+            |s, r| s.revoke_selector_local(r.get_ref(), actor(r));
         list(pb::ListTokensRequest) -> pb::ListTokensResponse, "veto.v1.TokenService/List" =
             |s, r| s.list_local(r.get_ref());
     }

@@ -541,6 +541,7 @@ async fn issuer(c: Clients, s: Arc<Shared>, every: Duration) {
                 scopes: vec!["read".into()],
                 aud: None,
                 ttl_seconds: s.ttl,
+                ..Default::default()
             };
             match tokens(&c, k + t)
                 .issue(with_timeout(req, Duration::from_secs(2)))

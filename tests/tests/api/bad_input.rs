@@ -56,6 +56,7 @@ async fn bad_input_gets_clear_statuses_and_never_reaches_the_log() -> anyhow::Re
         scopes: scopes.into_iter().map(String::from).collect(),
         aud: aud.map(String::from),
         ttl_seconds: ttl,
+        ..Default::default()
     };
     check(
         "empty sub",

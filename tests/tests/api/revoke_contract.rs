@@ -111,6 +111,7 @@ async fn audience_and_scope_rules_at_a_real_edge() -> anyhow::Result<()> {
         scopes: vec!["invoices:read".into(), "invoices:write".into()],
         aud: aud.map(str::to_owned),
         ttl_seconds: 600,
+        ..Default::default()
     };
     // Wait for the first signing key through the shared helper, then issue.
     issue(l, "svc:warmup", 60).await?;

@@ -24,6 +24,7 @@ fn check_request(path: &str, token: Option<&str>, extensions: &[(&str, &str)]) -
     let mut headers = HashMap::from([
         ("host".to_owned(), "shop.example".to_owned()),
         ("x-veto-subject".to_owned(), "mallory".to_owned()),
+        ("x-veto-stale".to_owned(), "true".to_owned()),
     ]);
     if let Some(t) = token {
         headers.insert("authorization".into(), format!("Bearer {t}"));
@@ -117,7 +118,16 @@ async fn envoy_ext_authz_check_allows_refuses_and_fails_closed() -> Result<()> {
     assert_eq!(added.get("x-veto-jti"), Some(&rec.jti));
     assert_eq!(added.get("x-veto-kid"), Some(&rec.kid));
     assert!(added.contains_key("x-veto-revision"), "{added:?}");
-    assert_eq!(removed, vec!["authorization".to_owned()]);
+    assert_eq!(
+        removed,
+        vec!["authorization".to_owned()],
+        "the token header is removed upstream"
+    );
+    assert_eq!(
+        added.get("x-veto-stale").map(String::as_str),
+        Some("false"),
+        "overwrites a forged mark"
+    );
     let forged = r
         .http_response
         .as_ref()
@@ -161,8 +171,17 @@ async fn envoy_ext_authz_check_allows_refuses_and_fails_closed() -> Result<()> {
         w.contains("error=\"insufficient_scope\"") && w.contains("scope=\"write\""),
         "{w}"
     );
-    let r = check(&mut c, "/admin", Some(&reader.token), &[]).await?;
-    assert_eq!(denied(&r).map(|d| d.0), Some(403), "{r:?}");
+    for p in [
+        "/admin",
+        "//admin",
+        "/x/../admin/keys",
+        "/%61dmin",
+        "/admin%2Fkeys",
+    ] {
+        let r = check(&mut c, p, Some(&reader.token), &[]).await?;
+        assert_eq!(code(&r), PERMISSION_DENIED, "{p}: {r:?}");
+        assert_eq!(denied(&r).map(|d| d.0), Some(403), "{p}: {r:?}");
+    }
 
     // Audience: a token for `billing` passes only where the route names it.
     let b = Some(billing.token.as_str());

@@ -1,9 +1,11 @@
 //! The edge's gateway hooks against the real peers that call them:
-//! Debian's nginx with `auth_request` in front of an upstream, an ext_authz
-//! client generated from Envoy's published protos (the `envoy-types`
-//! crate), Authlib's OAuth 2.0 client for RFC 7662 and RFC 7009, and every
-//! configuration in docs/integrations.md through the best validator here.
+//! Debian's nginx (`auth_request`) and Caddy (`forward_auth`) in front of an
+//! upstream, an ext_authz client generated from Envoy's published protos
+//! (the `envoy-types` crate), Authlib's OAuth 2.0 client for RFC 7662 and
+//! RFC 7009, and every configuration in docs/integrations.md through the
+//! best validator here.
 
+mod caddy;
 mod configs;
 mod ext_authz;
 mod nginx;
@@ -110,6 +112,7 @@ pub async fn issue(
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         aud: aud.map(str::to_owned),
         ttl_seconds: 600,
+        ..Default::default()
     };
     eventually(
         "an issued token",

@@ -99,17 +99,6 @@ fn nginx_args(prefix: &Path, conf: &Path) -> Vec<String> {
     ]
 }
 
-/// GET `path` through nginx with `token` (as a Bearer token) and a forged
-/// identity header a client might send.
-async fn get(nginx: &Nginx, path: &str, token: Option<&str>) -> Result<HttpAnswer> {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("X-Veto-Subject", "mallory")];
-    if let Some(a) = &auth {
-        headers.push(("Authorization", a.as_str()));
-    }
-    http_request(&nginx.addr, "GET", path, &headers, "").await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_passes_refuses_and_fails_closed() -> Result<()> {
     let mut cluster = Cluster::start(ClusterOptions::default()).await?;
@@ -120,64 +109,117 @@ async fn nginx_auth_request_passes_refuses_and_fails_closed() -> Result<()> {
     let upstream = Upstream::start().await?;
     let edge_http = edge.http_addr.context("edge without HTTP")?.to_string();
     let nginx = Nginx::start(&doc_check("nginx-run")?, &edge_http, &upstream.addr).await?;
+    let log = || nginx.error_log();
+    forward_auth_cases(
+        "nginx",
+        &nginx.addr,
+        &log,
+        &mut cluster,
+        &edge,
+        &reader,
+        &ops,
+    )
+    .await
+}
 
-    // A valid token reaches the upstream with its identity, and a forged
-    // identity header does not.
-    let r = get(&nginx, "/orders/7?x=1", Some(&reader.token)).await?;
-    assert_eq!(r.status, 200, "{r:?}\n{}", nginx.error_log());
+/// GET `path` through the gateway at `addr` with `token` (as a Bearer
+/// token), forged identity headers and a forged original URI a client
+/// might send.
+async fn get(addr: &str, path: &str, token: Option<&str>) -> Result<HttpAnswer> {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![
+        ("X-Veto-Subject", "mallory"),
+        ("X-Veto-Stale", "true"),
+        ("X-Veto-Scopes", "admin"),
+        ("X-Original-URI", "/public"),
+        ("X-Forwarded-Uri", "/public"),
+    ];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    http_request(addr, "GET", path, &headers, "").await
+}
+
+/// What a forward-auth gateway at `gw` (in front of an [`Upstream`], with
+/// an edge fed only by node 3 whose `/admin` rule needs `admin`) must do:
+/// pass `reader` (scope `read`) with its identity and no forged header,
+/// refuse no token and forged tokens with the RFC 6750 challenge, refuse
+/// `/admin` however spelled, refuse `reader` from its revoke's ack + B on,
+/// and fail closed (503) once the edge is stale. `ops` has `admin`.
+pub async fn forward_auth_cases(
+    name: &str,
+    gw: &str,
+    log: &dyn Fn() -> String,
+    cluster: &mut Cluster,
+    edge: &veto_edge::Edge,
+    reader: &veto_proto::IssueResponse,
+    ops: &veto_proto::IssueResponse,
+) -> Result<()> {
+    let r = get(gw, "/orders/7?x=1", Some(&reader.token)).await?;
+    assert_eq!(r.status, 200, "{name}: {r:?}\n{}", log());
     let rec = reader.record.clone().unwrap_or_default();
+    let want = [
+        ("x-veto-subject", "svc:orders"),
+        ("x-veto-scopes", "read"),
+        ("x-veto-jti", rec.jti.as_str()),
+        ("x-veto-kid", rec.kid.as_str()),
+    ];
+    for (h, v) in want {
+        assert_eq!(echoed(&r.body, h), Some(v), "{name}: {h}: {}", r.body);
+    }
     assert_eq!(
-        echoed(&r.body, "x-veto-subject"),
-        Some("svc:orders"),
-        "{}",
+        echoed(&r.body, "x-veto-stale"),
+        Some("false"),
+        "{name}: forged: {}",
         r.body
     );
-    assert_eq!(echoed(&r.body, "x-veto-scopes"), Some("read"), "{}", r.body);
-    assert_eq!(
-        echoed(&r.body, "x-veto-jti"),
-        Some(rec.jti.as_str()),
-        "{}",
-        r.body
-    );
-    assert_eq!(
-        echoed(&r.body, "x-veto-kid"),
-        Some(rec.kid.as_str()),
-        "{}",
+    assert!(
+        echoed(&r.body, "x-veto-revision").is_some(),
+        "{name}: {}",
         r.body
     );
 
     // No token, or not one veto signed: 401 with the RFC 6750 challenge.
-    let r = get(&nginx, "/orders/7", None).await?;
-    assert_eq!(r.status, 401, "{r:?}");
+    let r = get(gw, "/orders/7", None).await?;
+    assert_eq!(r.status, 401, "{name}: {r:?}");
     assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"veto\""));
-    let r = get(&nginx, "/orders/7", Some("eyJhbGciOiJub25lIn0.e30.")).await?;
-    assert_eq!(r.status, 401, "{r:?}");
+    let r = get(gw, "/orders/7", Some("eyJhbGciOiJub25lIn0.e30.")).await?;
+    assert_eq!(r.status, 401, "{name}: {r:?}");
     let w = r.header("www-authenticate").unwrap_or_default();
-    assert!(w.contains("error=\"invalid_token\""), "{w}");
+    assert!(w.contains("error=\"invalid_token\""), "{name}: {w}");
 
-    // /admin needs the admin scope (the edge's route rule).
-    let r = get(&nginx, "/admin/users", Some(&reader.token)).await?;
-    assert_eq!(r.status, 403, "{r:?}");
-    let r = get(&nginx, "/admin/users", Some(&ops.token)).await?;
-    assert_eq!(r.status, 200, "{r:?}");
+    // /admin needs the admin scope (the edge's route rule), however the
+    // path is spelled (gateways pass the raw request target on).
+    for p in [
+        "/admin/users",
+        "//admin/users",
+        "/x/../admin/users",
+        "/%61dmin/users",
+        "/admin%2Fusers",
+    ] {
+        let r = get(gw, p, Some(&reader.token)).await?;
+        assert_eq!(r.status, 403, "{name}: {p}: {r:?}");
+    }
+    let r = get(gw, "/admin/users", Some(&ops.token)).await?;
+    assert_eq!(r.status, 200, "{name}: {r:?}");
     assert_eq!(echoed(&r.body, "x-veto-subject"), Some("svc:ops"));
 
-    // Revoked: refused by nginx from the ack + B on.
-    let ack = revoke(&cluster.nodes[0], &jti(&reader)).await?;
+    // Revoked: refused from the ack + B on.
+    let ack = revoke(&cluster.nodes[0], &jti(reader)).await?;
     let after = crate::refused_from_ack_plus_bound(ack, || async {
-        Ok(get(&nginx, "/orders/7", Some(&reader.token)).await?.status == 200)
+        Ok(get(gw, "/orders/7", Some(&reader.token)).await?.status == 200)
     })
     .await?;
-    let r = get(&nginx, "/orders/7", Some(&reader.token)).await?;
-    assert_eq!(r.status, 401, "{r:?}");
+    let r = get(gw, "/orders/7", Some(&reader.token)).await?;
+    assert_eq!(r.status, 401, "{name}: {r:?}");
     let w = r.header("www-authenticate").unwrap_or_default();
-    assert!(w.contains("revoked"), "{w}");
-    eprintln!("nginx: {after} requests at or after ack + B, all refused");
+    assert!(w.contains("revoked"), "{name}: {w}");
+    eprintln!("{name}: {after} requests at or after ack + B, all refused");
 
-    // The edge's only server dies: once stale, nginx fails closed with 503.
-    make_stale(&mut cluster, 3, &edge).await?;
-    let r = get(&nginx, "/orders/7", Some(&ops.token)).await?;
-    assert_eq!(r.status, 503, "{r:?}\n{}", nginx.error_log());
-    assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
+    // The edge's only server dies: once stale, the gateway fails closed.
+    make_stale(cluster, 3, edge).await?;
+    let r = get(gw, "/orders/7", Some(&ops.token)).await?;
+    assert_eq!(r.status, 503, "{name}: {r:?}\n{}", log());
+    assert_eq!(r.header("retry-after"), Some("1"), "{name}: {r:?}");
     Ok(())
 }

@@ -53,7 +53,25 @@ impl Fx {
             fam: jti,
             kid: self.kid,
             rev: self.rev,
+            owner: String::new(),
+            description: String::new(),
+            labels: Default::default(),
         }
+    }
+
+    fn issue_labelled(&mut self, n: u8, owner: &str, labels: &[(&str, &str)]) -> Jti {
+        let mut t = self.token(n, "svc", T0, 3600);
+        t.owner = owner.into();
+        t.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let r = self.apply(Command::Issue {
+            token: t,
+            actor: op(),
+        });
+        assert!(matches!(r, Response::Issued { .. }), "{r:?}");
+        Jti([n; 16])
     }
 
     fn issue(&mut self, n: u8, sub: &str, iat: i64) -> Jti {
@@ -793,4 +811,155 @@ fn edges_learn_grace_as_a_duration_and_the_sweep_horizon() {
         T0 - 10,
         "the horizon never moves back"
     );
+}
+
+#[test]
+fn a_selector_revoke_covers_the_live_matching_tokens_only() {
+    let mut fx = Fx::new();
+    let old_a = fx.issue_labelled(1, "team-a", &[("app", "api"), ("version", "1.4")]);
+    let old_b = fx.issue_labelled(2, "team-b", &[("app", "api"), ("version", "1.4")]);
+    let new = fx.issue_labelled(3, "team-a", &[("app", "api"), ("version", "1.5")]);
+    let other = fx.issue_labelled(4, "team-a", &[]);
+    let sel = crate::labels::Selector::parse("app=api,version=1.4").unwrap();
+    let cmd = Command::RevokeSelector {
+        selector: sel.clone(),
+        reason: "retire 1.4".into(),
+        at: T0 + 10,
+        actor: op(),
+    };
+    fx.rev += 1;
+    let (r, changes) = fx.st.apply_for_edges(fx.rev, &cmd);
+    assert_eq!(r, Response::revoked(fx.rev));
+    let mut revoked: Vec<Jti> = changes
+        .iter()
+        .filter_map(|c| match c {
+            crate::EdgeChange::TokenRevoked {
+                jti, grace_ms: 0, ..
+            } => Some(*jti),
+            _ => None,
+        })
+        .collect();
+    revoked.sort();
+    assert_eq!(revoked, vec![old_a, old_b], "edges learn each token");
+    for (j, want) in [
+        (old_a, TokenStatus::Revoked),
+        (old_b, TokenStatus::Revoked),
+        (new, TokenStatus::Active),
+        (other, TokenStatus::Active),
+    ] {
+        assert_eq!(fx.status(j, T0 + 11), want);
+    }
+    let (events, _) = fx.st.audit().query(&crate::audit::AuditQuery {
+        limit: 100,
+        ..Default::default()
+    });
+    let ev = events.last().cloned().cloned().unwrap();
+    assert_eq!(ev.action, "revoke_selector");
+    assert_eq!(ev.target, "selector app=api,version=1.4 (2 tokens)");
+    // Again: nothing new, the first revision.
+    let first = fx.rev;
+    assert_eq!(fx.apply(cmd.clone()), Response::already_revoked(first));
+    // Nothing live matches: NOT_FOUND and nothing changes.
+    let before = fx.st.clone();
+    let r = fx.apply(Command::RevokeSelector {
+        selector: crate::labels::Selector::parse("version=9").unwrap(),
+        reason: String::new(),
+        at: T0 + 12,
+        actor: op(),
+    });
+    assert!(
+        matches!(
+            r,
+            Response::Rejected {
+                rejection: Rejection::NotFound { .. },
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert_eq!(
+        fx.st.revoked_tokens_iter().count(),
+        before.revoked_tokens_iter().count()
+    );
+    // Expired tokens are left alone.
+    let r = fx.apply(Command::RevokeSelector {
+        selector: sel,
+        reason: String::new(),
+        at: T0 + 7200,
+        actor: op(),
+    });
+    assert!(matches!(r, Response::Rejected { .. }), "{r:?}");
+}
+
+#[test]
+fn lists_filter_by_owner_labels_status_key_and_expiry() {
+    let mut fx = Fx::new();
+    let a = fx.issue_labelled(1, "team-a", &[("version", "1.4")]);
+    let b = fx.issue_labelled(2, "team-b", &[("version", "1.4")]);
+    let c = fx.issue_labelled(3, "team-a", &[("version", "1.5")]);
+    fx.apply(Command::RevokeToken {
+        jti: a,
+        reason: String::new(),
+        at: T0 + 1,
+        actor: op(),
+        presented: None,
+    });
+    let jtis = |f: &TokenFilter<'_>| -> Vec<Jti> {
+        fx.st
+            .list_where(f, None, 100, 1_000)
+            .0
+            .iter()
+            .map(|r| r.token.jti)
+            .collect()
+    };
+    let now = T0 + 2;
+    let sel = crate::labels::Selector::parse("version=1.4").unwrap();
+    let base = TokenFilter {
+        now,
+        ..TokenFilter::default()
+    };
+    let owner_a = TokenFilter {
+        owner: Some("team-a"),
+        ..base.clone()
+    };
+    assert_eq!(jtis(&owner_a), vec![a, c]);
+    let by_sel = TokenFilter {
+        selector: Some(&sel),
+        ..base.clone()
+    };
+    assert_eq!(jtis(&by_sel), vec![a, b]);
+    let active_14 = TokenFilter {
+        selector: Some(&sel),
+        status: Some(TokenStatus::Active),
+        ..base.clone()
+    };
+    assert_eq!(jtis(&active_14), vec![b]);
+    let soon = TokenFilter {
+        expires_by: Some(T0 + 3600),
+        ..base.clone()
+    };
+    assert_eq!(jtis(&soon), vec![a, b, c]);
+    let not_soon = TokenFilter {
+        expires_by: Some(T0 + 60),
+        ..base.clone()
+    };
+    assert!(jtis(&not_soon).is_empty());
+    let other_key = TokenFilter {
+        kid: Some(Kid([7; 16])),
+        ..base.clone()
+    };
+    assert!(jtis(&other_key).is_empty());
+    // A scan budget stops early and says where it stopped.
+    let (page, stopped) = fx.st.list_where(&owner_a, None, 100, 2);
+    assert_eq!(
+        page.iter().map(|r| r.token.jti).collect::<Vec<_>>(),
+        vec![a]
+    );
+    assert_eq!(stopped, Some(b));
+    let (page, stopped) = fx.st.list_where(&owner_a, stopped, 100, 2);
+    assert_eq!(
+        page.iter().map(|r| r.token.jti).collect::<Vec<_>>(),
+        vec![c]
+    );
+    assert_eq!(stopped, None);
 }

@@ -1,0 +1,100 @@
+//! Debian's Caddy, running the `caddy` block of docs/integrations.md as
+//! documented (only its addresses changed, and a test-only global block
+//! turning the admin API off) with `forward_auth` to the edge, through the
+//! same cases as nginx.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use veto_testkit::{eventually, http_request, Cluster, ClusterOptions};
+
+use crate::nginx::forward_auth_cases;
+use crate::{doc_check, gateway_edge, issue, Upstream};
+
+/// A `caddy run` process on a scratch home.
+struct Caddy {
+    addr: String,
+    child: tokio::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Caddy {
+    async fn start(doc: &str, edge_http: &str, upstream: &str) -> Result<Caddy> {
+        let addr = veto_testkit::free_addr()?;
+        let mut conf = doc.to_owned();
+        for (from, to) in [
+            (":8080 {", format!("http://{addr} {{")),
+            (
+                "forward_auth 127.0.0.1:7580 {",
+                format!("forward_auth {edge_http} {{"),
+            ),
+            (
+                "reverse_proxy 127.0.0.1:9000",
+                format!("reverse_proxy {upstream}"),
+            ),
+        ] {
+            anyhow::ensure!(conf.contains(from), "the caddy block lost `{from}`");
+            conf = conf.replace(from, &to);
+        }
+        let conf =
+            format!("{{\n\tadmin off\n\tauto_https off\n\tdefault_bind 127.0.0.1\n}}\n\n{conf}");
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("Caddyfile");
+        std::fs::write(&path, &conf)?;
+        let log = std::fs::File::create(dir.path().join("caddy.log"))?;
+        let child = tokio::process::Command::new("caddy")
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&path)
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path().join("data"))
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start caddy (scripts/deps.sh test installs it)")?;
+        let c = Caddy { addr, child, dir };
+        eventually(
+            "caddy to listen",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || async { http_request(&c.addr, "GET", "/", &[], "").await.ok() },
+        )
+        .await
+        .with_context(|| c.log())?;
+        Ok(c)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("caddy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_forward_auth_passes_refuses_and_fails_closed() -> Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    let node = &cluster.nodes[2];
+    let reader = issue(node, "svc:orders", &["read"], None).await?;
+    let ops = issue(node, "svc:ops", &["admin", "read"], None).await?;
+    let edge = gateway_edge(node, "caddy-edge").await?;
+    let upstream = Upstream::start().await?;
+    let edge_http = edge.http_addr.context("edge without HTTP")?.to_string();
+    let caddy = Caddy::start(&doc_check("caddy")?, &edge_http, &upstream.addr).await?;
+    let log = || caddy.log();
+    forward_auth_cases(
+        "caddy",
+        &caddy.addr,
+        &log,
+        &mut cluster,
+        &edge,
+        &reader,
+        &ops,
+    )
+    .await
+}

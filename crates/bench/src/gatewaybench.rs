@@ -162,10 +162,11 @@ async fn check_turn(
             .map(AuthorizationClient::new)
             .collect(),
     );
-    let tokens = tokens.clone();
+    // Built once, as Verify's requests are only a token string to clone.
+    let reqs: Arc<Vec<CheckRequest>> = Arc::new(tokens.iter().map(|t| check_request(t)).collect());
     drive(c, dur, move |w, i| {
         let mut cl = clients[w % clients.len()].clone();
-        let req = check_request(&pick(&tokens, w, i));
+        let req = reqs[(w * 7_919 + i as usize) % reqs.len()].clone();
         async move {
             let r = cl.check(req).await;
             Some(r.is_ok_and(|r| r.into_inner().status.is_some_and(|s| s.code == 0)))

@@ -241,6 +241,10 @@ impl Gateway {
         if let Some(r) = explicit {
             return self.bounded(r);
         }
+        if self.routes.is_empty() {
+            // No rule to bypass: any path needs just a valid token.
+            return Ok(Required::default());
+        }
         let Some(path) = canonical_path(raw_uri) else {
             return Err(Denial {
                 status: 403,

@@ -133,13 +133,31 @@ pub(crate) async fn token(t: TokenCmd, mut tokens: Tokens, j: bool) -> Result<()
             let r = tokens.issue(req).await.map_err(status_err)?;
             output::print_issued(j, &r.into_inner());
         }
-        TokenCmd::Refresh { jti, ttl, grace } => {
-            let req = pb::RefreshRequest {
-                jti,
-                ttl_seconds: ttl,
-                grace_seconds: grace,
+        TokenCmd::Refresh {
+            jti,
+            token_file,
+            ttl,
+            grace,
+        } => {
+            let r = match token_file.as_deref().map(read_token).transpose()? {
+                Some(token) => {
+                    let req = pb::RefreshPresentedRequest {
+                        token,
+                        ttl_seconds: ttl,
+                        grace_seconds: grace,
+                    };
+                    tokens.refresh_presented(req).await
+                }
+                None => {
+                    let req = pb::RefreshRequest {
+                        jti: jti.unwrap_or_default(),
+                        ttl_seconds: ttl,
+                        grace_seconds: grace,
+                    };
+                    tokens.refresh(req).await
+                }
             };
-            let r = tokens.refresh(req).await.map_err(status_err)?;
+            let r = r.map_err(status_err)?;
             output::print_refreshed(j, &r.into_inner());
         }
         TokenCmd::Get { jti } => {

@@ -260,10 +260,17 @@ pub struct SeedArgs {
 pub enum TokenCmd {
     /// Issue a token; prints the token string once.
     Issue(IssueArgs),
-    /// Issue a successor in the same family; the predecessor dies after the grace period.
+    /// Issue a successor in the same family; the predecessor dies after the
+    /// grace period. By jti (operator), or by presenting the token itself
+    /// (--token-file: any certificate the CA signed, e.g. the holder's).
     Refresh {
-        /// jti of the token to replace.
-        jti: String,
+        /// jti of the token to replace (or give --token-file).
+        #[arg(required_unless_present = "token_file", conflicts_with = "token_file")]
+        jti: Option<String>,
+        /// Refresh by presenting the token, read from this file (`-`:
+        /// stdin); the successor replaces nothing on disk: it is printed.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         /// Lifetime of the successor (seconds, 0 = default).
         #[arg(long, default_value_t = 0)]
         ttl: u64,

@@ -66,6 +66,8 @@ pub fn policy(path: &str) -> Access {
         "veto.v1.RaftService" if RAFT_METHODS.contains(&method) => Access::Roles(PEERS),
         "veto.v1.FeedService" if method == "Subscribe" => Access::Roles(FEED),
         "veto.v1.TokenService" if TOKEN_METHODS.contains(&method) => Access::Roles(OPERATORS),
+        // The holder proves possession by presenting the token itself.
+        "veto.v1.TokenService" if method == "RefreshPresented" => Access::Authenticated,
         "veto.v1.AdminService" if ADMIN_METHODS.contains(&method) => Access::Roles(OPERATORS),
         _ => Access::Deny,
     }

@@ -249,8 +249,18 @@ impl Service {
             })?;
         let (pt, succ, status) = p;
         if succ.is_some() {
+            // The predecessor is being rotated a second time: two parties
+            // hold it. Its whole family dies (refresh-reuse detection).
+            let revoke = pb::RevokeFamilyRequest {
+                family: pt.fam.to_string(),
+                reason: format!("refresh reuse: token {pred} was refreshed again after rotation"),
+                ..Default::default()
+            };
+            let r = self.revoke_family_inner(&revoke, actor).await?;
+            record_revoke("family", &r);
             return Err(Error::FailedPrecondition(format!(
-                "token {pred} was already refreshed"
+                "token {pred} was already refreshed: reuse detected, its family {} is revoked (revision {})",
+                pt.fam, r.revision
             )));
         }
         if status != TokenStatus::Active {
@@ -289,6 +299,45 @@ impl Service {
             SmResponse::Rejected { rejection, .. } => Err(rejection.into()),
             other => Err(Error::Fatal(format!("unexpected response {other:?}"))),
         }
+    }
+
+    /// Refresh by a holder presenting the token: the signature proves
+    /// possession; the successor copies the predecessor and lives no
+    /// longer than it did.
+    async fn refresh_presented_local(
+        &self,
+        r: &pb::RefreshPresentedRequest,
+        actor: Actor,
+    ) -> Result<pb::RefreshResponse> {
+        let (jti, _) = self.presented(&r.token)?;
+        let lifetime = self
+            .node
+            .state()
+            .read(|s| s.token(&jti).map(|rec| rec.token.exp - rec.token.iat))
+            .ok_or_else(|| {
+                Error::Rejected(veto_core::command::Rejection::NotFound {
+                    what: "token".into(),
+                    id: jti.to_string(),
+                })
+            })?;
+        let lifetime = u64::try_from(lifetime.max(1)).unwrap_or(1);
+        let ttl = match r.ttl_seconds {
+            0 => lifetime,
+            t if t > lifetime => {
+                return Err(validate::Invalid::new(
+                    "ttl_seconds",
+                    format!("{t} exceeds the presented token's own lifetime of {lifetime} s"),
+                )
+                .into())
+            }
+            t => t,
+        };
+        let req = pb::RefreshRequest {
+            jti: jti.to_string(),
+            ttl_seconds: ttl.min(self.node.limits().max_ttl_seconds),
+            grace_seconds: r.grace_seconds,
+        };
+        self.refresh_local(&req, actor).await
     }
 
     async fn revoke_local(
@@ -687,6 +736,9 @@ crate::rpc_service! {
             |s, r| s.issue_local(r.get_ref(), actor(r));
         refresh(pb::RefreshRequest) -> pb::RefreshResponse, "veto.v1.TokenService/Refresh" =
             |s, r| s.refresh_local(r.get_ref(), actor(r));
+        refresh_presented(pb::RefreshPresentedRequest) -> pb::RefreshResponse,
+            "veto.v1.TokenService/RefreshPresented" =
+            |s, r| s.refresh_presented_local(r.get_ref(), actor(r));
         revoke(pb::RevokeRequest) -> pb::RevokeResponse, "veto.v1.TokenService/Revoke" =
             |s, r| s.revoke_local(r.get_ref(), actor(r));
         revoke_subject(pb::RevokeSubjectRequest) -> pb::RevokeResponse,

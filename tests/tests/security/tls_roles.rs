@@ -66,6 +66,10 @@ async fn code_of(ch: &Channel, rpc: &str) -> Code {
             .revoke_family(pb::RevokeFamilyRequest::default())
             .await
             .map(|_| ()),
+        "RevokeSelector" => t
+            .revoke_selector(pb::RevokeSelectorRequest::default())
+            .await
+            .map(|_| ()),
         "Get" => t.get(pb::GetTokenRequest::default()).await.map(|_| ()),
         "List" => t.list(pb::ListTokensRequest::default()).await.map(|_| ()),
         "Init" => a.init(pb::InitRequest::default()).await.map(|_| ()),
@@ -117,6 +121,7 @@ const TOKEN_RPCS: &[&str] = &[
     "Revoke",
     "RevokeSubject",
     "RevokeFamily",
+    "RevokeSelector",
     "Get",
     "List",
 ];

@@ -21,14 +21,19 @@ pub use veto_chaos::workload::{History, IssueRec, RevokeRec, Target, VerifyRec};
 /// Issues a token through `node`, waiting (bounded) for the first signing
 /// key on a fresh cluster.
 pub async fn issue(node: &Node, sub: &str, ttl_seconds: u64) -> Result<pb::IssueResponse> {
-    let c = node.tokens()?;
     let req = pb::IssueRequest {
         sub: sub.into(),
         scopes: vec!["read".into()],
-        aud: None,
         ttl_seconds,
         ..Default::default()
     };
+    issue_req(node, req).await
+}
+
+/// Issues `req` through `node`, waiting (bounded) for the first signing
+/// key on a fresh cluster.
+pub async fn issue_req(node: &Node, req: pb::IssueRequest) -> Result<pb::IssueResponse> {
+    let c = node.tokens()?;
     eventually(
         "an issued token",
         Duration::from_secs(15),

@@ -171,16 +171,16 @@ async fn require_cert(
             .increment(1);
         if path.starts_with("/oauth2/") {
             // RFC 6749 §5.2, as RFC 7662 §2.3 and RFC 7009 §2.2.1 ask.
-            return (
+            let mut r = crate::oauth::error(
                 StatusCode::UNAUTHORIZED,
-                [
-                    (axum::http::header::WWW_AUTHENTICATE, "Mutual-TLS realm=\"veto\""),
-                    (axum::http::header::CACHE_CONTROL, "no-store"),
-                    (axum::http::header::CONTENT_TYPE, "application/json"),
-                ],
-                "{\"error\":\"invalid_client\",\"error_description\":\"a client certificate signed by the veto CA is required\"}",
-            )
-                .into_response();
+                "invalid_client",
+                "a client certificate signed by the veto CA is required",
+            );
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Mutual-TLS realm=\"veto\""),
+            );
+            return r;
         }
         return (
             StatusCode::UNAUTHORIZED,

@@ -19,6 +19,7 @@ pub mod certs;
 pub mod http;
 mod identity;
 mod layer;
+pub mod oauth;
 mod tls;
 
 pub use identity::{Identity, Role, ROLE_URI_PREFIX};

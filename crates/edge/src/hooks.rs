@@ -13,12 +13,14 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Form, FromRequest, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use veto_core::token::Requirements;
 use veto_feed::Outcome;
+
+use veto_auth::oauth;
 
 use crate::gateway::{Decision, Denial, Gateway, Required};
 use crate::service::Http;
@@ -127,55 +129,17 @@ pub(crate) async fn forward_auth(
     }
 }
 
-fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    let body = json!({ "error": error, "error_description": description });
-    (
-        status,
-        [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(body),
-    )
-        .into_response()
-}
-
 /// RFC 7662 introspection: `token` (and an ignored `token_type_hint`) in
 /// an `application/x-www-form-urlencoded` body.
 pub(crate) async fn introspect(State(s): State<Http>, req: Request) -> Response {
-    // A body that is not a form is an invalid request (RFC 6749 §5.2), not
-    // axum's 415.
-    let Ok(Form(pairs)) = Form::<Vec<(String, String)>>::from_request(req, &()).await else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the body must be application/x-www-form-urlencoded",
-        );
+    let token = match oauth::token_param(req).await {
+        Ok(t) => t,
+        Err(answer) => return answer,
     };
-    let mut tokens = pairs.iter().filter(|(k, _)| k == "token").map(|(_, v)| v);
-    let (token, again) = (tokens.next(), tokens.next());
-    if again.is_some() {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the token parameter must not repeat",
-        );
-    }
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the token parameter is required",
-        );
-    };
-    let v = s.h.verify_any_audience(token);
+    let v = s.h.verify_any_audience(&token);
     let revision = s.h.revision();
     if v.outcome == Outcome::Stale {
-        let mut r = oauth_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            &v.reason,
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
-        return r;
+        return oauth::unavailable(&v.reason);
     }
     let fresh_age_ms =
         s.h.freshness()
@@ -209,10 +173,5 @@ pub(crate) async fn introspect(State(s): State<Http>, req: Request) -> Response 
         // RFC 7662 §2.2: nothing more about a token that is not active.
         _ => json!({ "active": false, "veto_revision": revision, "veto_stale": v.stale }),
     };
-    (
-        StatusCode::OK,
-        [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(body),
-    )
-        .into_response()
+    oauth::answer(body)
 }

@@ -10,14 +10,13 @@
 //! does.
 
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::{Form, Json};
+use axum::response::Response;
 use serde_json::json;
 use tonic::Code;
 use veto_auth::http::Peer;
-use veto_auth::Role;
+use veto_auth::{oauth, Role};
 use veto_proto as pb;
 use veto_proto::token_service_server::TokenService;
 
@@ -29,11 +28,6 @@ pub const REVOKE_PATH: &str = "/oauth2/revoke";
 /// The `reason` recorded in the audit for revokes through this endpoint.
 pub const REVOKE_REASON: &str = "RFC 7009 revocation request";
 
-fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    let body = json!({ "error": error, "error_description": description });
-    (status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
-}
-
 /// `POST /oauth2/revoke` with `token` (and an optional `token_type_hint`,
 /// which is ignored: veto has one kind of token) in a form body.
 pub async fn revoke(State(h): State<Http>, req: Request) -> Response {
@@ -43,7 +37,7 @@ pub async fn revoke(State(h): State<Http>, req: Request) -> Response {
         .map(|c| c.0.clone());
     let identity = peer.and_then(|p| p.identity);
     if h.node.transport().is_tls() && identity.as_ref().map(|i| i.role) != Some(Role::Operator) {
-        let mut r = oauth_error(
+        let mut r = oauth::error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "revocation needs an operator certificate",
@@ -54,29 +48,9 @@ pub async fn revoke(State(h): State<Http>, req: Request) -> Response {
         );
         return r;
     }
-    let Ok(Form(pairs)) = Form::<Vec<(String, String)>>::from_request(req, &()).await else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the body must be application/x-www-form-urlencoded",
-        );
-    };
-    // RFC 6749 §3.1: a parameter must not repeat.
-    let mut tokens = pairs.iter().filter(|(k, _)| k == "token").map(|(_, v)| v);
-    let (token, again) = (tokens.next(), tokens.next());
-    if again.is_some() {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the token parameter must not repeat",
-        );
-    }
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the token parameter is required",
-        );
+    let token = match oauth::token_param(req).await {
+        Ok(t) => t,
+        Err(answer) => return answer,
     };
     let mut call = tonic::Request::new(pb::RevokeRequest {
         token: token.clone(),
@@ -100,12 +74,7 @@ pub async fn revoke(State(h): State<Http>, req: Request) -> Response {
                 "edges_confirmed": r.edges_confirmed,
                 "edges_behind": r.edges_behind.len(),
             });
-            (
-                StatusCode::OK,
-                [(header::CACHE_CONTROL, "no-store")],
-                Json(body),
-            )
-                .into_response()
+            oauth::answer(body)
         }
         // RFC 7009 §2.2: an invalid token is not an error; there is
         // nothing to revoke.
@@ -115,25 +84,12 @@ pub async fn revoke(State(h): State<Http>, req: Request) -> Response {
                 Code::InvalidArgument | Code::Unauthenticated | Code::NotFound
             ) =>
         {
-            let body = json!({ "revoked": false, "reason": s.message() });
-            (
-                StatusCode::OK,
-                [(header::CACHE_CONTROL, "no-store")],
-                Json(body),
-            )
-                .into_response()
+            oauth::answer(json!({ "revoked": false, "reason": s.message() }))
         }
         Err(s) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) => {
-            let mut r = oauth_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                s.message(),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
-            r
+            oauth::unavailable(s.message())
         }
-        Err(s) => oauth_error(
+        Err(s) => oauth::error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
             s.message(),

@@ -3,23 +3,17 @@
 //! turning the admin API off) with `forward_auth` to the edge, through the
 //! same cases as nginx.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result};
-use veto_testkit::{eventually, http_request, Cluster, ClusterOptions};
+use veto_testkit::{Cluster, ClusterOptions};
 
 use crate::nginx::forward_auth_cases;
-use crate::{doc_check, gateway_edge, issue, Upstream};
+use crate::{doc_check, gateway_edge, issue, GatewayProcess, Upstream};
 
-/// A `caddy run` process on a scratch home.
-struct Caddy {
-    addr: String,
-    child: tokio::process::Child,
-    dir: tempfile::TempDir,
-}
+/// `caddy run` on a scratch home.
+struct Caddy;
 
 impl Caddy {
-    async fn start(doc: &str, edge_http: &str, upstream: &str) -> Result<Caddy> {
+    async fn start(doc: &str, edge_http: &str, upstream: &str) -> Result<GatewayProcess> {
         let addr = veto_testkit::free_addr()?;
         let mut conf = doc.to_owned();
         for (from, to) in [
@@ -41,38 +35,15 @@ impl Caddy {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("Caddyfile");
         std::fs::write(&path, &conf)?;
-        let log = std::fs::File::create(dir.path().join("caddy.log"))?;
-        let child = tokio::process::Command::new("caddy")
-            .args(["run", "--adapter", "caddyfile", "--config"])
+        let log = dir.path().join("caddy.log");
+        let mut cmd = tokio::process::Command::new("caddy");
+        cmd.args(["run", "--adapter", "caddyfile", "--config"])
             .arg(&path)
             .env("HOME", dir.path())
             .env("XDG_DATA_HOME", dir.path().join("data"))
             .env("XDG_CONFIG_HOME", dir.path().join("config"))
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start caddy (scripts/deps.sh test installs it)")?;
-        let c = Caddy { addr, child, dir };
-        eventually(
-            "caddy to listen",
-            Duration::from_secs(10),
-            Duration::from_millis(50),
-            || async { http_request(&c.addr, "GET", "/", &[], "").await.ok() },
-        )
-        .await
-        .with_context(|| c.log())?;
-        Ok(c)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("caddy.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Caddy {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
+            .stderr(std::fs::File::create(&log)?);
+        GatewayProcess::spawn(cmd, addr, dir, log).await
     }
 }
 

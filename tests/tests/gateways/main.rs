@@ -106,7 +106,6 @@ pub async fn issue(
     scopes: &[&str],
     aud: Option<&str>,
 ) -> Result<pb::IssueResponse> {
-    let c = node.tokens()?;
     let req = pb::IssueRequest {
         sub: sub.into(),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
@@ -114,17 +113,7 @@ pub async fn issue(
         ttl_seconds: 600,
         ..Default::default()
     };
-    eventually(
-        "an issued token",
-        Duration::from_secs(15),
-        Duration::from_millis(50),
-        || {
-            let mut c = c.clone();
-            let req = req.clone();
-            async move { c.issue(req).await.ok().map(|r| r.into_inner()) }
-        },
-    )
-    .await
+    veto_tests::issue_req(node, req).await
 }
 
 /// The jti of an issued token.
@@ -186,6 +175,63 @@ pub async fn make_stale(cluster: &mut Cluster, id: u64, e: &veto_edge::Edge) -> 
         || async { (!e.handle.freshness().fresh).then_some(()) },
     )
     .await
+}
+
+/// A gateway process under test (nginx, Caddy) in a scratch directory:
+/// killed when dropped, its log kept for failure messages.
+pub struct GatewayProcess {
+    /// Where it listens, `127.0.0.1:port`.
+    pub addr: String,
+    child: tokio::process::Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Spawns `cmd` (already given its configuration in `dir`; its log goes
+    /// to `log`) and waits until it answers HTTP on `addr`.
+    pub async fn spawn(
+        mut cmd: tokio::process::Command,
+        addr: String,
+        dir: tempfile::TempDir,
+        log: PathBuf,
+    ) -> Result<GatewayProcess> {
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {cmd:?} (scripts/deps.sh test installs it)"))?;
+        let g = GatewayProcess {
+            addr,
+            child,
+            log,
+            _dir: dir,
+        };
+        eventually(
+            "the gateway to listen",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || async {
+                veto_testkit::http_request(&g.addr, "GET", "/", &[], "")
+                    .await
+                    .ok()
+            },
+        )
+        .await
+        .with_context(|| g.log())?;
+        Ok(g)
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
 }
 
 /// An HTTP upstream on 127.0.0.1 that answers every request 200 with the

@@ -4,20 +4,16 @@
 //! that echoes what it received.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use veto_testkit::{eventually, http_request, Cluster, ClusterOptions, HttpAnswer};
+use veto_testkit::{http_request, Cluster, ClusterOptions, HttpAnswer};
 
-use crate::{doc_check, echoed, gateway_edge, issue, jti, make_stale, revoke, Upstream};
+use crate::{
+    doc_check, echoed, gateway_edge, issue, jti, make_stale, revoke, GatewayProcess, Upstream,
+};
 
-/// An nginx process (no daemon, no master) on a temporary prefix.
-pub struct Nginx {
-    /// Where it listens, `127.0.0.1:port`.
-    pub addr: String,
-    child: tokio::process::Child,
-    dir: tempfile::TempDir,
-}
+/// nginx (no daemon, no master) on a temporary prefix.
+pub struct Nginx;
 
 impl Nginx {
     /// `nginx -t` on `conf` in a scratch prefix; the test's output or why
@@ -38,7 +34,7 @@ impl Nginx {
 
     /// Starts nginx with the documented `nginx-run` configuration, its
     /// ports moved to a free one, the edge's HTTP address and `upstream`.
-    pub async fn start(doc: &str, edge_http: &str, upstream: &str) -> Result<Nginx> {
+    pub async fn start(doc: &str, edge_http: &str, upstream: &str) -> Result<GatewayProcess> {
         let addr = veto_testkit::free_addr()?;
         let mut conf = doc.to_owned();
         for (from, to) in [
@@ -55,34 +51,11 @@ impl Nginx {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, &conf)?;
-        let child = tokio::process::Command::new("nginx")
-            .args(nginx_args(dir.path(), &path))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start nginx (scripts/deps.sh test installs nginx-light)")?;
-        let n = Nginx { addr, child, dir };
-        eventually(
-            "nginx to listen",
-            Duration::from_secs(10),
-            Duration::from_millis(50),
-            || async { http_request(&n.addr, "GET", "/", &[], "").await.ok() },
-        )
-        .await
-        .with_context(|| n.error_log())?;
-        Ok(n)
-    }
-
-    /// nginx's error log, for failure messages.
-    pub fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
+        let mut cmd = tokio::process::Command::new("nginx");
+        cmd.args(nginx_args(dir.path(), &path))
+            .stderr(std::process::Stdio::null());
+        let log = dir.path().join("error.log");
+        GatewayProcess::spawn(cmd, addr, dir, log).await
     }
 }
 
@@ -109,7 +82,7 @@ async fn nginx_auth_request_passes_refuses_and_fails_closed() -> Result<()> {
     let upstream = Upstream::start().await?;
     let edge_http = edge.http_addr.context("edge without HTTP")?.to_string();
     let nginx = Nginx::start(&doc_check("nginx-run")?, &edge_http, &upstream.addr).await?;
-    let log = || nginx.error_log();
+    let log = || nginx.log();
     forward_auth_cases(
         "nginx",
         &nginx.addr,

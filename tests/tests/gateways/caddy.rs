@@ -3,11 +3,10 @@
 //! turning the admin API off) with `forward_auth` to the edge, through the
 //! same cases as nginx.
 
-use anyhow::{Context, Result};
-use veto_testkit::{Cluster, ClusterOptions};
+use anyhow::Result;
 
-use crate::nginx::forward_auth_cases;
-use crate::{doc_check, gateway_edge, issue, GatewayProcess, Upstream};
+use crate::nginx::forward_auth_gateway;
+use crate::{doc_check, GatewayProcess};
 
 /// `caddy run` on a scratch home.
 struct Caddy;
@@ -49,23 +48,9 @@ impl Caddy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caddy_forward_auth_passes_refuses_and_fails_closed() -> Result<()> {
-    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
-    let node = &cluster.nodes[2];
-    let reader = issue(node, "svc:orders", &["read"], None).await?;
-    let ops = issue(node, "svc:ops", &["admin", "read"], None).await?;
-    let edge = gateway_edge(node, "caddy-edge").await?;
-    let upstream = Upstream::start().await?;
-    let edge_http = edge.http_addr.context("edge without HTTP")?.to_string();
-    let caddy = Caddy::start(&doc_check("caddy")?, &edge_http, &upstream.addr).await?;
-    let log = || caddy.log();
-    forward_auth_cases(
-        "caddy",
-        &caddy.addr,
-        &log,
-        &mut cluster,
-        &edge,
-        &reader,
-        &ops,
-    )
+    let doc = doc_check("caddy")?;
+    forward_auth_gateway("caddy", |edge_http, upstream| async move {
+        Caddy::start(&doc, &edge_http, &upstream).await
+    })
     .await
 }

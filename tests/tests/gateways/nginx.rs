@@ -74,25 +74,31 @@ fn nginx_args(prefix: &Path, conf: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_passes_refuses_and_fails_closed() -> Result<()> {
+    let doc = doc_check("nginx-run")?;
+    forward_auth_gateway("nginx", |edge_http, upstream| async move {
+        Nginx::start(&doc, &edge_http, &upstream).await
+    })
+    .await
+}
+
+/// Starts a cluster, an edge fed only by node 3 (see [`gateway_edge`]),
+/// an [`Upstream`] and the gateway `start(edge HTTP address, upstream
+/// address)` returns, and runs [`forward_auth_cases`] through it.
+pub async fn forward_auth_gateway<F, Fut>(name: &str, start: F) -> Result<()>
+where
+    F: FnOnce(String, String) -> Fut,
+    Fut: std::future::Future<Output = Result<GatewayProcess>>,
+{
     let mut cluster = Cluster::start(ClusterOptions::default()).await?;
     let node = &cluster.nodes[2];
     let reader = issue(node, "svc:orders", &["read"], None).await?;
     let ops = issue(node, "svc:ops", &["admin", "read"], None).await?;
-    let edge = gateway_edge(node, "nginx-edge").await?;
+    let edge = gateway_edge(node, &format!("{name}-edge")).await?;
     let upstream = Upstream::start().await?;
     let edge_http = edge.http_addr.context("edge without HTTP")?.to_string();
-    let nginx = Nginx::start(&doc_check("nginx-run")?, &edge_http, &upstream.addr).await?;
-    let log = || nginx.log();
-    forward_auth_cases(
-        "nginx",
-        &nginx.addr,
-        &log,
-        &mut cluster,
-        &edge,
-        &reader,
-        &ops,
-    )
-    .await
+    let gw = start(edge_http, upstream.addr.clone()).await?;
+    let log = || gw.log();
+    forward_auth_cases(name, &gw.addr, &log, &mut cluster, &edge, &reader, &ops).await
 }
 
 /// GET `path` through the gateway at `addr` with `token` (as a Bearer
@@ -119,7 +125,7 @@ async fn get(addr: &str, path: &str, token: Option<&str>) -> Result<HttpAnswer> 
 /// refuse no token and forged tokens with the RFC 6750 challenge, refuse
 /// `/admin` however spelled, refuse `reader` from its revoke's ack + B on,
 /// and fail closed (503) once the edge is stale. `ops` has `admin`.
-pub async fn forward_auth_cases(
+async fn forward_auth_cases(
     name: &str,
     gw: &str,
     log: &dyn Fn() -> String,

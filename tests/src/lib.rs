@@ -141,6 +141,19 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Starts one in-process edge with `opts`, serving gRPC and HTTP on
+/// ephemeral 127.0.0.1 ports, and waits (up to 20 s) until it is fresh.
+pub async fn start_edge(opts: veto_edge::Options) -> Result<veto_edge::Edge> {
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let e = veto_edge::Edge::start(opts, local, local).await?;
+    anyhow::ensure!(
+        e.handle.wait_fresh(Duration::from_secs(20)).await,
+        "edge {} never became fresh",
+        e.handle.options().edge_id
+    );
+    Ok(e)
+}
+
 /// Starts `n` edges (in-process, each serving VerifierService on its own
 /// 127.0.0.1 port) subscribed to every node of `cluster`.
 pub async fn start_edges(

@@ -77,25 +77,15 @@ pub fn gateway() -> Gateway {
 /// An edge with [`gateway`] fed only by `node` (kill it to make the edge
 /// stale), serving gRPC and HTTP on ephemeral loopback ports.
 pub async fn gateway_edge(node: &Node, name: &str) -> Result<veto_edge::Edge> {
-    let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let e = veto_edge::Edge::start(
-        veto_edge::Options {
-            edge_id: name.into(),
-            servers: vec![node.grpc_addr.clone()],
-            bound_ms: BOUND.as_millis() as u64,
-            probe_interval_ms: 100,
-            gateway: gateway(),
-            ..Default::default()
-        },
-        local,
-        local,
-    )
-    .await?;
-    anyhow::ensure!(
-        e.handle.wait_fresh(Duration::from_secs(20)).await,
-        "edge {name} never fresh"
-    );
-    Ok(e)
+    veto_tests::start_edge(veto_edge::Options {
+        edge_id: name.into(),
+        servers: vec![node.grpc_addr.clone()],
+        bound_ms: BOUND.as_millis() as u64,
+        probe_interval_ms: 100,
+        gateway: gateway(),
+        ..Default::default()
+    })
+    .await
 }
 
 /// Issues a token with `scopes` (and `aud`) through `node`, waiting

@@ -4,8 +4,6 @@
 //! cross-checked here: the token is revoked in the cluster and the audit
 //! names the operator and the RFC 7009 reason.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use veto_auth::{TlsFiles, Transport};
@@ -20,24 +18,15 @@ async fn authlib_introspects_and_revokes_per_rfc7662_and_rfc7009() -> Result<()>
     let cluster = tls_cluster(dir.path()).await?;
     let node = &cluster.nodes[0];
     let tok = issue(node, "svc:billing", &["read", "write"], Some("billing")).await?;
-    let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let edge = veto_edge::Edge::start(
-        veto_edge::Options {
-            edge_id: "edge-1".into(),
-            servers: cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect(),
-            bound_ms: crate::BOUND.as_millis() as u64,
-            probe_interval_ms: 100,
-            transport: Transport::from_config(&TlsFiles::in_dir(dir.path(), "edge-1"), false)?,
-            ..Default::default()
-        },
-        local,
-        local,
-    )
+    let edge = veto_tests::start_edge(veto_edge::Options {
+        edge_id: "edge-1".into(),
+        servers: cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect(),
+        bound_ms: crate::BOUND.as_millis() as u64,
+        probe_interval_ms: 100,
+        transport: Transport::from_config(&TlsFiles::in_dir(dir.path(), "edge-1"), false)?,
+        ..Default::default()
+    })
     .await?;
-    anyhow::ensure!(
-        edge.handle.wait_fresh(Duration::from_secs(20)).await,
-        "edge never fresh"
-    );
     let edge_http = edge.http_addr.context("edge without HTTP")?;
     let pair = |name: &str| {
         json!([

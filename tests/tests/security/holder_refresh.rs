@@ -21,27 +21,19 @@ async fn a_holder_refreshes_its_token_and_reuse_revokes_the_family() -> Result<(
     let dir = tempfile::tempdir()?;
     let cluster = tls_cluster(dir.path()).await?;
     let servers: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
-    let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let mut edges = Vec::new();
     for name in ["edge-1", "edge-2"] {
-        let e = veto_edge::Edge::start(
-            veto_edge::Options {
+        edges.push(
+            veto_tests::start_edge(veto_edge::Options {
                 edge_id: name.into(),
                 servers: servers.clone(),
                 bound_ms: 1_000,
                 probe_interval_ms: 100,
                 transport: transport(dir.path(), name)?,
                 ..Default::default()
-            },
-            local,
-            local,
-        )
-        .await?;
-        anyhow::ensure!(
-            e.handle.wait_fresh(Duration::from_secs(20)).await,
-            "{name} never fresh"
+            })
+            .await?,
         );
-        edges.push(e);
     }
     let addr = servers[1].clone();
     let mut ops = cluster.nodes[0].tokens()?;

@@ -191,6 +191,8 @@ async fn require_cert(
     let role = peer.identity.as_ref().map(|i| i.role);
     let allowed = match role {
         Some(Role::Operator | Role::Server) => true,
+        // Reads everything a server serves; writes (RFC 7009) are refused.
+        Some(Role::Auditor) => !path.starts_with("/oauth2/revoke"),
         Some(_) => METRICS_PATHS.contains(&path) || is_verifier_path(path),
         // Like Verify: any certificate the CA signed may use the hooks.
         None => is_verifier_path(path),
@@ -216,6 +218,18 @@ pub async fn serve(
     transport: &Transport,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_open(listener, app, transport, OPEN_PATHS, shutdown).await
+}
+
+/// [`serve`] with `open` as the paths served without a client certificate
+/// (a server adds its leak-report endpoint, which GitHub calls without one).
+pub async fn serve_open(
+    listener: TcpListener,
+    app: Router,
+    transport: &Transport,
+    open: &'static [&'static str],
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let cfg = transport
         .http_server_config()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -226,10 +240,7 @@ pub async fn serve(
                 .await
         }
         Some(cfg) => {
-            let app = app.layer(axum::middleware::from_fn_with_state(
-                OPEN_PATHS,
-                require_cert,
-            ));
+            let app = app.layer(axum::middleware::from_fn_with_state(open, require_cert));
             axum::serve(
                 TlsListener::new(listener, cfg)?,
                 app.into_make_service_with_connect_info::<Peer>(),

@@ -14,14 +14,27 @@ pub enum Role {
     Edge,
     /// A human or automation with operator rights: writes and admin calls.
     Operator,
-    /// A verify client: a service checking tokens at an edge. It may call
-    /// nothing on the servers.
+    /// A verify client: a service checking tokens at an edge. On the
+    /// servers it may only refresh a token it presents.
     Client,
+    /// Issues, refreshes and revokes tokens within the issuer policy kept
+    /// under its certificate name in the replicated state; reads tokens.
+    Issuer,
+    /// Reads tokens, keys, edges, status, policies and the audit trail;
+    /// changes nothing.
+    Auditor,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 4] = [Role::Server, Role::Edge, Role::Operator, Role::Client];
+    pub const ALL: [Role; 6] = [
+        Role::Server,
+        Role::Edge,
+        Role::Operator,
+        Role::Client,
+        Role::Issuer,
+        Role::Auditor,
+    ];
 
     /// The name used in certificates and flags.
     pub fn as_str(self) -> &'static str {
@@ -30,6 +43,8 @@ impl Role {
             Role::Edge => "edge",
             Role::Operator => "operator",
             Role::Client => "client",
+            Role::Issuer => "issuer",
+            Role::Auditor => "auditor",
         }
     }
 

@@ -12,8 +12,8 @@ use veto_proto::token_service_client::TokenServiceClient;
 
 use crate::output;
 use crate::{
-    backup, connect, status_err, AuditArgs, CertsCmd, ClusterCmd, KeysCmd, SeedArgs, SnapshotCmd,
-    TokenCmd,
+    backup, connect, status_err, AuditArgs, CertsCmd, ClusterCmd, KeysCmd, PolicyCmd, SeedArgs,
+    SnapshotCmd, TokenCmd,
 };
 
 type Admin = AdminServiceClient<Channel>;
@@ -276,7 +276,7 @@ pub(crate) async fn keys(k: KeysCmd, mut admin: Admin, j: bool) -> Result<()> {
         KeysCmd::List => {
             let r = admin.list_keys(pb::ListKeysRequest {}).await;
             let r = r.map_err(status_err)?.into_inner();
-            output::print_keys(j, &r.keys, r.revision);
+            output::print_keys(j, &r);
         }
         KeysCmd::Rotate {
             stage,
@@ -313,7 +313,8 @@ pub(crate) async fn keys(k: KeysCmd, mut admin: Admin, j: bool) -> Result<()> {
     Ok(())
 }
 
-/// `veto audit`: one page, or every page with `--all`.
+/// `veto audit`: one page, every page with `--all`, or every page and then
+/// each new event as it is applied with `--follow`.
 pub(crate) async fn audit(a: AuditArgs, mut admin: Admin, j: bool) -> Result<()> {
     let mut token = a.page_token.clone();
     loop {
@@ -324,10 +325,33 @@ pub(crate) async fn audit(a: AuditArgs, mut admin: Admin, j: bool) -> Result<()>
             until_unix: a.until,
             page_size: a.page_size,
             page_token: token.clone(),
+            local: false,
         };
-        let r = admin.audit(req).await.map_err(status_err)?.into_inner();
+        let r = match admin.audit(req).await {
+            Ok(r) => r.into_inner(),
+            // Following survives a leader change: ask again.
+            Err(e) if a.follow && e.code() == tonic::Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(status_err(e)),
+        };
         for e in &r.events {
             output::print_audit_event(j, e);
+        }
+        if a.follow {
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            // Continue after the last event seen (or the page's end).
+            if let Some(last) = r.events.last() {
+                token = last.revision.to_string();
+            }
+            if !r.next_page_token.is_empty() {
+                token = r.next_page_token;
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
         }
         token = r.next_page_token;
         if token.is_empty() {
@@ -342,6 +366,191 @@ pub(crate) async fn audit(a: AuditArgs, mut admin: Admin, j: bool) -> Result<()>
             return Ok(());
         }
     }
+}
+
+/// `veto audit verify`: every member's trail, checked link by link.
+pub(crate) async fn audit_verify(addrs: &str, timeout: Duration, j: bool) -> Result<()> {
+    let first = connect(addrs, timeout).await?;
+    let status = AdminServiceClient::new(first)
+        .status(pb::StatusRequest::default())
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let mut members: Vec<pb::Member> = status
+        .membership
+        .map(|m| m.voters.into_iter().chain(m.learners).collect())
+        .unwrap_or_default();
+    members.sort_by_key(|m| m.node_id);
+    if members.is_empty() {
+        bail!("the cluster reports no members");
+    }
+    let mut failed = Vec::new();
+    for m in &members {
+        match verify_node(&m.addr, timeout).await {
+            Ok(v) => output::print_audit_verified(j, m.node_id, &m.addr, &v),
+            Err(e) => {
+                output::print_audit_broken(j, m.node_id, &m.addr, &e.to_string());
+                failed.push(m.node_id);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("the audit trail does not verify on node(s) {failed:?}");
+    }
+    Ok(())
+}
+
+/// What one node's trail showed.
+pub(crate) struct Verified {
+    pub checked: u64,
+    pub not_held: u64,
+    pub pruned_seq: u64,
+    pub head_seq: u64,
+    pub head_hash: String,
+}
+
+async fn verify_node(addr: &str, timeout: Duration) -> Result<Verified> {
+    use veto_core::audit::{AuditEvent, ChainCheck, ChainedEvent};
+    let mut admin = AdminServiceClient::new(connect(addr, timeout).await?);
+    let mut token = String::new();
+    let mut check: Option<ChainCheck> = None;
+    let mut out = Verified {
+        checked: 0,
+        not_held: 0,
+        pruned_seq: 0,
+        head_seq: 0,
+        head_hash: String::new(),
+    };
+    loop {
+        let r = admin
+            .audit(pb::AuditRequest {
+                page_size: 1000,
+                page_token: token.clone(),
+                local: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        let c = check.get_or_insert_with(|| {
+            out.pruned_seq = r.pruned_seq;
+            out.head_seq = r.head_seq;
+            out.head_hash = r.head_hash.clone();
+            ChainCheck::new(r.pruned_seq, &r.pruned_hash, r.head_seq, &r.head_hash)
+        });
+        // Resume points and events in revision order.
+        let mut resumes = r.resumes.iter().peekable();
+        for e in &r.events {
+            while let Some(rp) = resumes.next_if(|rp| rp.revision < e.revision) {
+                c.resume(rp.revision, rp.seq, &rp.hash)?;
+            }
+            let chained = ChainedEvent {
+                seq: e.seq,
+                prev: e.prev_hash.clone(),
+                hash: e.hash.clone(),
+                event: AuditEvent {
+                    revision: e.revision,
+                    at: (e.at_unix != 0).then_some(e.at_unix),
+                    actor: e.actor.clone(),
+                    action: e.action.clone(),
+                    subject: (!e.subject.is_empty()).then(|| e.subject.clone()),
+                    target: e.target.clone(),
+                    reason: e.reason.clone(),
+                },
+            };
+            c.next(&chained)?;
+        }
+        for rp in resumes {
+            c.resume(rp.revision, rp.seq, &rp.hash)?;
+        }
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    let c = check.context("the node answered no page")?;
+    c.finish()?;
+    out.checked = c.checked;
+    out.not_held = c.not_held;
+    Ok(out)
+}
+
+/// `veto policy ...`
+pub(crate) async fn policy(p: PolicyCmd, mut admin: Admin, j: bool) -> Result<()> {
+    let revision = match p {
+        PolicyCmd::List => {
+            let r = admin
+                .list_issuer_policies(pb::ListIssuerPoliciesRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            output::print_issuer_policies(j, &r);
+            return Ok(());
+        }
+        PolicyCmd::SetIssuer {
+            name,
+            subjects,
+            subject_prefixes,
+            scopes,
+            max_ttl,
+            required_labels,
+        } => {
+            let req = pb::SetIssuerPolicyRequest {
+                name,
+                policy: Some(pb::IssuerPolicy {
+                    subjects,
+                    subject_prefixes,
+                    scopes,
+                    max_ttl_seconds: max_ttl,
+                    required_labels,
+                }),
+                remove: false,
+            };
+            admin.set_issuer_policy(req).await
+        }
+        PolicyCmd::RemoveIssuer { name } => {
+            admin
+                .set_issuer_policy(pb::SetIssuerPolicyRequest {
+                    name,
+                    policy: None,
+                    remove: true,
+                })
+                .await
+        }
+        PolicyCmd::SetRotation {
+            period,
+            publish_lead,
+            activation_timeout,
+        } => {
+            admin
+                .set_rotation_policy(pb::SetRotationPolicyRequest {
+                    policy: Some(pb::RotationPolicy {
+                        period_seconds: period,
+                        publish_lead_seconds: publish_lead,
+                        activation_timeout_seconds: activation_timeout,
+                    }),
+                    off: false,
+                })
+                .await
+        }
+        PolicyCmd::RotationOff => {
+            admin
+                .set_rotation_policy(pb::SetRotationPolicyRequest {
+                    policy: None,
+                    off: true,
+                })
+                .await
+        }
+    }
+    .map_err(status_err)?
+    .into_inner()
+    .revision;
+    if j {
+        println!("{}", json!({ "revision": revision }));
+    } else {
+        println!("applied at revision {revision}");
+    }
+    Ok(())
 }
 
 /// `veto edges`: every node in `addrs` is asked; nodes that do not answer
@@ -399,7 +608,7 @@ pub(crate) fn certs(c: CertsCmd, j: bool) -> Result<()> {
             days,
         } => {
             let role = veto_auth::Role::parse(&role).with_context(|| {
-                format!("unknown role {role:?}: server, edge, operator or client")
+                format!("unknown role {role:?}: server, edge, operator, client, issuer or auditor")
             })?;
             let read = |f: &str| {
                 std::fs::read_to_string(dir.join(f))

@@ -2,6 +2,7 @@
 //! certificate commands, and `top`. Human output by default, `--json` for
 //! scripts. The demo and the benchmarks are `veto-bench` (crates/bench).
 
+pub mod agent;
 pub mod backup;
 mod commands;
 mod output;
@@ -80,13 +81,85 @@ pub enum Cmd {
     /// Certificates: a development CA and every process's certificate.
     #[command(subcommand)]
     Certs(CertsCmd),
-    /// The audit trail: who issued, revoked and rotated what, and when.
+    /// The audit trail: who issued, revoked and rotated what, and when;
+    /// `veto audit verify` checks every node's hash chain.
     Audit(AuditArgs),
+    /// Issuer policies and the signing-key rotation schedule.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Keep a workload's token in a file: issue or renew it, check it at an
+    /// edge, replace the file atomically, serve /healthz and /metrics.
+    Agent(agent::AgentArgs),
+}
+
+/// `veto policy ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Set what the `issuer` certificate NAME may issue (replaces its policy).
+    SetIssuer {
+        /// The issuer certificate's common name.
+        name: String,
+        /// A subject it may name exactly (repeatable).
+        #[arg(long = "subject")]
+        subjects: Vec<String>,
+        /// A subject prefix it may name (repeatable), e.g. svc:ci-.
+        #[arg(long = "subject-prefix")]
+        subject_prefixes: Vec<String>,
+        /// A scope it may grant (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Longest lifetime it may give a token, seconds.
+        #[arg(long)]
+        max_ttl: u64,
+        /// A label key every token it issues must carry (repeatable).
+        #[arg(long = "require-label")]
+        required_labels: Vec<String>,
+    },
+    /// Remove the policy of issuer NAME (it can then do nothing).
+    RemoveIssuer {
+        /// The issuer certificate's common name.
+        name: String,
+    },
+    /// List the issuer policies.
+    List,
+    /// Let the leader rotate signing keys by itself on this schedule.
+    SetRotation {
+        /// Age of the active key at which the next one signs, seconds.
+        #[arg(long)]
+        period: u64,
+        /// Publish the next key this long before it signs (at least the
+        /// longest JWKS cache of any verifier), seconds.
+        #[arg(long)]
+        publish_lead: u64,
+        /// Activate anyway when an edge still lacks the key this long after
+        /// the lead time (alerted on), seconds.
+        #[arg(long, default_value_t = 300)]
+        activation_timeout: u64,
+    },
+    /// Stop self-running rotation (keys then rotate only by hand).
+    RotationOff,
+}
+
+/// `veto audit verify`
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Check every member's copy of the trail: each entry's hash, the chain
+    /// without gaps from where retention cut it to the replicated head.
+    /// Exits non-zero naming the first broken entry.
+    Verify,
 }
 
 /// Arguments of `veto audit`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AuditArgs {
+    /// verify: check the hash chain on every node.
+    #[command(subcommand)]
+    pub cmd: Option<AuditCmd>,
+    /// Keep printing new events as they are applied (JSON lines with
+    /// --json), until interrupted.
+    #[arg(long)]
+    pub follow: bool,
     /// Only events about this token subject.
     #[arg(long)]
     pub subject: Option<String>,
@@ -144,7 +217,7 @@ pub enum CertsCmd {
         /// Directory holding the CA; the new files go there too.
         #[arg(long)]
         dir: PathBuf,
-        /// server | edge | operator | client
+        /// server | edge | operator | client | issuer | auditor
         #[arg(long)]
         role: String,
         /// Name (certificate CN; an edge's name is its edge id).
@@ -548,10 +621,16 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Cluster(c @ ClusterCmd::ForceNew { .. }) => commands::force_new(c, j),
         Cmd::Cluster(c) => commands::cluster(c, admin().await?, j).await,
         Cmd::Keys(k) => commands::keys(k, admin().await?, j).await,
+        Cmd::Audit(AuditArgs {
+            cmd: Some(AuditCmd::Verify),
+            ..
+        }) => commands::audit_verify(&cli.addr, timeout, j).await,
         Cmd::Audit(a) => commands::audit(a, admin().await?, j).await,
+        Cmd::Policy(p) => commands::policy(p, admin().await?, j).await,
         Cmd::Token(t) => {
             let ch = connect(&cli.addr, timeout).await?;
             commands::token(t, TokenServiceClient::new(ch), j).await
         }
+        Cmd::Agent(a) => Ok(agent::run(a, &cli.addr, transport()?, timeout).await?),
     }
 }

@@ -6,7 +6,12 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = veto_cli::Cli::parse();
-    veto_telemetry::trace::stderr_logs("warn");
+    // The agent runs for long and reports what it does; commands print results.
+    let logs = match cli.cmd {
+        veto_cli::Cmd::Agent(_) => "info",
+        _ => "warn",
+    };
+    veto_telemetry::trace::stderr_logs(logs);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -168,29 +168,139 @@ pub(crate) fn print_info(t: &pb::TokenInfo) {
     }
 }
 
-pub(crate) fn print_keys(j: bool, keys: &[pb::KeyInfo], revision: u64) {
+pub(crate) fn print_keys(j: bool, r: &pb::ListKeysResponse) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let age = |k: &pb::KeyInfo| match k.activated_unix {
+        0 => None,
+        t => Some(now.saturating_sub(t).max(0)),
+    };
+    let rotation = r.rotation.as_ref().map(|s| {
+        let p = s.policy.unwrap_or_default();
+        json!({"period_seconds": p.period_seconds, "publish_lead_seconds": p.publish_lead_seconds,
+               "activation_timeout_seconds": p.activation_timeout_seconds,
+               "active_key_age_seconds": s.active_key_age_seconds,
+               "next_publish_unix": s.next_publish_unix,
+               "next_activation_unix": s.next_activation_unix, "pending_kid": s.pending_kid})
+    });
     if j {
-        let ks: Vec<_> = keys
+        let ks: Vec<_> = r
+            .keys
             .iter()
             .map(|k| json!({"kid": k.kid, "state": key_state(k.state), "public_key": k.public_key,
-                            "published_revision": k.published_revision, "max_token_exp": k.max_token_exp}))
+                            "published_revision": k.published_revision, "max_token_exp": k.max_token_exp,
+                            "published_unix": k.published_unix, "activated_unix": k.activated_unix,
+                            "age_seconds": age(k)}))
             .collect();
-        println!("{}", json!({"keys": ks, "revision": revision}));
+        println!(
+            "{}",
+            json!({"keys": ks, "revision": r.revision, "rotation": rotation})
+        );
         return;
     }
     println!(
-        "{:<32}  {:<10}  {:>9}  {:>12}",
-        "kid", "state", "published", "max exp"
+        "{:<32}  {:<10}  {:>9}  {:>12}  {:>10}",
+        "kid", "state", "published", "max exp", "age"
     );
-    for k in keys {
+    for k in &r.keys {
         println!(
-            "{:<32}  {:<10}  {:>9}  {:>12}",
+            "{:<32}  {:<10}  {:>9}  {:>12}  {:>10}",
             k.kid,
             key_state(k.state),
             k.published_revision,
-            k.max_token_exp
+            k.max_token_exp,
+            age(k).map_or_else(|| "-".to_owned(), |a| format!("{a}s"))
         );
     }
+    match &r.rotation {
+        Some(s) => {
+            let p = s.policy.unwrap_or_default();
+            println!(
+                "rotation: every {}s (published {}s ahead); active key {}s old; next publish at {}, next activation at {}{}",
+                p.period_seconds,
+                p.publish_lead_seconds,
+                s.active_key_age_seconds,
+                s.next_publish_unix,
+                s.next_activation_unix,
+                if s.pending_kid.is_empty() {
+                    String::new()
+                } else {
+                    format!("; pending {}", s.pending_kid)
+                }
+            );
+        }
+        None => println!("rotation: by hand (no policy: `veto policy set-rotation`)"),
+    }
+}
+
+pub(crate) fn print_issuer_policies(j: bool, r: &pb::ListIssuerPoliciesResponse) {
+    if j {
+        let v: Vec<_> = r
+            .policies
+            .iter()
+            .map(|n| {
+                let p = n.policy.clone().unwrap_or_default();
+                json!({"name": n.name, "subjects": p.subjects, "subject_prefixes": p.subject_prefixes,
+                       "scopes": p.scopes, "max_ttl_seconds": p.max_ttl_seconds,
+                       "required_labels": p.required_labels})
+            })
+            .collect();
+        println!("{}", json!({"policies": v, "revision": r.revision}));
+        return;
+    }
+    for n in &r.policies {
+        let p = n.policy.clone().unwrap_or_default();
+        println!(
+            "{}: subjects {:?} prefixes {:?} scopes {:?} max ttl {}s required labels {:?}",
+            n.name, p.subjects, p.subject_prefixes, p.scopes, p.max_ttl_seconds, p.required_labels
+        );
+    }
+}
+
+pub(crate) fn print_audit_verified(
+    j: bool,
+    node_id: u64,
+    addr: &str,
+    v: &crate::commands::Verified,
+) {
+    if j {
+        println!(
+            "{}",
+            json!({"node_id": node_id, "addr": addr, "ok": true, "checked": v.checked,
+                   "not_held": v.not_held, "pruned_through_seq": v.pruned_seq,
+                   "head_seq": v.head_seq, "head_hash": v.head_hash})
+        );
+        return;
+    }
+    println!(
+        "node {node_id} ({addr}): ok, {} entries chained to head {} ({}){}{}",
+        v.checked,
+        v.head_seq,
+        v.head_hash,
+        if v.pruned_seq > 0 {
+            format!(", retention dropped entries 1..={}", v.pruned_seq)
+        } else {
+            String::new()
+        },
+        if v.not_held > 0 {
+            format!(", {} entries held by peers (snapshot install)", v.not_held)
+        } else {
+            String::new()
+        }
+    );
+}
+
+pub(crate) fn print_audit_broken(j: bool, node_id: u64, addr: &str, why: &str) {
+    if j {
+        println!(
+            "{}",
+            json!({"node_id": node_id, "addr": addr, "ok": false, "error": why})
+        );
+        return;
+    }
+    println!("node {node_id} ({addr}): BROKEN: {why}");
 }
 
 pub(crate) fn print_status(j: bool, s: &pb::StatusResponse) {
@@ -328,7 +438,14 @@ pub(crate) fn print_rotated(j: bool, r: &pb::RotateSigningKeyResponse, waited: b
             println!("{}", propagation_line(e));
         }
     }
-    print_keys(j, &r.keys, r.revision);
+    print_keys(
+        j,
+        &pb::ListKeysResponse {
+            keys: r.keys.clone(),
+            revision: r.revision,
+            rotation: None,
+        },
+    );
 }
 
 pub(crate) fn print_audit_event(j: bool, e: &pb::AuditEvent) {
@@ -337,7 +454,7 @@ pub(crate) fn print_audit_event(j: bool, e: &pb::AuditEvent) {
             "{}",
             json!({"revision": e.revision, "at_unix": e.at_unix, "actor": e.actor,
                 "action": e.action, "subject": e.subject, "target": e.target,
-                "reason": e.reason})
+                "reason": e.reason, "seq": e.seq, "prev_hash": e.prev_hash, "hash": e.hash})
         );
         return;
     }

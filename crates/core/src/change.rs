@@ -91,6 +91,8 @@ impl State {
             Command::Issue { .. }
             | Command::ActivateKey { .. }
             | Command::RewrapKey { .. }
+            | Command::SetIssuerPolicy { .. }
+            | Command::SetRotationPolicy { .. }
             | Command::Traced { .. } => {}
             Command::Refresh {
                 predecessor, at, ..

@@ -201,6 +201,27 @@ pub enum Command {
         /// Caller.
         actor: Actor,
     },
+    /// Set (or, with `policy: None`, remove) the policy of the issuer
+    /// certificate named `name`.
+    SetIssuerPolicy {
+        /// The issuer certificate's common name.
+        name: String,
+        /// Its bounds; `None` removes the issuer's rights.
+        policy: Option<crate::policy::IssuerPolicy>,
+        /// Leader's time.
+        at: i64,
+        /// Caller.
+        actor: Actor,
+    },
+    /// Set (or, with `None`, stop) the signing-key rotation policy.
+    SetRotationPolicy {
+        /// The schedule; `None` leaves rotation to operators.
+        policy: Option<crate::policy::RotationPolicy>,
+        /// Leader's time.
+        at: i64,
+        /// Caller.
+        actor: Actor,
+    },
     /// A command carrying the W3C trace context of the call that caused it,
     /// so edges can attach their apply to the caller's trace. Applies
     /// exactly as `command`; the context never influences the result.
@@ -228,6 +249,8 @@ impl Command {
             Command::RevokeKey { .. } => "revoke_key",
             Command::Sweep { .. } => "sweep",
             Command::RewrapKey { .. } => "rewrap_key",
+            Command::SetIssuerPolicy { .. } => "set_issuer_policy",
+            Command::SetRotationPolicy { .. } => "set_rotation_policy",
             Command::Traced { .. } => "traced",
         }
     }
@@ -395,6 +418,8 @@ impl std::fmt::Display for Command {
             Command::RevokeKey { kid, .. } => write!(f, "revoke_key kid={kid}"),
             Command::Sweep { cutoff } => write!(f, "sweep cutoff={cutoff}"),
             Command::RewrapKey { kid, kek, .. } => write!(f, "rewrap_key kid={kid} kek={kek}"),
+            Command::SetIssuerPolicy { name, .. } => write!(f, "set_issuer_policy name={name}"),
+            Command::SetRotationPolicy { .. } => write!(f, "set_rotation_policy"),
             Command::Traced { .. } => write!(f, "traced"),
         }
     }

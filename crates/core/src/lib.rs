@@ -16,6 +16,8 @@ pub mod ids;
 pub mod kek;
 pub mod labels;
 pub mod limits;
+pub mod policy;
+pub mod scan;
 pub mod state;
 pub mod token;
 pub mod validate;

@@ -58,6 +58,13 @@ pub struct KeyRecord {
     pub max_token_exp: i64,
     /// Who made the latest stage change.
     pub actor: Actor,
+    /// Leader's time of the publish (unix seconds; 0 for keys published
+    /// before it was recorded).
+    #[serde(default)]
+    pub published_at: i64,
+    /// Leader's time of the activation (0 until activated).
+    #[serde(default)]
+    pub activated_at: i64,
 }
 
 /// A token's replicated metadata (never the token string).
@@ -173,8 +180,21 @@ pub struct State {
     /// whatever their own clock says (its revocation may have been swept).
     #[serde(default)]
     swept_through: i64,
+    /// The end of the hash-chained audit trail: every replica computes
+    /// the same head at the same revision. The events themselves are
+    /// handed to the store ([`State::take_audit`]), which keeps them on
+    /// disk under its retention.
     #[serde(default)]
-    audit: crate::audit::AuditLog,
+    audit_head: crate::audit::AuditHead,
+    /// Issuer policies by certificate common name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    issuer_policies: BTreeMap<String, crate::policy::IssuerPolicy>,
+    /// The signing-key rotation schedule, when keys rotate themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rotation_policy: Option<crate::policy::RotationPolicy>,
+    /// Audit events applied since the store last took them.
+    #[serde(skip)]
+    audit_out: Vec<crate::audit::ChainedEvent>,
     #[serde(skip)]
     by_subject: BTreeSet<(String, Jti)>,
     #[serde(skip)]
@@ -219,6 +239,52 @@ impl State {
     pub fn apply_noop(&mut self, revision: u64) -> Response {
         self.revision = revision;
         Response::Applied { revision }
+    }
+
+    /// Applies a membership entry: no state change but an audit event
+    /// (`membership`, the new configuration as `target`).
+    pub fn apply_membership(&mut self, revision: u64, description: &str) -> Response {
+        self.revision = revision;
+        self.chain(crate::audit::AuditEvent {
+            revision,
+            at: None,
+            actor: "raft".into(),
+            action: "membership".into(),
+            subject: None,
+            target: description.to_owned(),
+            reason: String::new(),
+        });
+        Response::Applied { revision }
+    }
+
+    fn chain(&mut self, event: crate::audit::AuditEvent) {
+        let c = self.audit_head.next(event);
+        self.audit_out.push(c);
+    }
+
+    /// The audit events applied since the last call, chained, in order.
+    pub fn take_audit(&mut self) -> Vec<crate::audit::ChainedEvent> {
+        std::mem::take(&mut self.audit_out)
+    }
+
+    /// The head of the audit chain.
+    pub fn audit_head(&self) -> &crate::audit::AuditHead {
+        &self.audit_head
+    }
+
+    /// The issuer policy of the certificate named `name`.
+    pub fn issuer_policy(&self, name: &str) -> Option<&crate::policy::IssuerPolicy> {
+        self.issuer_policies.get(name)
+    }
+
+    /// Every issuer policy by name.
+    pub fn issuer_policies(&self) -> &BTreeMap<String, crate::policy::IssuerPolicy> {
+        &self.issuer_policies
+    }
+
+    /// The signing-key rotation schedule, if keys rotate themselves.
+    pub fn rotation_policy(&self) -> Option<&crate::policy::RotationPolicy> {
+        self.rotation_policy.as_ref()
     }
 
     /// Applies one command at `revision`. Pure: no clock, no randomness, no I/O.
@@ -273,10 +339,12 @@ impl State {
                 kid,
                 public,
                 sealed,
+                at,
                 actor,
-                ..
-            } => self.publish_key(revision, *kid, *public, sealed, actor),
-            Command::ActivateKey { kid, actor, .. } => self.activate_key(revision, *kid, actor),
+            } => self.publish_key(revision, *kid, *public, sealed, *at, actor),
+            Command::ActivateKey { kid, at, actor } => {
+                self.activate_key(revision, *kid, *at, actor)
+            }
             Command::RetireKey {
                 kid,
                 force,
@@ -288,13 +356,19 @@ impl State {
             Command::RewrapKey {
                 kid, sealed, actor, ..
             } => self.rewrap_key(revision, *kid, sealed, actor),
+            Command::SetIssuerPolicy { name, policy, .. } => {
+                self.set_issuer_policy(revision, name, policy.as_ref())
+            }
+            Command::SetRotationPolicy { policy, .. } => {
+                self.set_rotation_policy(revision, policy.as_ref())
+            }
             // untraced() never returns a Traced command.
             Command::Traced { .. } => Ok(Response::Applied { revision }),
         };
         match result {
             Ok(r) => {
                 if let Some(e) = crate::audit::event_of(self, revision, cmd) {
-                    self.audit.push(e);
+                    self.chain(e);
                 }
                 r
             }
@@ -305,9 +379,38 @@ impl State {
         }
     }
 
-    /// The audit trail.
-    pub fn audit(&self) -> &crate::audit::AuditLog {
-        &self.audit
+    fn set_issuer_policy(
+        &mut self,
+        revision: u64,
+        name: &str,
+        policy: Option<&crate::policy::IssuerPolicy>,
+    ) -> Result<Response, Rejection> {
+        match policy {
+            Some(p) => {
+                p.validate()
+                    .map_err(|e| Rejection::FailedPrecondition(format!("issuer policy {e}")))?;
+                self.issuer_policies.insert(name.to_owned(), p.clone());
+            }
+            None => {
+                if self.issuer_policies.remove(name).is_none() {
+                    return Err(not_found("issuer policy", name));
+                }
+            }
+        }
+        Ok(Response::Applied { revision })
+    }
+
+    fn set_rotation_policy(
+        &mut self,
+        revision: u64,
+        policy: Option<&crate::policy::RotationPolicy>,
+    ) -> Result<Response, Rejection> {
+        if let Some(p) = policy {
+            p.validate()
+                .map_err(|e| Rejection::FailedPrecondition(format!("rotation policy {e}")))?;
+        }
+        self.rotation_policy = policy.copied();
+        Ok(Response::Applied { revision })
     }
 
     fn issue(&mut self, revision: u64, t: &NewToken, actor: &Actor) -> Result<Response, Rejection> {
@@ -324,7 +427,9 @@ impl State {
             });
         }
         if self.active != Some(t.kid) {
-            return Err(Rejection::FailedPrecondition(format!(
+            // A rotation activated another key while this token was signed:
+            // signing it again succeeds.
+            return Err(Rejection::Conflict(format!(
                 "signing key {} is no longer the active key; retry",
                 t.kid
             )));
@@ -583,6 +688,7 @@ impl State {
         kid: Kid,
         public: [u8; 32],
         sealed: &[u8],
+        at: i64,
         actor: &Actor,
     ) -> Result<Response, Rejection> {
         if self.keys.contains_key(&kid) {
@@ -602,6 +708,8 @@ impl State {
                 changed_revision: revision,
                 max_token_exp: 0,
                 actor: actor.clone(),
+                published_at: at,
+                activated_at: 0,
             },
         );
         Ok(Response::KeyChanged { revision })
@@ -611,6 +719,7 @@ impl State {
         &mut self,
         revision: u64,
         kid: Kid,
+        at: i64,
         actor: &Actor,
     ) -> Result<Response, Rejection> {
         if let Some(already) = self.check_activate(&kid)? {
@@ -625,6 +734,7 @@ impl State {
             k.state = KeyState::Active;
             k.changed_revision = revision;
             k.actor = actor.clone();
+            k.activated_at = at;
         }
         self.active = Some(kid);
         Ok(Response::KeyChanged { revision })

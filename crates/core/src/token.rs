@@ -99,11 +99,15 @@ pub fn encode(claims: &Claims, kid: Kid, key: &SigningKey) -> String {
     out
 }
 
-/// Splits and decodes a token without checking its signature or times.
+/// Splits and decodes a token, plain or in the scanner form
+/// ([`crate::scan`]), without checking its signature or times.
 pub fn parse(token: &str, max_token_bytes: usize) -> Result<Parsed<'_>, Error> {
     if token.len() > max_token_bytes {
         return Err(Error::Oversize(token.len()));
     }
+    // The scanner form `<prefix>_<jws>_<checksum>` (crate::scan): a bad
+    // checksum is malformed, before any decoding or signature work.
+    let token = crate::scan::strip(token).map_err(|e| Error::Malformed(e.reason()))?;
     let mut parts = token.splitn(3, '.');
     let (Some(h64), Some(p64), Some(s64)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(Error::Malformed("expected three dot-separated parts"));

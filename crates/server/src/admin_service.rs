@@ -412,53 +412,227 @@ impl Service {
             n => n as usize,
         };
         let after_revision = match r.page_token.as_str() {
-            "" => 0,
-            t => t
-                .parse::<u64>()
-                .map_err(|_| Invalid::new("page_token", "not a token this API returned"))?,
+            "" => None,
+            t => Some(
+                t.parse::<u64>()
+                    .map_err(|_| Invalid::new("page_token", "not a token this API returned"))?,
+            ),
         };
         let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let (subject, actor) = (nonempty(&r.subject), nonempty(&r.actor));
-        let q = veto_core::audit::AuditQuery {
-            subject: subject.as_deref(),
-            actor: actor.as_deref(),
-            since: (r.since_unix > 0).then_some(r.since_unix),
-            until: (r.until_unix > 0).then_some(r.until_unix),
-            after_revision,
-            limit,
-        };
-        self.node.linearize().await?;
-        Ok(self.node.state().read(|s| {
-            let (page, more) = s.audit().query(&q);
-            let next = match (more, page.last()) {
-                (true, Some(e)) => e.revision.to_string(),
-                _ => String::new(),
+        let (since, until) = (
+            (r.since_unix > 0).then_some(r.since_unix),
+            (r.until_unix > 0).then_some(r.until_unix),
+        );
+        // The leader's copy reflects every acknowledged change; a node's
+        // own copy (`local`) is read as it stands, with its own head.
+        if !r.local {
+            self.node.linearize().await?;
+        }
+        let (revision, head) = self
+            .node
+            .state()
+            .read(|s| (s.revision, s.audit_head().clone()));
+        let store = self.node.state().audit().clone();
+        let (page, pruned, totals) = tokio::task::spawn_blocking(move || {
+            let q = veto_core::audit::AuditQuery {
+                subject: subject.as_deref(),
+                actor: actor.as_deref(),
+                since,
+                until,
+                after_revision,
+                limit,
             };
-            pb::AuditResponse {
-                events: page
-                    .into_iter()
-                    .map(|e| pb::AuditEvent {
-                        revision: e.revision,
-                        at_unix: e.at.unwrap_or(0),
-                        actor: e.actor.clone(),
-                        action: e.action.clone(),
-                        subject: e.subject.clone().unwrap_or_default(),
-                        target: e.target.clone(),
-                        reason: e.reason.clone(),
-                    })
-                    .collect(),
-                next_page_token: next,
-                revision: s.revision,
-                oldest_retained_revision: s.audit().oldest(),
+            let page = store.query(&q)?;
+            std::io::Result::Ok((page, store.pruned()?, store.totals()))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("audit read: {e}")))?
+        .map_err(|e| Error::Internal(format!("audit trail unreadable: {e}")))?;
+        let oldest = self
+            .node
+            .state()
+            .audit()
+            .query(&veto_core::audit::AuditQuery {
+                limit: 1,
+                ..Default::default()
+            })
+            .ok()
+            .and_then(|p| p.events.first().map(|c| c.event.revision))
+            .unwrap_or(0);
+        Ok(pb::AuditResponse {
+            events: page
+                .events
+                .into_iter()
+                .map(|c| pb::AuditEvent {
+                    revision: c.event.revision,
+                    at_unix: c.event.at.unwrap_or(0),
+                    actor: c.event.actor,
+                    action: c.event.action,
+                    subject: c.event.subject.unwrap_or_default(),
+                    target: c.event.target,
+                    reason: c.event.reason,
+                    seq: c.seq,
+                    prev_hash: c.prev,
+                    hash: c.hash,
+                })
+                .collect(),
+            next_page_token: page.next_after.map(|r| r.to_string()).unwrap_or_default(),
+            revision,
+            oldest_retained_revision: oldest,
+            head_seq: head.seq,
+            head_hash: head.hash,
+            pruned_seq: pruned.seq,
+            pruned_hash: pruned.hash,
+            retained_events: totals.events,
+            retained_bytes: totals.bytes,
+            resumes: page
+                .resumes
+                .into_iter()
+                .map(|r| pb::AuditResume {
+                    revision: r.revision,
+                    seq: r.seq,
+                    hash: r.hash,
+                })
+                .collect(),
+        })
+    }
+
+    /// Audit from the leader's trail, or this node's with `local`.
+    async fn audit_routed(&self, req: Request<pb::AuditRequest>) -> Result<pb::AuditResponse> {
+        if req.get_ref().local {
+            return self.audit_local(req.get_ref()).await;
+        }
+        match self.node.route(crate::routing::is_forwarded(&req)).await? {
+            crate::node::Route::Local => self.audit_local(req.get_ref()).await,
+            crate::node::Route::Forward(ch) => Ok(AdminServiceClient::new(ch)
+                .audit(crate::routing::forward(&req))
+                .await
+                .map_err(Error::Forwarded)?
+                .into_inner()),
+        }
+    }
+
+    async fn set_issuer_policy_local(
+        &self,
+        r: &pb::SetIssuerPolicyRequest,
+        actor: Actor,
+    ) -> Result<pb::PolicyResponse> {
+        if r.name.is_empty()
+            || r.name.len() > 64
+            || !r.name.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+        {
+            return Err(Invalid::new(
+                "name",
+                "the issuer certificate's common name: 1-64 printable ASCII characters",
+            )
+            .into());
+        }
+        let policy = match (&r.policy, r.remove) {
+            (Some(_), true) => {
+                return Err(Invalid::new("remove", "set either policy or remove, not both").into())
             }
+            (None, false) => return Err(Invalid::new("policy", "is required").into()),
+            (None, true) => None,
+            (Some(p), false) => {
+                let p = veto_core::policy::IssuerPolicy {
+                    subjects: p.subjects.clone(),
+                    subject_prefixes: p.subject_prefixes.clone(),
+                    scopes: p.scopes.clone(),
+                    max_ttl_seconds: p.max_ttl_seconds,
+                    required_labels: p.required_labels.clone(),
+                };
+                p.validate().map_err(|e| {
+                    Invalid::new(
+                        match e.field {
+                            "subjects" => "policy.subjects",
+                            "subject_prefixes" => "policy.subject_prefixes",
+                            "scopes" => "policy.scopes",
+                            _ => "policy.max_ttl_seconds",
+                        },
+                        e.problem,
+                    )
+                })?;
+                Some(p)
+            }
+        };
+        let cmd = Command::SetIssuerPolicy {
+            name: r.name.clone(),
+            policy,
+            at: unix_now(),
+            actor,
+        };
+        self.policy_cmd(cmd).await
+    }
+
+    async fn set_rotation_policy_local(
+        &self,
+        r: &pb::SetRotationPolicyRequest,
+        actor: Actor,
+    ) -> Result<pb::PolicyResponse> {
+        let policy = match (&r.policy, r.off) {
+            (Some(_), true) => {
+                return Err(Invalid::new("off", "set either policy or off, not both").into())
+            }
+            (None, false) => return Err(Invalid::new("policy", "is required").into()),
+            (None, true) => None,
+            (Some(p), false) => {
+                let p = veto_core::policy::RotationPolicy {
+                    period_seconds: p.period_seconds,
+                    publish_lead_seconds: p.publish_lead_seconds,
+                    activation_timeout_seconds: p.activation_timeout_seconds,
+                };
+                p.validate().map_err(|e| {
+                    Invalid::new(
+                        match e.field {
+                            "period_seconds" => "policy.period_seconds",
+                            "publish_lead_seconds" => "policy.publish_lead_seconds",
+                            _ => "policy.activation_timeout_seconds",
+                        },
+                        e.problem,
+                    )
+                })?;
+                Some(p)
+            }
+        };
+        let cmd = Command::SetRotationPolicy {
+            policy,
+            at: unix_now(),
+            actor,
+        };
+        self.policy_cmd(cmd).await
+    }
+
+    async fn policy_cmd(&self, cmd: Command) -> Result<pb::PolicyResponse> {
+        match self.node.propose(cmd).await? {
+            SmResponse::Applied { revision } => Ok(pb::PolicyResponse { revision }),
+            SmResponse::Rejected { rejection, .. } => Err(rejection.into()),
+            other => Err(Error::Fatal(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    async fn list_issuer_policies_local(&self) -> Result<pb::ListIssuerPoliciesResponse> {
+        self.node.linearize().await?;
+        Ok(self.node.state().read(|s| pb::ListIssuerPoliciesResponse {
+            policies: s
+                .issuer_policies()
+                .iter()
+                .map(|(name, p)| pb::NamedIssuerPolicy {
+                    name: name.clone(),
+                    policy: Some(convert::issuer_policy(p)),
+                })
+                .collect(),
+            revision: s.revision,
         }))
     }
 
     async fn list_keys_local(&self) -> Result<pb::ListKeysResponse> {
         self.node.linearize().await?;
+        let now = unix_now();
         Ok(self.node.state().read(|s| pb::ListKeysResponse {
             keys: s.keys().map(convert::key).collect(),
             revision: s.revision,
+            rotation: convert::rotation_status(s, now),
         }))
     }
 }
@@ -578,10 +752,18 @@ crate::rpc_service! {
             |s, r| s.rotate_local(r.get_ref(), actor(r));
         list_keys(pb::ListKeysRequest) -> pb::ListKeysResponse,
             "veto.v1.AdminService/ListKeys" = |s, r| s.list_keys_local();
-        audit(pb::AuditRequest) -> pb::AuditResponse,
-            "veto.v1.AdminService/Audit" = |s, r| s.audit_local(r.get_ref());
+        list_issuer_policies(pb::ListIssuerPoliciesRequest) -> pb::ListIssuerPoliciesResponse,
+            "veto.v1.AdminService/ListIssuerPolicies" = |s, r| s.list_issuer_policies_local();
+        set_issuer_policy(pb::SetIssuerPolicyRequest) -> pb::PolicyResponse,
+            "veto.v1.AdminService/SetIssuerPolicy" =
+            |s, r| s.set_issuer_policy_local(r.get_ref(), actor(r));
+        set_rotation_policy(pb::SetRotationPolicyRequest) -> pb::PolicyResponse,
+            "veto.v1.AdminService/SetRotationPolicy" =
+            |s, r| s.set_rotation_policy_local(r.get_ref(), actor(r));
     }
     local {
+        audit(pb::AuditRequest) -> pb::AuditResponse,
+            "veto.v1.AdminService/Audit" = |s, r| s.audit_routed(r);
         init(pb::InitRequest) -> pb::InitResponse,
             "veto.v1.AdminService/Init" = |s, r| s.init_local(r.into_inner());
         status(pb::StatusRequest) -> pb::StatusResponse,

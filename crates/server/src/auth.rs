@@ -7,14 +7,20 @@
 //! all: it verifies at an edge. Refresh is an operator call too: it names
 //! the predecessor by jti, which is not secret (it is in the token and in
 //! every Verify answer), so letting any certificate holder refresh would
-//! let it mint a successor for someone else's token. Unknown methods are
-//! refused.
+//! let it mint a successor for someone else's token. An `issuer` may issue,
+//! refresh and revoke single tokens and read them; the token service then
+//! holds each call to the issuer policy named by its certificate. An
+//! `auditor` reads (tokens, keys, edges, status, policies, the audit trail)
+//! and writes nothing. Unknown methods are refused.
 
 use veto_auth::{Access, Role};
 
 const PEERS: &[Role] = &[Role::Server];
 const OPERATORS: &[Role] = &[Role::Operator, Role::Server];
 const FEED: &[Role] = &[Role::Edge, Role::Server];
+const ISSUERS: &[Role] = &[Role::Operator, Role::Server, Role::Issuer];
+const READERS: &[Role] = &[Role::Operator, Role::Server, Role::Issuer, Role::Auditor];
+const ADMIN_READERS: &[Role] = &[Role::Operator, Role::Server, Role::Auditor];
 
 const ADMIN_METHODS: &[&str] = &[
     "Init",
@@ -30,7 +36,15 @@ const ADMIN_METHODS: &[&str] = &[
     "Backup",
     "RewrapKeys",
     "Audit",
+    "SetIssuerPolicy",
+    "ListIssuerPolicies",
+    "SetRotationPolicy",
 ];
+/// Admin reads an auditor may make (not Backup: it carries sealed keys).
+const ADMIN_READS: &[&str] = &["Status", "ListKeys", "Edges", "Audit", "ListIssuerPolicies"];
+/// Token calls an issuer may make (held to its policy).
+const ISSUER_METHODS: &[&str] = &["Issue", "Refresh", "Revoke"];
+const TOKEN_READS: &[&str] = &["Get", "List"];
 const TOKEN_METHODS: &[&str] = &[
     "Issue",
     "Refresh",
@@ -65,9 +79,12 @@ pub fn policy(path: &str) -> Access {
     match svc {
         "veto.v1.RaftService" if RAFT_METHODS.contains(&method) => Access::Roles(PEERS),
         "veto.v1.FeedService" if method == "Subscribe" => Access::Roles(FEED),
+        "veto.v1.TokenService" if TOKEN_READS.contains(&method) => Access::Roles(READERS),
+        "veto.v1.TokenService" if ISSUER_METHODS.contains(&method) => Access::Roles(ISSUERS),
         "veto.v1.TokenService" if TOKEN_METHODS.contains(&method) => Access::Roles(OPERATORS),
         // The holder proves possession by presenting the token itself.
         "veto.v1.TokenService" if method == "RefreshPresented" => Access::Authenticated,
+        "veto.v1.AdminService" if ADMIN_READS.contains(&method) => Access::Roles(ADMIN_READERS),
         "veto.v1.AdminService" if ADMIN_METHODS.contains(&method) => Access::Roles(OPERATORS),
         _ => Access::Deny,
     }
@@ -78,9 +95,7 @@ pub fn policy(path: &str) -> Access {
 pub fn is_write(path: &str) -> bool {
     match split(path) {
         Some(("veto.v1.TokenService", m)) => !matches!(m, "Get" | "List"),
-        Some(("veto.v1.AdminService", m)) => {
-            !matches!(m, "Status" | "ListKeys" | "Edges" | "Backup" | "Audit")
-        }
+        Some(("veto.v1.AdminService", m)) => !matches!(m, "Backup") && !ADMIN_READS.contains(&m),
         _ => false,
     }
 }
@@ -129,6 +144,45 @@ mod tests {
             ));
         }
         assert!(!allows("/veto.v1.TokenService/Refresh", Role::Client));
+        // issuers: their token calls and reads, nothing wholesale, no admin
+        for m in ["Issue", "Refresh", "Revoke", "Get", "List"] {
+            assert!(
+                allows(&format!("/veto.v1.TokenService/{m}"), Role::Issuer),
+                "{m}"
+            );
+        }
+        for m in ["RevokeSubject", "RevokeFamily", "RevokeSelector"] {
+            assert!(
+                !allows(&format!("/veto.v1.TokenService/{m}"), Role::Issuer),
+                "{m}"
+            );
+        }
+        // auditors: every read, no write
+        for m in TOKEN_METHODS {
+            let read = TOKEN_READS.contains(m);
+            assert_eq!(
+                allows(&format!("/veto.v1.TokenService/{m}"), Role::Auditor),
+                read,
+                "{m}"
+            );
+        }
+        for m in ADMIN_METHODS {
+            let read = ADMIN_READS.contains(m);
+            assert_eq!(
+                allows(&format!("/veto.v1.AdminService/{m}"), Role::Auditor),
+                read,
+                "{m}"
+            );
+            assert!(
+                !allows(&format!("/veto.v1.AdminService/{m}"), Role::Issuer),
+                "{m}"
+            );
+            assert_eq!(
+                is_write(&format!("/veto.v1.AdminService/{m}")),
+                !read && *m != "Backup",
+                "{m}"
+            );
+        }
         assert!(!allows("/veto.v1.TokenService/Issue", Role::Client));
         assert_eq!(policy("/veto.v1.TokenService/Nope"), Access::Deny);
         assert_eq!(

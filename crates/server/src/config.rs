@@ -52,6 +52,76 @@ pub struct Options {
     pub write_rate_per_second: u32,
     /// Burst of writes above that rate.
     pub write_burst: u32,
+    /// Issue tokens in the scanner form `<prefix>_<jws>_<checksum>`
+    /// (`veto_core::scan`; docs/operations.md, "Leaked tokens") under this
+    /// prefix; unset (the default) issues plain JWS, as JWT libraries and
+    /// JWKS verifiers expect. Verifiers accept both forms either way.
+    pub token_prefix: Option<veto_core::scan::Prefix>,
+    /// Leak reports from GitHub's secret scanning (`POST /v1/leaks/github`).
+    pub leak_reports: LeakOptions,
+    /// How long this node keeps its copy of the audit trail.
+    pub audit: AuditOptions,
+}
+
+/// Retention of the audit trail on this node: the oldest events go once
+/// they are older than `max_age_seconds` or the trail is larger than
+/// `max_bytes`, whichever comes first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditOptions {
+    /// Keep events this many seconds (0 = forever). Default 400 days.
+    pub max_age_seconds: u64,
+    /// Keep at most this many bytes of events (0 = no limit). Default 1 GiB.
+    pub max_bytes: u64,
+    /// How often retention runs, milliseconds.
+    pub prune_interval_ms: u64,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        Self {
+            max_age_seconds: 400 * 86_400,
+            max_bytes: 1 << 30,
+            prune_interval_ms: 60_000,
+        }
+    }
+}
+
+impl AuditOptions {
+    /// The limits as the store takes them.
+    pub fn retention(&self) -> veto_store::audit::Retention {
+        veto_store::audit::Retention {
+            max_age_seconds: (self.max_age_seconds > 0).then_some(self.max_age_seconds),
+            max_bytes: (self.max_bytes > 0).then_some(self.max_bytes),
+        }
+    }
+}
+
+/// The leak-report endpoint (`crate::leak`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeakOptions {
+    /// GitHub's secret-scanning public keys: key identifier (as GitHub
+    /// sends it in `Github-Public-Key-Identifier`) -> PEM file of the
+    /// ECDSA P-256 public key. Empty: every report is refused (401).
+    pub github_keys: std::collections::BTreeMap<String, PathBuf>,
+    /// Largest report body, bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Most tokens in one report (413 beyond; GitHub sends small batches).
+    pub max_tokens: usize,
+    /// How long a report waits for every edge to refuse its tokens, ms.
+    pub wait_edges_ms: u64,
+}
+
+impl Default for LeakOptions {
+    fn default() -> Self {
+        Self {
+            github_keys: Default::default(),
+            max_body_bytes: 1024 * 1024,
+            max_tokens: 1000,
+            wait_edges_ms: 5_000,
+        }
+    }
 }
 
 /// Raft timing and compaction.
@@ -111,6 +181,9 @@ impl Default for Options {
             insecure: false,
             write_rate_per_second: 5_000,
             write_burst: 10_000,
+            token_prefix: None,
+            leak_reports: LeakOptions::default(),
+            audit: AuditOptions::default(),
         }
     }
 }
@@ -169,6 +242,10 @@ pub struct Flags {
     /// Writes per second each client may send (0 = no limit).
     #[arg(long, env = "VETO_WRITE_RATE")]
     pub write_rate_per_second: Option<u32>,
+    /// Issue tokens in the scanner form under this prefix
+    /// (`[a-z][a-z0-9]{1,15}`, e.g. `veto`); see `token_prefix`.
+    #[arg(long, env = "VETO_TOKEN_PREFIX")]
+    pub token_prefix: Option<veto_core::scan::Prefix>,
     /// Pipelined Raft replication (`raft.pipeline`): true or false.
     #[arg(long, env = "VETO_RAFT_PIPELINE", value_parser = clap::builder::BoolishValueParser::new())]
     pub raft_pipeline: Option<bool>,
@@ -198,6 +275,9 @@ impl Options {
         overlay(&mut o.write_rate_per_second, &flags.write_rate_per_second);
         if let Some(v) = flags.raft_pipeline {
             o.raft.pipeline = v;
+        }
+        if let Some(p) = &flags.token_prefix {
+            o.token_prefix = Some(p.clone());
         }
         if let Ok(v) = std::env::var("VETO_PREVIOUS_KEK") {
             o.previous_keks = v
@@ -246,12 +326,16 @@ impl Options {
         if self.sweep_interval_seconds == 0 {
             return bad("sweep_interval_seconds must be greater than 0".into());
         }
+        if self.audit.prune_interval_ms < 10 {
+            return bad("audit.prune_interval_ms must be at least 10".into());
+        }
         if let Err(e) = self.transport_choice() {
             return bad(e);
         }
         if !(64 * 1024..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
             return bad("max_message_bytes must be between 65536 and 67108864".into());
         }
+        self.leak_reports.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -316,6 +400,34 @@ impl Options {
     }
 }
 
+impl LeakOptions {
+    /// Checks every value; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        for id in self.github_keys.keys() {
+            // It becomes part of the audit actor `leak-report:<id>`.
+            let ok = (1..=100).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._+/=-".contains(&b));
+            if !ok {
+                return Err(format!(
+                    "leak_reports.github_keys: key id {id:?} must be 1 to 100 characters of [A-Za-z0-9._+/=-]"
+                ));
+            }
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_body_bytes) {
+            return Err("leak_reports.max_body_bytes must be between 1024 and 16777216".into());
+        }
+        if !(1..=10_000).contains(&self.max_tokens) {
+            return Err("leak_reports.max_tokens must be between 1 and 10000".into());
+        }
+        if self.wait_edges_ms > 60_000 {
+            return Err("leak_reports.wait_edges_ms must be at most 60000".into());
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,5 +462,36 @@ mod tests {
         let back: Options = toml::from_str(&text).unwrap();
         assert_eq!(back, o);
         assert!(toml::from_str::<Options>("node_idd = 3").is_err());
+    }
+
+    #[test]
+    fn token_prefix_and_leak_keys_are_checked() {
+        let o: Options = toml::from_str(
+            "node_id = 1\ninsecure = true\nkek = \"x\"\ntoken_prefix = \"veto\"\n\
+             [leak_reports]\ngithub_keys = { \"90a4211f\" = \"/k.pem\" }\n",
+        )
+        .unwrap();
+        assert_eq!(o.token_prefix.as_ref().map(|p| p.as_str()), Some("veto"));
+        assert!(o.validate().is_ok());
+        let back: Options = toml::from_str(
+            &toml::to_string(&Options {
+                kek: None,
+                ..o.clone()
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(back.token_prefix, o.token_prefix);
+        assert_eq!(back.leak_reports, o.leak_reports);
+        for bad in ["Veto", "v", "ve_to", "a2345678901234567"] {
+            let e = toml::from_str::<Options>(&format!("token_prefix = \"{bad}\"")).unwrap_err();
+            assert!(e.to_string().contains("token prefix"), "{e}");
+        }
+        let mut o = o;
+        o.leak_reports
+            .github_keys
+            .insert("bad id".into(), "/k.pem".into());
+        let e = o.validate().unwrap_err().to_string();
+        assert!(e.contains("leak_reports.github_keys"), "{e}");
     }
 }

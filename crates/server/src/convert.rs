@@ -90,7 +90,49 @@ pub fn key(k: &KeyRecord) -> pb::KeyInfo {
         public_key: URL_SAFE_NO_PAD.encode(k.public),
         published_revision: k.published_revision,
         max_token_exp: k.max_token_exp,
+        published_unix: k.published_at,
+        activated_unix: k.activated_at,
     }
+}
+
+/// An issuer policy on the wire.
+pub fn issuer_policy(p: &veto_core::policy::IssuerPolicy) -> pb::IssuerPolicy {
+    pb::IssuerPolicy {
+        subjects: p.subjects.clone(),
+        subject_prefixes: p.subject_prefixes.clone(),
+        scopes: p.scopes.clone(),
+        max_ttl_seconds: p.max_ttl_seconds,
+        required_labels: p.required_labels.clone(),
+    }
+}
+
+/// A rotation policy on the wire.
+pub fn rotation_policy(p: &veto_core::policy::RotationPolicy) -> pb::RotationPolicy {
+    pb::RotationPolicy {
+        period_seconds: p.period_seconds,
+        publish_lead_seconds: p.publish_lead_seconds,
+        activation_timeout_seconds: p.activation_timeout_seconds,
+    }
+}
+
+/// Where the self-running rotation stands at `now`.
+pub fn rotation_status(s: &veto_core::State, now: i64) -> Option<pb::RotationStatus> {
+    let p = s.rotation_policy()?;
+    let active = s.active_key();
+    let activated = active.map(|k| k.activated_at).unwrap_or(now);
+    let pending = s
+        .keys()
+        .filter(|k| k.state == KeyState::Published)
+        .max_by_key(|k| k.published_revision)
+        .map(|k| k.kid.to_string())
+        .unwrap_or_default();
+    Some(pb::RotationStatus {
+        policy: Some(rotation_policy(p)),
+        active_key_age_seconds: now.saturating_sub(activated).max(0),
+        next_publish_unix: p.next_publish(activated),
+        next_activation_unix: p.next_activation(activated),
+        pending_kid: pending,
+    })
 }
 
 /// A JWK (RFC 8037 OKP) for a key that verifies tokens.

@@ -64,11 +64,18 @@ pub enum Error {
     /// This node failed to record something it must (disk, state).
     #[error("{0}")]
     Internal(String),
+    /// The leader's answer to a call this node forwarded, passed on as is.
+    #[error("{}", .0.message())]
+    Forwarded(Status),
 }
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
+        if let Error::Forwarded(s) = e {
+            return s;
+        }
         let code = match &e {
+            Error::Forwarded(s) => s.code(),
             Error::Invalid(_) => Code::InvalidArgument,
             Error::Rejected(Rejection::NotFound { .. }) => Code::NotFound,
             Error::Rejected(Rejection::AlreadyExists { .. }) => Code::AlreadyExists,

@@ -270,16 +270,29 @@ async fn readyz(State(Http { node, .. }): State<Http>) -> impl IntoResponse {
 
 /// The public halves of every key that verifies tokens, as an RFC 7517 set.
 async fn jwks(State(Http { node, .. }): State<Http>) -> impl IntoResponse {
-    let keys: Vec<serde_json::Value> = node.state().read(|s| {
-        s.keys()
-            .filter(|k| k.state.accepts_tokens())
-            .map(convert::jwk)
-            .collect()
+    let (keys, lead): (Vec<serde_json::Value>, Option<u64>) = node.state().read(|s| {
+        (
+            s.keys()
+                .filter(|k| k.state.accepts_tokens())
+                .map(convert::jwk)
+                .collect(),
+            s.rotation_policy().map(|p| p.publish_lead_seconds),
+        )
     });
+    // A cache honouring this header always sees a key before it signs:
+    // keys rotating themselves are published `lead` seconds ahead.
+    let max_age = lead.map_or(60, |l| (l / 2).clamp(1, 60));
     (
         [
-            (header::CONTENT_TYPE, "application/jwk-set+json"),
-            (header::CACHE_CONTROL, "max-age=60"),
+            (
+                header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/jwk-set+json"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_str(&format!("max-age={max_age}"))
+                    .unwrap_or_else(|_| axum::http::HeaderValue::from_static("max-age=60")),
+            ),
         ],
         serde_json::json!({ "keys": keys }).to_string(),
     )

@@ -14,9 +14,11 @@ pub mod error;
 pub mod feed;
 pub mod feed_codec;
 pub mod http;
+pub mod leak;
 pub mod node;
 pub mod oauth;
 pub mod raft;
+pub mod rotation;
 pub mod routing;
 pub mod token_service;
 
@@ -104,6 +106,7 @@ impl Server {
             previous = previous_keks.len(),
             "key-encryption key loaded"
         );
+        let leak_keys = leak::GithubKeys::load(&opts.leak_reports)?;
         let opened = open_raft(&opts, &transport).await?;
         let (grpc_addr, grpc_listener) = veto_runtime::bind(opts.listen_addr).await?;
         let (http_addr, http_listener) = veto_runtime::bind(opts.http_addr).await?;
@@ -128,11 +131,17 @@ impl Server {
         tasks.push(serve_http(
             &node,
             &hub,
+            leak_keys,
             &transport,
             http_listener,
             rx.clone(),
         )?);
         tasks.push(tokio::spawn(hub.clone().run_read_index(rx.clone())));
+        tasks.push(tokio::spawn(rotation::run(
+            node.clone(),
+            hub.clone(),
+            rx.clone(),
+        )));
         tasks.push(tokio::spawn(node.clone().leader_duties(rx)));
         info!(node_id = node.id(), %grpc_addr, %http_addr, %advertised, "veto-server started");
         Ok(Server {
@@ -331,19 +340,26 @@ fn serve_grpc(
 fn serve_http(
     node: &Node,
     hub: &feed::Hub,
+    leak_keys: leak::GithubKeys,
     transport: &veto_auth::Transport,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, StartError> {
     let metrics = veto_telemetry::install()?;
     veto_telemetry::register_server();
-    let app = http::router(node.clone(), hub.clone(), metrics);
+    let app = http::router(node.clone(), hub.clone(), metrics).merge(leak::router(
+        node.clone(),
+        hub.clone(),
+        leak_keys,
+    ));
     let transport = transport.clone();
     Ok(tokio::spawn(async move {
-        let r = veto_auth::http::serve(listener, app, &transport, async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await;
+        // The leak endpoint is open: GitHub presents no client certificate.
+        let r =
+            veto_auth::http::serve_open(listener, app, &transport, leak::OPEN_PATHS, async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            })
+            .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "HTTP server failed");
         }

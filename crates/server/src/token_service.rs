@@ -145,6 +145,8 @@ impl Service {
             rev,
         };
         let s = token::encode(&claims, kid, &key);
+        // The scanner form when `token_prefix` is set (crate::leak).
+        let s = veto_core::scan::issue_form(self.node.options().token_prefix.as_ref(), s);
         Ok((t, s))
     }
 
@@ -177,6 +179,9 @@ impl Service {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         validate::labels("labels", &labels)?;
+        if let Some((name, p)) = self.issuer_bounds(&actor)? {
+            bounded(&name, p.check(&r.sub, &r.scopes, ttl, &labels))?;
+        }
         let meta = Meta {
             owner: if r.owner.is_empty() {
                 actor.0.clone()
@@ -248,6 +253,9 @@ impl Service {
                 })
             })?;
         let (pt, succ, status) = p;
+        if let Some((name, p)) = self.issuer_bounds(&actor)? {
+            bounded(&name, p.check(&pt.sub, &pt.scopes, ttl, &pt.labels))?;
+        }
         if succ.is_some() {
             // The predecessor is being rotated a second time: two parties
             // hold it. Its whole family dies (refresh-reuse detection).
@@ -338,6 +346,28 @@ impl Service {
             grace_seconds: r.grace_seconds,
         };
         self.refresh_local(&req, actor).await
+    }
+
+    /// The issuer policy bounding `actor` (an `issuer:NAME` certificate),
+    /// `None` for every other role. An issuer without a policy may do
+    /// nothing.
+    fn issuer_bounds(
+        &self,
+        actor: &Actor,
+    ) -> Result<Option<(String, veto_core::policy::IssuerPolicy)>> {
+        let Some(name) = actor.0.strip_prefix("issuer:") else {
+            return Ok(None);
+        };
+        let p = self
+            .node
+            .state()
+            .read(|s| s.issuer_policy(name).cloned())
+            .ok_or_else(|| {
+                Error::PermissionDenied(format!(
+                    "issuer {name} has no policy; an operator sets one with `veto policy set-issuer {name}`"
+                ))
+            })?;
+        Ok(Some((name.to_owned(), p)))
     }
 
     async fn revoke_local(
@@ -461,6 +491,18 @@ impl Service {
             }
         };
         let now = unix_now();
+        if let Some((name, p)) = self.issuer_bounds(&actor)? {
+            let sub = self
+                .node
+                .state()
+                .read(|s| s.token(&jti).map(|t| t.token.sub.clone()));
+            let sub = sub.or_else(|| presented.as_ref().map(|p| p.sub.clone()));
+            if let Some(sub) = sub.filter(|sub| !p.allows_subject(sub)) {
+                return Err(Error::PermissionDenied(format!(
+                    "issuer policy {name}: jti: the token's subject {sub:?} is outside the policy"
+                )));
+            }
+        }
         let known = self.node.state().read(|s| {
             let pending = || {
                 s.token_revocation(&jti)
@@ -709,6 +751,11 @@ impl Service {
             }
         }))
     }
+}
+
+/// A policy check's answer as a gRPC error naming the field.
+fn bounded(name: &str, r: std::result::Result<(), veto_core::policy::Violation>) -> Result<()> {
+    r.map_err(|v| Error::PermissionDenied(format!("issuer policy {name}: {v}")))
 }
 
 fn record_revoke(kind: &'static str, r: &pb::RevokeResponse) {

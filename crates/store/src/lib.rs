@@ -7,6 +7,7 @@
 //! | `meta` | `format`, `node_id`, `vote`, `committed`, `last_purged` | JSON               |
 //! | `log`  | log index, 8 bytes big-endian          | JSON `Entry<TypeConfig>`       |
 //! | `sm`   | `snapshot_meta`                        | JSON: meta, file name, SHA-256 |
+//! | `audit`| see [`audit`]                          | the hash-chained audit trail   |
 //!
 //! Snapshot data lives in `snapshots/snap-<index>.bin` next to the database
 //! files, written and fsynced before its record is committed.
@@ -16,6 +17,7 @@
 //! snapshots; after a restart openraft replays the committed log behind the
 //! latest snapshot, so nothing acknowledged is lost.
 
+pub mod audit;
 mod cluster_id;
 mod log_store;
 pub mod offline;
@@ -26,9 +28,10 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
+pub use audit::AuditStore;
 pub use cluster_id::{ClusterId, Mismatch};
 pub use log_store::LogStore;
-pub use state_machine::{StateHandle, StateMachineStore};
+pub use state_machine::{describe_membership, StateHandle, StateMachineStore};
 
 openraft::declare_raft_types!(
     /// veto's openraft type configuration.
@@ -45,6 +48,10 @@ pub type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_SM: &str = "sm";
+/// The column family of the audit trail.
+pub const CF_AUDIT: &str = "audit";
+/// Every column family of a data directory.
+pub const COLUMN_FAMILIES: [&str; 4] = [CF_META, CF_LOG, CF_SM, CF_AUDIT];
 const FORMAT_KEY: &[u8] = b"format";
 const FORMAT: &str = "veto-store-v1";
 const NODE_ID_KEY: &[u8] = b"node_id";
@@ -111,9 +118,11 @@ pub fn open(path: &Path, node_id: u64) -> Result<(LogStore, StateMachineStore), 
     }
     let mut opts = Options::default();
     opts.create_if_missing(!exists);
-    opts.create_missing_column_families(!exists);
+    // Directories written before the audit trail moved to disk gain its
+    // column family on first open.
+    opts.create_missing_column_families(true);
     opts.set_paranoid_checks(true);
-    let cfs = [CF_META, CF_LOG, CF_SM].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+    let cfs = COLUMN_FAMILIES.map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
     let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| {
         if exists && source.to_string().contains("olumn famil") {
             Error::Foreign {

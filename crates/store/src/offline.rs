@@ -55,10 +55,15 @@ pub fn read_state(path: &Path, node_id: u64) -> Result<(State, u64), Error> {
             EntryPayload::Normal(cmd) => {
                 state.apply(index, cmd);
             }
-            _ => {
+            EntryPayload::Membership(m) => {
+                state.apply_membership(index, &crate::describe_membership(m));
+            }
+            EntryPayload::Blank => {
                 state.apply_noop(index);
             }
         }
+        // The trail of this directory is already on disk.
+        state.take_audit();
         revision = index;
     }
     Ok((state, revision))
@@ -127,6 +132,13 @@ pub fn seed(
     };
     sm.seed_snapshot(&meta, &state.to_snapshot_bytes())
         .map_err(|e| corrupt(path, e))?;
+    // The trail before the seed is in the source cluster (and its backup's
+    // head): this one continues the chain from there.
+    let head = state.audit_head();
+    sm.handle()
+        .audit()
+        .resume_at(revision, head.seq, &head.hash)
+        .map_err(|e| corrupt(path, e))?;
     log.seed_purged(log_id).map_err(|e| corrupt(path, e))?;
     log.cluster_id()
         .and_then(|c| c.set_if_unset(cluster_id))
@@ -147,7 +159,7 @@ pub fn raw_records(path: &Path) -> Result<Vec<RawRecord>, Error> {
         source,
     };
     let opts = rocksdb::Options::default();
-    let names = [crate::CF_META, crate::CF_LOG, crate::CF_SM];
+    let names = crate::COLUMN_FAMILIES;
     let db = rocksdb::DB::open_cf_for_read_only(&opts, path, names, false).map_err(open_err)?;
     let mut out = Vec::new();
     for name in names {

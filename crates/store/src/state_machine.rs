@@ -29,6 +29,7 @@ struct Applied {
 
 struct Shared {
     db: Arc<DB>,
+    audit: crate::AuditStore,
     snap_dir: PathBuf,
     applied: RwLock<Applied>,
     /// Edge changes by revision; advanced under the `applied` write lock.
@@ -77,6 +78,11 @@ impl StateHandle {
     /// A receiver that sees every new applied index.
     pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
         self.shared.applied_tx.subscribe()
+    }
+
+    /// The audit trail on disk.
+    pub fn audit(&self) -> &crate::AuditStore {
+        &self.shared.audit
     }
 
     /// Index covered by the latest snapshot.
@@ -128,8 +134,10 @@ impl StateMachineStore {
         };
         let idx = applied.last_applied.as_ref().map(|l| l.index).unwrap_or(0);
         let (applied_tx, _) = watch::channel(idx);
+        let audit = crate::AuditStore::open(db.clone()).map_err(|e| format!("audit trail: {e}"))?;
         Ok(Self {
             shared: Arc::new(Shared {
+                audit,
                 db,
                 snap_dir,
                 applied: RwLock::new(applied),
@@ -203,6 +211,26 @@ impl StateMachineStore {
             .store(idx, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// How a membership entry reads in the audit trail: the voter set(s) (two
+/// during a joint change), the learners and every member's address.
+pub fn describe_membership(m: &openraft::Membership<u64, openraft::BasicNode>) -> String {
+    let voters: Vec<String> = m
+        .get_joint_config()
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect();
+    let learners: Vec<u64> = m.learner_ids().collect();
+    let nodes: Vec<String> = m
+        .nodes()
+        .map(|(id, n)| format!("{id}={}", n.addr))
+        .collect();
+    format!(
+        "voters {} learners {learners:?} nodes {}",
+        voters.join(" + "),
+        nodes.join(",")
+    )
 }
 
 /// The record of the current snapshot kept in the `sm` column family.
@@ -294,9 +322,13 @@ impl RaftStateMachine<C> for StateMachineStore {
                     EntryPayload::Normal(cmd) => g.state.apply_for_edges(index, cmd),
                     EntryPayload::Membership(m) => {
                         g.membership = StoredMembershipOf::<C>::new(Some(entry.log_id), m.clone());
-                        (g.state.apply_noop(index), Vec::new())
+                        (
+                            g.state.apply_membership(index, &describe_membership(m)),
+                            Vec::new(),
+                        )
                     }
                 };
+                self.shared.audit.append(&g.state.take_audit())?;
                 g.last_applied = Some(entry.log_id);
                 let trace = match &entry.payload {
                     EntryPayload::Normal(cmd) => cmd.trace_context(),
@@ -326,6 +358,8 @@ impl RaftStateMachine<C> for StateMachineStore {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         self.save_snapshot(meta, &snapshot)?;
         let idx = meta.last_log_id.as_ref().map(|l| l.index).unwrap_or(0);
+        let head = state.audit_head().clone();
+        self.shared.audit.resume_at(idx, head.seq, &head.hash)?;
         {
             let mut g = self.write();
             g.state = state;

@@ -66,10 +66,74 @@ pub const EDGE_CLOCK_OFFSET_SECONDS: &str = "veto_edge_clock_offset_seconds";
 /// Half the round trip of the probe the offset came from (its error bound).
 pub const EDGE_CLOCK_OFFSET_UNCERTAINTY_SECONDS: &str =
     "veto_edge_clock_offset_uncertainty_seconds";
+/// Leak reports by outcome: accepted, unknown_key, bad_signature,
+/// malformed, too_large, busy, unavailable, error.
+pub const LEAK_REPORTS_TOTAL: &str = "veto_leak_reports_total";
+/// The outcomes [`LEAK_REPORTS_TOTAL`] is labelled with.
+pub const LEAK_REPORT_OUTCOMES: [&str; 8] = [
+    "accepted",
+    "unknown_key",
+    "bad_signature",
+    "malformed",
+    "too_large",
+    "busy",
+    "unavailable",
+    "error",
+];
+/// Tokens in accepted-signature leak reports by outcome: revoked,
+/// already_revoked, not_a_veto_token, error.
+pub const LEAK_TOKENS_TOTAL: &str = "veto_leak_tokens_total";
+/// The outcomes [`LEAK_TOKENS_TOTAL`] is labelled with.
+pub const LEAK_TOKEN_OUTCOMES: [&str; 4] =
+    ["revoked", "already_revoked", "not_a_veto_token", "error"];
+/// Leak report receipt to every live edge refusing the token (one sample
+/// per token a report revoked).
+pub const LEAK_TIME_TO_DEAD_SECONDS: &str = "veto_leak_time_to_dead_seconds";
+/// Leaked tokens revoked whose refusal at every edge was not confirmed
+/// within `leak_reports.wait_edges_ms` (edges behind or unknown, or none).
+pub const LEAK_UNCONFIRMED_TOTAL: &str = "veto_leak_unconfirmed_total";
+/// Age of the active signing key, seconds since its activation.
+pub const SIGNING_KEY_AGE_SECONDS: &str = "veto_signing_key_age_seconds";
+/// When the rotation policy activates the next key (unix seconds; 0 when
+/// keys rotate only by hand).
+pub const SIGNING_KEY_NEXT_ROTATION_TIMESTAMP: &str =
+    "veto_signing_key_next_rotation_timestamp_seconds";
+/// Key stages the rotation schedule performed (leader), by stage.
+pub const KEY_ROTATION_STAGES_TOTAL: &str = "veto_key_rotation_stages_total";
+/// Activations the schedule forced although edges lacked the key.
+pub const KEY_ROTATION_FORCED_TOTAL: &str = "veto_key_rotation_forced_total";
+/// Audit events this node's retention dropped.
+pub const AUDIT_PRUNED_TOTAL: &str = "veto_audit_pruned_total";
+/// Bytes of audit trail this node keeps.
+pub const AUDIT_RETAINED_BYTES: &str = "veto_audit_retained_bytes";
+/// Audit events this node keeps.
+pub const AUDIT_RETAINED_EVENTS: &str = "veto_audit_retained_events";
 /// Calls refused by authentication, authorisation or a write rate limit.
 pub const AUTH_DENIED_TOTAL: &str = "veto_auth_denied_total";
 /// The reasons [`AUTH_DENIED_TOTAL`] is labelled with.
 pub const AUTH_DENIED_REASONS: [&str; 3] = ["unauthenticated", "permission_denied", "rate_limited"];
+
+/// `veto agent`: tokens it wrote to its file from a refresh (RefreshPresented).
+pub const AGENT_RENEWALS_TOTAL: &str = "veto_agent_renewals_total";
+/// `veto agent`: tokens it wrote to its file from an Issue.
+pub const AGENT_ISSUED_TOTAL: &str = "veto_agent_issued_total";
+/// `veto agent`: failed attempts, by reason.
+pub const AGENT_FAILURES_TOTAL: &str = "veto_agent_failures_total";
+/// The reasons [`AGENT_FAILURES_TOTAL`] is labelled with.
+pub const AGENT_FAILURE_REASONS: [&str; 7] = [
+    "server_unreachable",
+    "server_error",
+    "refused",
+    "edge_unreachable",
+    "edge_rejected",
+    "file",
+    "no_source",
+];
+/// `veto agent`: `exp` (unix seconds) of the token in its file; 0 when none.
+pub const AGENT_TOKEN_EXPIRY: &str = "veto_agent_token_expiry_timestamp_seconds";
+/// `veto agent`: seconds until it refreshes the token in its file
+/// (negative when overdue; 0 when there is none).
+pub const AGENT_NEXT_REFRESH_SECONDS: &str = "veto_agent_next_refresh_seconds";
 
 fn register_auth() {
     metrics::describe_counter!(
@@ -118,6 +182,17 @@ const SERVER_METRICS: &[Described] = &[
     (RAFT_IS_LEADER, Kind::Gauge, None, "1 on the leader, else 0."),
     (RAFT_COMMIT_INDEX, Kind::Gauge, None, "Highest committed log index known here."),
     (RAFT_APPLIED_INDEX, Kind::Gauge, None, "Highest applied log index here."),
+    (SIGNING_KEY_AGE_SECONDS, Kind::Gauge, SECONDS, "Age of the active signing key (since activation)."),
+    (SIGNING_KEY_NEXT_ROTATION_TIMESTAMP, Kind::Gauge, SECONDS, "When the rotation policy activates the next signing key (unix; 0: manual rotation)."),
+    (KEY_ROTATION_STAGES_TOTAL, Kind::Counter, None, "Key stages (publish, activate, retire) the rotation schedule performed on this node as leader."),
+    (KEY_ROTATION_FORCED_TOTAL, Kind::Counter, None, "Activations forced by the activation timeout although edges lacked the key."),
+    (AUDIT_PRUNED_TOTAL, Kind::Counter, None, "Audit events dropped by this node's retention."),
+    (AUDIT_RETAINED_BYTES, Kind::Gauge, Some(metrics::Unit::Bytes), "Bytes of audit trail kept on this node."),
+    (AUDIT_RETAINED_EVENTS, Kind::Gauge, None, "Audit events kept on this node."),
+    (LEAK_REPORTS_TOTAL, Kind::Counter, None, "Leak reports (GitHub secret scanning) received, by outcome."),
+    (LEAK_TOKENS_TOTAL, Kind::Counter, None, "Tokens in signed leak reports, by outcome."),
+    (LEAK_TIME_TO_DEAD_SECONDS, Kind::Histogram, SECONDS, "Leak report receipt to every live edge refusing the token."),
+    (LEAK_UNCONFIRMED_TOTAL, Kind::Counter, None, "Leaked tokens revoked but not confirmed at every edge in time."),
 ];
 
 #[rustfmt::skip]
@@ -154,13 +229,55 @@ pub fn register_server() {
     for kind in ["token", "subject", "family", "key"] {
         metrics::counter!(REVOKES_TOTAL, "kind" => kind).increment(0);
     }
+    for stage in ["publish", "activate", "retire"] {
+        metrics::counter!(KEY_ROTATION_STAGES_TOTAL, "stage" => stage).increment(0);
+    }
+    metrics::counter!(KEY_ROTATION_FORCED_TOTAL).increment(0);
+    metrics::counter!(AUDIT_PRUNED_TOTAL).increment(0);
+    for o in LEAK_REPORT_OUTCOMES {
+        metrics::counter!(LEAK_REPORTS_TOTAL, "outcome" => o).increment(0);
+    }
+    for o in LEAK_TOKEN_OUTCOMES {
+        metrics::counter!(LEAK_TOKENS_TOTAL, "outcome" => o).increment(0);
+    }
     for c in [
         ISSUED_TOTAL,
         FEED_CONNECTS_TOTAL,
         FEED_SNAPSHOTS_TOTAL,
         FEED_RESYNCS_TOTAL,
+        LEAK_UNCONFIRMED_TOTAL,
     ] {
         metrics::counter!(c).increment(0);
+    }
+}
+
+/// Describes every `veto agent` metric and creates its counters at 0.
+pub fn register_agent() {
+    metrics::describe_counter!(
+        AGENT_RENEWALS_TOTAL,
+        "Tokens written to the file from a refresh."
+    );
+    metrics::describe_counter!(
+        AGENT_ISSUED_TOTAL,
+        "Tokens written to the file from an Issue."
+    );
+    metrics::describe_counter!(
+        AGENT_FAILURES_TOTAL,
+        "Failed attempts to obtain, check or write a token, by reason."
+    );
+    metrics::describe_gauge!(
+        AGENT_TOKEN_EXPIRY,
+        "Expiry (unix seconds) of the token in the file; 0 when none."
+    );
+    metrics::describe_gauge!(
+        AGENT_NEXT_REFRESH_SECONDS,
+        metrics::Unit::Seconds,
+        "Seconds until the token in the file is refreshed (negative: overdue)."
+    );
+    metrics::counter!(AGENT_RENEWALS_TOTAL).increment(0);
+    metrics::counter!(AGENT_ISSUED_TOTAL).increment(0);
+    for r in AGENT_FAILURE_REASONS {
+        metrics::counter!(AGENT_FAILURES_TOTAL, "reason" => r).increment(0);
     }
 }
 

@@ -11,6 +11,7 @@ struct Fx {
     st: State,
     rev: u64,
     kid: Kid,
+    trail: Vec<crate::audit::ChainedEvent>,
 }
 
 impl Fx {
@@ -19,6 +20,7 @@ impl Fx {
             st: State::default(),
             rev: 0,
             kid: Kid([1; 16]),
+            trail: Vec::new(),
         };
         fx.apply(Command::PublishKey {
             kid: fx.kid,
@@ -37,7 +39,17 @@ impl Fx {
 
     fn apply(&mut self, c: Command) -> Response {
         self.rev += 1;
-        self.st.apply(self.rev, &c)
+        let r = self.st.apply(self.rev, &c);
+        self.trail.extend(self.st.take_audit());
+        r
+    }
+
+    /// The trail's events matching `q`, up to its limit, and whether more match.
+    fn audit(&self, q: &crate::audit::AuditQuery<'_>) -> (Vec<&crate::audit::AuditEvent>, bool) {
+        let mut it = self.trail.iter().map(|c| &c.event).filter(|e| q.matches(e));
+        let page: Vec<_> = it.by_ref().take(q.limit).collect();
+        let more = it.next().is_some();
+        (page, more)
     }
 
     fn token(&self, n: u8, sub: &str, iat: i64, ttl: i64) -> NewToken {
@@ -503,9 +515,7 @@ fn the_audit_trail_records_applied_changes_with_actor_subject_and_time() {
     });
     fx.apply(Command::Sweep { cutoff: T0 });
     let all = |q: AuditQuery<'_>| {
-        fx.st
-            .audit()
-            .query(&AuditQuery { limit: 100, ..q })
+        fx.audit(&AuditQuery { limit: 100, ..q })
             .0
             .into_iter()
             .map(|e| (e.action.clone(), e.subject.clone(), e.actor.clone()))
@@ -553,37 +563,83 @@ fn the_audit_trail_records_applied_changes_with_actor_subject_and_time() {
         [("issue".into(), Some("bob".into()), "test".into())]
     );
     // Paging by revision: two pages of two, then the rest.
-    let (p1, more) = fx.st.audit().query(&AuditQuery {
+    let (p1, more) = fx.audit(&AuditQuery {
         limit: 2,
         ..Default::default()
     });
     assert!(more);
-    let (p2, _) = fx.st.audit().query(&AuditQuery {
+    let (p2, _) = fx.audit(&AuditQuery {
         limit: 2,
-        after_revision: p1[1].revision,
+        after_revision: Some(p1[1].revision),
         ..Default::default()
     });
     assert_eq!(p2[0].action, "issue");
     assert!(p2[0].revision > p1[1].revision);
-    // The trail survives a snapshot round trip.
+    // The head survives a snapshot round trip.
     let back = State::from_snapshot_bytes(&fx.st.to_snapshot_bytes()).unwrap();
-    assert_eq!(back.audit(), fx.st.audit());
+    assert_eq!(back.audit_head(), fx.st.audit_head());
 }
 
 #[test]
-fn the_audit_trail_is_bounded() {
+fn the_audit_trail_is_a_hash_chain_every_replica_computes_alike() {
     let mut fx = Fx::new();
-    for i in 0..(crate::audit::AUDIT_RETAIN + 5) {
-        fx.apply(Command::ActivateKey {
-            kid: fx.kid,
-            at: T0 + i as i64,
-            actor: op(),
-        });
+    fx.issue(1, "alice", T0 + 10);
+    fx.st.apply_membership(fx.rev + 1, "voters {1, 2, 3}");
+    fx.rev += 1;
+    fx.trail.extend(fx.st.take_audit());
+    fx.issue(2, "bob", T0 + 20);
+    let t = &fx.trail;
+    assert_eq!(t.len(), 5);
+    assert_eq!(t[3].event.action, "membership");
+    assert_eq!(t[3].event.actor, "raft");
+    let mut prev = crate::audit::GENESIS.to_owned();
+    for (i, c) in t.iter().enumerate() {
+        assert_eq!(c.seq, i as u64 + 1);
+        assert_eq!(c.prev, prev);
+        assert!(c.intact());
+        prev = c.hash.clone();
     }
-    let a = fx.st.audit();
-    assert_eq!(a.len(), crate::audit::AUDIT_RETAIN);
-    assert_eq!(a.dropped(), 7);
-    assert_eq!(a.oldest(), 8);
+    assert_eq!(fx.st.audit_head().hash, prev);
+    assert_eq!(fx.st.audit_head().seq, 5);
+    // An edit anywhere breaks its link.
+    let mut edited = t[2].clone();
+    edited.event.actor = "operator:mallory".into();
+    assert!(!edited.intact());
+    // The checker accepts the chain through the head, and names what breaks.
+    use crate::audit::{Broken, ChainCheck};
+    let head = fx.st.audit_head().clone();
+    let check = |events: &[crate::audit::ChainedEvent]| {
+        let mut c = ChainCheck::new(0, "", head.seq, &head.hash);
+        for e in events {
+            c.next(e)?;
+        }
+        c.finish()
+    };
+    assert_eq!(check(t), Ok(()));
+    let mut bad = t.clone();
+    bad[2] = edited.clone();
+    assert!(matches!(check(&bad), Err(Broken::Edited { seq: 3, .. })));
+    let mut gap = t.clone();
+    gap.remove(1);
+    assert!(matches!(check(&gap), Err(Broken::Gap { seq: 3, .. })));
+    assert!(matches!(check(&t[..4]), Err(Broken::Head { seq: 4, .. })));
+    // Retention: the check starts after the last dropped entry.
+    let mut c = ChainCheck::new(2, &t[1].hash, head.seq, &head.hash);
+    for e in &t[2..] {
+        c.next(e).unwrap();
+    }
+    assert_eq!(c.finish(), Ok(()));
+    // A snapshot install: entries 2..=3 not held, the chain resumes.
+    let mut c = ChainCheck::new(0, "", head.seq, &head.hash);
+    c.next(&t[0]).unwrap();
+    c.resume(9, 3, &t[2].hash).unwrap();
+    c.next(&t[3]).unwrap();
+    c.next(&t[4]).unwrap();
+    assert_eq!((c.finish(), c.not_held), (Ok(()), 2));
+    // A replica applying the same entries computes the same chain.
+    let mut other = Fx::new();
+    other.issue(1, "alice", T0 + 10);
+    assert_eq!(other.trail[..3], fx.trail[..3]);
 }
 
 fn revoke_subject_now(fx: &mut Fx, sub: &str, at: i64) -> u64 {
@@ -829,6 +885,7 @@ fn a_selector_revoke_covers_the_live_matching_tokens_only() {
     };
     fx.rev += 1;
     let (r, changes) = fx.st.apply_for_edges(fx.rev, &cmd);
+    fx.trail.extend(fx.st.take_audit());
     assert_eq!(r, Response::revoked(fx.rev));
     let mut revoked: Vec<Jti> = changes
         .iter()
@@ -849,7 +906,7 @@ fn a_selector_revoke_covers_the_live_matching_tokens_only() {
     ] {
         assert_eq!(fx.status(j, T0 + 11), want);
     }
-    let (events, _) = fx.st.audit().query(&crate::audit::AuditQuery {
+    let (events, _) = fx.audit(&crate::audit::AuditQuery {
         limit: 100,
         ..Default::default()
     });

@@ -220,7 +220,11 @@ pub(crate) fn event_of(s: &State, revision: u64, cmd: &Command) -> Option<AuditE
                 .as_ref()
                 .map_or_else(|| "rotation off".to_owned(), |p| p.summary()),
         ),
-        Command::Sweep { .. } | Command::Traced { .. } => return None,
+        // Usage is housekeeping; its revoked-token uses are audited one by
+        // one by the state (`State::record_usage`).
+        Command::Sweep { .. } | Command::RecordUsage { .. } | Command::Traced { .. } => {
+            return None
+        }
         revoke => return revoke_event(&ev, s, revoke),
     })
 }

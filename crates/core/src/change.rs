@@ -93,6 +93,7 @@ impl State {
             | Command::RewrapKey { .. }
             | Command::SetIssuerPolicy { .. }
             | Command::SetRotationPolicy { .. }
+            | Command::RecordUsage { .. }
             | Command::Traced { .. } => {}
             Command::Refresh {
                 predecessor, at, ..

@@ -222,6 +222,15 @@ pub enum Command {
         /// Caller.
         actor: Actor,
     },
+    /// Fold verify usage reported by edges into the tokens' usage records
+    /// (tokens no longer recorded are skipped). Housekeeping: not audited
+    /// itself, but each use attempt of a revoked token is.
+    RecordUsage {
+        /// Deltas, at most one per (jti, edge).
+        deltas: Vec<crate::usage::UsageDelta>,
+        /// Leader's time.
+        at: i64,
+    },
     /// A command carrying the W3C trace context of the call that caused it,
     /// so edges can attach their apply to the caller's trace. Applies
     /// exactly as `command`; the context never influences the result.
@@ -251,6 +260,7 @@ impl Command {
             Command::RewrapKey { .. } => "rewrap_key",
             Command::SetIssuerPolicy { .. } => "set_issuer_policy",
             Command::SetRotationPolicy { .. } => "set_rotation_policy",
+            Command::RecordUsage { .. } => "record_usage",
             Command::Traced { .. } => "traced",
         }
     }
@@ -420,6 +430,9 @@ impl std::fmt::Display for Command {
             Command::RewrapKey { kid, kek, .. } => write!(f, "rewrap_key kid={kid} kek={kek}"),
             Command::SetIssuerPolicy { name, .. } => write!(f, "set_issuer_policy name={name}"),
             Command::SetRotationPolicy { .. } => write!(f, "set_rotation_policy"),
+            Command::RecordUsage { deltas, .. } => {
+                write!(f, "record_usage deltas={}", deltas.len())
+            }
             Command::Traced { .. } => write!(f, "traced"),
         }
     }

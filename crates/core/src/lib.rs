@@ -20,6 +20,7 @@ pub mod policy;
 pub mod scan;
 pub mod state;
 pub mod token;
+pub mod usage;
 pub mod validate;
 
 pub use change::EdgeChange;

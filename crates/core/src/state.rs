@@ -192,6 +192,9 @@ pub struct State {
     /// The signing-key rotation schedule, when keys rotate themselves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rotation_policy: Option<crate::policy::RotationPolicy>,
+    /// Verify usage per token, reported by edges.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    usage: crate::usage::UsageMap,
     /// Audit events applied since the store last took them.
     #[serde(skip)]
     audit_out: Vec<crate::audit::ChainedEvent>,
@@ -362,6 +365,7 @@ impl State {
             Command::SetRotationPolicy { policy, .. } => {
                 self.set_rotation_policy(revision, policy.as_ref())
             }
+            Command::RecordUsage { deltas, at } => Ok(self.record_usage(revision, deltas, *at)),
             // untraced() never returns a Traced command.
             Command::Traced { .. } => Ok(Response::Applied { revision }),
         };
@@ -398,6 +402,72 @@ impl State {
             }
         }
         Ok(Response::Applied { revision })
+    }
+
+    fn record_usage(
+        &mut self,
+        revision: u64,
+        deltas: &[crate::usage::UsageDelta],
+        at: i64,
+    ) -> Response {
+        for d in deltas {
+            let Some(rec) = self.tokens.get(&d.jti) else {
+                continue;
+            };
+            let sub = rec.token.sub.clone();
+            self.usage.entry(d.jti).or_default().fold(d);
+            if d.outcomes.revoked > 0 {
+                self.chain(crate::audit::AuditEvent {
+                    revision,
+                    at: Some(at),
+                    actor: format!("edge:{}", d.edge),
+                    action: "revoked_token_used".into(),
+                    subject: Some(sub),
+                    target: d.jti.to_string(),
+                    reason: format!(
+                        "{} use attempt(s) refused as revoked between {} and {}",
+                        d.outcomes.revoked, d.first, d.last
+                    ),
+                });
+            }
+        }
+        Response::Applied { revision }
+    }
+
+    /// The usage record of a token, if it was ever verified.
+    pub fn usage(&self, jti: &Jti) -> Option<&crate::usage::UsageRecord> {
+        self.usage.get(jti)
+    }
+
+    /// Tokens recorded with usage.
+    pub fn usage_count(&self) -> usize {
+        self.usage.len()
+    }
+
+    /// Usage across the live tokens at `now` (the figures of the dashboards
+    /// and the `veto_tokens_*` gauges). O(tokens).
+    pub fn usage_totals(&self, now: i64) -> crate::usage::UsageTotals {
+        let mut t = crate::usage::UsageTotals::default();
+        for rec in self.tokens.values() {
+            if let Some(u) = self.usage.get(&rec.token.jti) {
+                t.verifies = t.verifies.saturating_add(u.outcomes.total());
+                t.revoked_attempts = t.revoked_attempts.saturating_add(u.outcomes.revoked);
+            }
+            if self.status(rec, now).0 != TokenStatus::Active {
+                continue;
+            }
+            t.active += 1;
+            match self.usage.get(&rec.token.jti) {
+                Some(u) if u.outcomes.valid > 0 => {
+                    t.used += 1;
+                    if u.unused_scopes(&rec.token.scopes).is_empty() {
+                        t.least_privilege += 1;
+                    }
+                }
+                _ => t.never_used += 1,
+            }
+        }
+        t
     }
 
     fn set_rotation_policy(
@@ -857,6 +927,7 @@ impl State {
                 self.by_subject.remove(&(r.token.sub, jti));
                 self.by_family.remove(&(r.token.fam, jti));
             }
+            self.usage.remove(&jti);
         }
         let after = self.revoked_tokens.len()
             + self.revoked_subjects.len()

@@ -108,6 +108,24 @@ pub const AUDIT_PRUNED_TOTAL: &str = "veto_audit_pruned_total";
 pub const AUDIT_RETAINED_BYTES: &str = "veto_audit_retained_bytes";
 /// Audit events this node keeps.
 pub const AUDIT_RETAINED_EVENTS: &str = "veto_audit_retained_events";
+/// Active tokens (not revoked, not expired) in the replicated state.
+pub const TOKENS_ACTIVE: &str = "veto_tokens_active";
+/// Active tokens never verified valid at any edge.
+pub const TOKENS_NEVER_USED: &str = "veto_tokens_never_used";
+/// Share (0..1) of used active tokens every granted scope of which some
+/// request required.
+pub const TOKENS_LEAST_PRIVILEGE_RATIO: &str = "veto_tokens_least_privilege_ratio";
+/// Use attempts of revoked tokens recorded over the live token records
+/// (replicated: the same on every node; drops when records are swept).
+pub const REVOKED_TOKEN_USE_ATTEMPTS: &str = "veto_revoked_token_use_attempts";
+/// Usage deltas this node folded into the replicated state.
+pub const USAGE_DELTAS_TOTAL: &str = "veto_usage_deltas_total";
+/// `RecordUsage` entries this node proposed.
+pub const USAGE_COMMANDS_TOTAL: &str = "veto_usage_commands_total";
+/// Edge: tokens with usage not yet reported to a server.
+pub const EDGE_USAGE_TRACKED: &str = "veto_edge_usage_tracked_tokens";
+/// Edge: verifies not tracked because the usage table was full.
+pub const EDGE_USAGE_DROPPED_TOTAL: &str = "veto_edge_usage_dropped_total";
 /// Calls refused by authentication, authorisation or a write rate limit.
 pub const AUTH_DENIED_TOTAL: &str = "veto_auth_denied_total";
 /// The reasons [`AUTH_DENIED_TOTAL`] is labelled with.
@@ -189,6 +207,12 @@ const SERVER_METRICS: &[Described] = &[
     (AUDIT_PRUNED_TOTAL, Kind::Counter, None, "Audit events dropped by this node's retention."),
     (AUDIT_RETAINED_BYTES, Kind::Gauge, Some(metrics::Unit::Bytes), "Bytes of audit trail kept on this node."),
     (AUDIT_RETAINED_EVENTS, Kind::Gauge, None, "Audit events kept on this node."),
+    (TOKENS_ACTIVE, Kind::Gauge, None, "Active tokens (not revoked, not expired) in the replicated state."),
+    (TOKENS_NEVER_USED, Kind::Gauge, None, "Active tokens never verified valid at any edge."),
+    (TOKENS_LEAST_PRIVILEGE_RATIO, Kind::Gauge, None, "Share of used active tokens whose every granted scope some request required."),
+    (REVOKED_TOKEN_USE_ATTEMPTS, Kind::Gauge, None, "Use attempts of revoked tokens over the live token records (replicated)."),
+    (USAGE_DELTAS_TOTAL, Kind::Counter, None, "Edge usage deltas this node folded into the replicated state."),
+    (USAGE_COMMANDS_TOTAL, Kind::Counter, None, "RecordUsage log entries this node proposed."),
     (LEAK_REPORTS_TOTAL, Kind::Counter, None, "Leak reports (GitHub secret scanning) received, by outcome."),
     (LEAK_TOKENS_TOTAL, Kind::Counter, None, "Tokens in signed leak reports, by outcome."),
     (LEAK_TIME_TO_DEAD_SECONDS, Kind::Histogram, SECONDS, "Leak report receipt to every live edge refusing the token."),
@@ -202,6 +226,8 @@ const EDGE_METRICS: &[Described] = &[
     (EDGE_FEED_CONNECTS_TOTAL, Kind::Counter, None, "Feed sessions the edge opened (connects and failovers)."),
     (EDGE_RESYNCS_TOTAL, Kind::Counter, None, "Snapshot resyncs at the edge."),
     (EDGE_FRESHNESS_AGE_SECONDS, Kind::Gauge, SECONDS, "The edge's own view: seconds since its last answered probe."),
+    (EDGE_USAGE_TRACKED, Kind::Gauge, None, "Tokens with usage not yet reported to a server."),
+    (EDGE_USAGE_DROPPED_TOTAL, Kind::Counter, None, "Verifies not tracked because the usage table was full."),
     (EDGE_STALE, Kind::Gauge, None, "1 while the edge is outside its bound (answers STALE), else 0."),
     (EDGE_BOUND_SECONDS, Kind::Gauge, SECONDS, "The edge's propagation bound B."),
     (EDGE_CLOCK_OFFSET_SECONDS, Kind::Gauge, SECONDS, "The leader's wall clock minus this edge's, from probe replies (exp/nbf use the edge's clock; revocations use none)."),
@@ -233,6 +259,8 @@ pub fn register_server() {
         metrics::counter!(KEY_ROTATION_STAGES_TOTAL, "stage" => stage).increment(0);
     }
     metrics::counter!(KEY_ROTATION_FORCED_TOTAL).increment(0);
+    metrics::counter!(USAGE_DELTAS_TOTAL).increment(0);
+    metrics::counter!(USAGE_COMMANDS_TOTAL).increment(0);
     metrics::counter!(AUDIT_PRUNED_TOTAL).increment(0);
     for o in LEAK_REPORT_OUTCOMES {
         metrics::counter!(LEAK_REPORTS_TOTAL, "outcome" => o).increment(0);
@@ -285,7 +313,11 @@ pub fn register_agent() {
 pub fn register_edge(edge_id: &str) {
     describe(EDGE_METRICS);
     register_auth();
-    for c in [EDGE_FEED_CONNECTS_TOTAL, EDGE_RESYNCS_TOTAL] {
+    for c in [
+        EDGE_FEED_CONNECTS_TOTAL,
+        EDGE_RESYNCS_TOTAL,
+        EDGE_USAGE_DROPPED_TOTAL,
+    ] {
         metrics::counter!(c, "edge" => edge_id.to_string()).increment(0);
     }
 }

@@ -155,7 +155,14 @@ pub fn merge_pending(pending: &mut BTreeMap<(Jti, String), UsageDelta>, delta: U
 mod tests {
     use super::*;
 
-    fn d(edge: &str, valid: u64, revoked: u64, first: i64, last: i64, scopes: &[&str]) -> UsageDelta {
+    fn d(
+        edge: &str,
+        valid: u64,
+        revoked: u64,
+        first: i64,
+        last: i64,
+        scopes: &[&str],
+    ) -> UsageDelta {
         UsageDelta {
             jti: Jti([1; 16]),
             edge: edge.into(),
@@ -191,6 +198,9 @@ mod tests {
         merge_pending(&mut pending, d("e2", 1, 0, 5, 6, &[]));
         assert_eq!(pending.len(), 2);
         let p = &pending[&(Jti([1; 16]), "e1".to_owned())];
-        assert_eq!((p.outcomes.valid, p.first, p.last, p.scopes.len()), (3, 4, 9, 2));
+        assert_eq!(
+            (p.outcomes.valid, p.first, p.last, p.scopes.len()),
+            (3, 4, 9, 2)
+        );
     }
 }

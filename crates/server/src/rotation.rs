@@ -90,6 +90,7 @@ pub async fn run(
 ) {
     let prune_every = Duration::from_millis(node.options().audit.prune_interval_ms);
     let mut last_prune = Instant::now();
+    let mut last_usage: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -97,6 +98,11 @@ pub async fn run(
         }
         let now = unix_now();
         export_gauges(&node, now);
+        // The token figures walk every record: every few seconds is enough.
+        if last_usage.is_none_or(|t| t.elapsed() >= USAGE_GAUGES_EVERY) {
+            last_usage = Some(Instant::now());
+            export_usage_gauges(&node, now);
+        }
         if last_prune.elapsed() >= prune_every {
             last_prune = Instant::now();
             prune(&node, now).await;
@@ -187,6 +193,20 @@ fn export_gauges(node: &Node, now: i64) {
     });
     gauge!(veto_telemetry::SIGNING_KEY_AGE_SECONDS).set(age.unwrap_or(0) as f64);
     gauge!(veto_telemetry::SIGNING_KEY_NEXT_ROTATION_TIMESTAMP).set(next.unwrap_or(0) as f64);
+}
+
+/// How often the token usage gauges are recomputed.
+const USAGE_GAUGES_EVERY: Duration = Duration::from_secs(5);
+
+/// Active, never-used and least-privilege tokens and revoked-token use
+/// attempts as gauges (every node, from its replicated state).
+fn export_usage_gauges(node: &Node, now: i64) {
+    use veto_telemetry::metrics::gauge;
+    let t = node.state().read(|s| s.usage_totals(now));
+    gauge!(veto_telemetry::TOKENS_ACTIVE).set(t.active as f64);
+    gauge!(veto_telemetry::TOKENS_NEVER_USED).set(t.never_used as f64);
+    gauge!(veto_telemetry::TOKENS_LEAST_PRIVILEGE_RATIO).set(t.least_privilege_ratio());
+    gauge!(veto_telemetry::REVOKED_TOKEN_USE_ATTEMPTS).set(t.revoked_attempts as f64);
 }
 
 /// Applies this node's audit retention.

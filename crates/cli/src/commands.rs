@@ -177,6 +177,8 @@ pub(crate) async fn token(t: TokenCmd, mut tokens: Tokens, j: bool) -> Result<()
             status,
             kid,
             expires_within,
+            unused_for,
+            never_used,
             page_size,
             page_token,
         } => {
@@ -190,9 +192,24 @@ pub(crate) async fn token(t: TokenCmd, mut tokens: Tokens, j: bool) -> Result<()
                 status: status.unwrap_or_default(),
                 kid,
                 expires_within_seconds: expires_within,
+                unused_for_seconds: unused_for.unwrap_or(0),
+                never_used,
             };
             let r = tokens.list(req).await.map_err(status_err)?;
             output::print_token_list(j, &r.into_inner());
+        }
+        TokenCmd::Usage {
+            by_subject,
+            window,
+            limit,
+        } => {
+            let req = pb::UsageRequest {
+                group_by: if by_subject { "subject" } else { "owner" }.into(),
+                window_seconds: window.unwrap_or(0),
+                limit,
+            };
+            let r = tokens.usage(req).await.map_err(status_err)?;
+            output::print_usage(j, &r.into_inner(), by_subject);
         }
         revoke => return token_revoke(revoke, tokens, j).await,
     }

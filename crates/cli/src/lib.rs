@@ -408,6 +408,21 @@ pub enum TokenCmd {
         jti: String,
     },
     /// List tokens.
+    /// How tokens are used: verifies, never-used tokens and revoked-token
+    /// use attempts per owner (or subject), and the tokens holding scopes
+    /// no request required (least privilege).
+    Usage {
+        /// Group by subject instead of owner.
+        #[arg(long)]
+        by_subject: bool,
+        /// Least-privilege report over tokens issued at least this long ago
+        /// (90s, 12h, 30d; default: all live tokens).
+        #[arg(long, value_parser = parse_duration_secs)]
+        window: Option<u64>,
+        /// Most groups and most over-privileged tokens shown.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     List {
         /// Only this subject.
         #[arg(long)]
@@ -430,6 +445,13 @@ pub enum TokenCmd {
         /// Only live tokens expiring within this many seconds.
         #[arg(long, default_value_t = 0)]
         expires_within: u64,
+        /// Only tokens issued earlier and not verified valid for this long:
+        /// seconds, or with a unit (90s, 12h, 30d).
+        #[arg(long, value_parser = parse_duration_secs)]
+        unused_for: Option<u64>,
+        /// Only tokens never verified valid at any edge.
+        #[arg(long)]
+        never_used: bool,
         /// Page size (1..=1000).
         #[arg(long, default_value_t = 100)]
         page_size: u32,
@@ -437,6 +459,22 @@ pub enum TokenCmd {
         #[arg(long, default_value = "")]
         page_token: String,
     },
+}
+
+/// Seconds from `90`, `90s`, `15m`, `12h` or `30d`.
+pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?}: a positive number of seconds, or with s, m, h or d"))
 }
 
 fn parse_status(s: &str) -> Result<i32, String> {

@@ -54,6 +54,11 @@ pub(crate) fn info_json(t: &pb::TokenInfo) -> serde_json::Value {
             "kind": r.kind, "revision": r.revision, "effective_at_unix": r.effective_at_unix, "reason": r.reason,
         })),
         "revision": t.revision,
+        "usage": t.usage.as_ref().map(|u| json!({
+            "valid": u.valid, "revoked": u.revoked, "refused": u.refused,
+            "first_used_unix": u.first_used_unix, "last_used_unix": u.last_used_unix,
+            "edges": u.edges, "scopes_required": u.scopes_required, "scopes_unused": u.scopes_unused,
+        })),
     })
 }
 
@@ -164,6 +169,80 @@ pub(crate) fn print_info(t: &pb::TokenInfo) {
         println!(
             "revoked    by {} at revision {}, from {} ({})",
             r.kind, r.revision, r.effective_at_unix, r.reason
+        );
+    }
+    match &t.usage {
+        Some(u) => {
+            println!(
+                "used       {} valid, {} refused as revoked, {} refused otherwise; first {} last {}",
+                u.valid, u.revoked, u.refused, u.first_used_unix, u.last_used_unix
+            );
+            println!("edges      {}", u.edges.join(" "));
+            if !u.scopes_unused.is_empty() {
+                println!("unused     {} (never required)", u.scopes_unused.join(" "));
+            }
+        }
+        None => println!("used       never (no edge has reported a verify)"),
+    }
+}
+
+pub(crate) fn print_usage(j: bool, r: &pb::UsageResponse, by_subject: bool) {
+    let key = if by_subject { "subject" } else { "owner" };
+    if j {
+        let groups: Vec<_> = r
+            .groups
+            .iter()
+            .map(|g| {
+                json!({key: g.key, "tokens": g.tokens, "active": g.active,
+                "never_used": g.never_used, "verifies": g.verifies,
+                "last_used_unix": g.last_used_unix, "revoked_attempts": g.revoked_attempts})
+            })
+            .collect();
+        let over: Vec<_> = r
+            .over_privileged
+            .iter()
+            .map(|o| {
+                json!({"jti": o.jti, "sub": o.sub, "owner": o.owner,
+                "granted": o.granted, "unused": o.unused, "verifies": o.verifies})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"groups": groups, "over_privileged": over,
+                   "least_privilege_ratio": r.least_privilege_ratio,
+                   "active": r.active, "never_used": r.never_used, "revision": r.revision})
+        );
+        return;
+    }
+    println!(
+        "{:<24}  {:>7}  {:>7}  {:>10}  {:>10}  {:>12}  {:>8}",
+        key, "tokens", "active", "never used", "verifies", "last used", "revoked"
+    );
+    for g in &r.groups {
+        println!(
+            "{:<24}  {:>7}  {:>7}  {:>10}  {:>10}  {:>12}  {:>8}",
+            g.key,
+            g.tokens,
+            g.active,
+            g.never_used,
+            g.verifies,
+            g.last_used_unix,
+            g.revoked_attempts
+        );
+    }
+    println!(
+        "active {}, never used {}, least privilege {:.1} %",
+        r.active,
+        r.never_used,
+        r.least_privilege_ratio * 100.0
+    );
+    for o in &r.over_privileged {
+        println!(
+            "over-privileged {} ({} / {}): unused {}",
+            o.jti,
+            o.sub,
+            o.owner,
+            o.unused.join(" ")
         );
     }
 }

@@ -1204,6 +1204,11 @@ pub struct TokenFilter<'a> {
     pub status: Option<TokenStatus>,
     /// Only tokens that expire at or before this (unix seconds), and after `now`.
     pub expires_by: Option<i64>,
+    /// Only tokens not verified valid since this time (unix seconds) and
+    /// issued before it: "unused for 30 days".
+    pub unused_since: Option<i64>,
+    /// Only tokens never verified valid at any edge.
+    pub never_used: bool,
     /// The reader's time, unix seconds (for status and expiry).
     pub now: i64,
 }
@@ -1221,6 +1226,21 @@ impl TokenFilter<'_> {
             && self
                 .status
                 .is_none_or(|st| state.status(rec, self.now).0 == st)
+            && self.usage_matches(state, rec)
+    }
+
+    fn usage_matches(&self, state: &State, rec: &TokenRecord) -> bool {
+        if !self.never_used && self.unused_since.is_none() {
+            return true;
+        }
+        let last_valid = state
+            .usage(&rec.token.jti)
+            .filter(|u| u.outcomes.valid > 0)
+            .map(|u| u.last_used);
+        (!self.never_used || last_valid.is_none())
+            && self
+                .unused_since
+                .is_none_or(|t| rec.token.iat < t && last_valid.is_none_or(|l| l < t))
     }
 }
 

@@ -55,6 +55,10 @@ pub struct Config {
     /// The gateway hooks: token header and scheme, identity headers and
     /// per-route requirements (`[gateway]`, `[[gateway.routes]]`).
     pub gateway: crate::gateway::Gateway,
+    /// Distinct tokens whose usage is tracked between two reports (0: off).
+    pub usage_max_tokens: usize,
+    /// How often usage is reported to the server, ms.
+    pub usage_report_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -79,6 +83,8 @@ impl Default for Config {
             tls: veto_auth::TlsFiles::default(),
             insecure: false,
             gateway: o.gateway,
+            usage_max_tokens: o.usage_max_tokens,
+            usage_report_interval_ms: o.usage_report_interval_ms,
         }
     }
 }
@@ -196,6 +202,8 @@ impl Config {
             },
             clock_offset_warn_ms: self.clock_offset_warn_ms,
             gateway: self.gateway.clone(),
+            usage_max_tokens: self.usage_max_tokens,
+            usage_report_interval_ms: self.usage_report_interval_ms,
             ..Options::default()
         };
         o.validate().map_err(ConfigError::Invalid)?;

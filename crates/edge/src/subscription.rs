@@ -167,8 +167,16 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
     );
     let ack_timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(ack_timer);
+    let mut report = tokio::time::interval(Duration::from_millis(opts.usage_report_interval_ms));
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    report.reset();
     loop {
         tokio::select! {
+            _ = report.tick(), if h.usage().is_some() => {
+                if let Err(e) = report_usage(h, &tx) {
+                    return e;
+                }
+            }
             _ = &mut ack_timer, if st.ack_pending() => {
                 if let Some(a) = st.ack_due(Instant::now()) {
                     if send_ack(&tx, a).is_err() {
@@ -209,6 +217,62 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
             }
         }
     }
+}
+
+/// Tokens per usage report message (well inside the servers' 64 KiB feed
+/// message limit).
+const USAGE_PER_MESSAGE: usize = 1000;
+
+/// Sends the usage recorded since the last report; what the stream cannot
+/// take now goes back to the table for the next report.
+fn report_usage(h: &EdgeHandle, tx: &mpsc::Sender<pb::EdgeMessage>) -> Result<(), End> {
+    let Some(u) = h.usage() else {
+        return Ok(());
+    };
+    let mut deltas = u.drain(crate::unix_now());
+    if h.options().metrics {
+        veto_telemetry::metrics::gauge!(veto_telemetry::EDGE_USAGE_TRACKED, "edge" => h.options().edge_id.clone())
+            .set(deltas.len() as f64);
+        veto_telemetry::metrics::counter!(veto_telemetry::EDGE_USAGE_DROPPED_TOTAL, "edge" => h.options().edge_id.clone())
+            .absolute(u.dropped());
+    }
+    while !deltas.is_empty() {
+        let rest = deltas.split_off(deltas.len().min(USAGE_PER_MESSAGE));
+        let tokens = deltas
+            .iter()
+            .map(|d| pb::TokenUsage {
+                jti: d.jti.0.to_vec().into(),
+                edge: String::new(),
+                valid: d.outcomes.valid,
+                revoked: d.outcomes.revoked,
+                refused: d.outcomes.refused,
+                first_unix: d.first,
+                last_unix: d.last,
+                scopes: d.scopes.iter().cloned().collect(),
+            })
+            .collect();
+        let m = pb::EdgeMessage {
+            msg: Some(pb::edge_message::Msg::Usage(pb::UsageReport {
+                tokens,
+                dropped_total: u.dropped(),
+            })),
+        };
+        match tx.try_send(m) {
+            Ok(()) => deltas = rest,
+            Err(e) => {
+                // Keep what was not sent for the next report (or session).
+                let closed = matches!(e, mpsc::error::TrySendError::Closed(_));
+                let mut back = deltas;
+                back.extend(rest);
+                u.restore(back);
+                if closed {
+                    return Err(End::Stream("outbound stream closed".into()));
+                }
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Handles `first` and every message already readable (up to

@@ -603,6 +603,19 @@ impl Service {
         self.policy_cmd(cmd).await
     }
 
+    async fn record_usage_local(&self, r: &pb::RecordUsageRequest) -> Result<pb::PolicyResponse> {
+        if r.usage.len() > crate::usage::DELTAS_PER_COMMAND {
+            return Err(Invalid::new(
+                "usage",
+                format!("at most {} per request", crate::usage::DELTAS_PER_COMMAND),
+            )
+            .into());
+        }
+        let deltas = crate::usage::deltas_of(None, &r.usage);
+        let revision = crate::usage::record(&self.node, deltas).await?;
+        Ok(pb::PolicyResponse { revision })
+    }
+
     async fn policy_cmd(&self, cmd: Command) -> Result<pb::PolicyResponse> {
         match self.node.propose(cmd).await? {
             SmResponse::Applied { revision } => Ok(pb::PolicyResponse { revision }),
@@ -754,6 +767,8 @@ crate::rpc_service! {
             "veto.v1.AdminService/ListKeys" = |s, r| s.list_keys_local();
         list_issuer_policies(pb::ListIssuerPoliciesRequest) -> pb::ListIssuerPoliciesResponse,
             "veto.v1.AdminService/ListIssuerPolicies" = |s, r| s.list_issuer_policies_local();
+        record_usage(pb::RecordUsageRequest) -> pb::PolicyResponse,
+            "veto.v1.AdminService/RecordUsage" = |s, r| s.record_usage_local(r.get_ref());
         set_issuer_policy(pb::SetIssuerPolicyRequest) -> pb::PolicyResponse,
             "veto.v1.AdminService/SetIssuerPolicy" =
             |s, r| s.set_issuer_policy_local(r.get_ref(), actor(r));

@@ -44,7 +44,7 @@ const ADMIN_METHODS: &[&str] = &[
 const ADMIN_READS: &[&str] = &["Status", "ListKeys", "Edges", "Audit", "ListIssuerPolicies"];
 /// Token calls an issuer may make (held to its policy).
 const ISSUER_METHODS: &[&str] = &["Issue", "Refresh", "Revoke"];
-const TOKEN_READS: &[&str] = &["Get", "List"];
+const TOKEN_READS: &[&str] = &["Get", "List", "Usage"];
 const TOKEN_METHODS: &[&str] = &[
     "Issue",
     "Refresh",
@@ -84,6 +84,8 @@ pub fn policy(path: &str) -> Access {
         "veto.v1.TokenService" if TOKEN_METHODS.contains(&method) => Access::Roles(OPERATORS),
         // The holder proves possession by presenting the token itself.
         "veto.v1.TokenService" if method == "RefreshPresented" => Access::Authenticated,
+        // Servers forward what their edges reported.
+        "veto.v1.AdminService" if method == "RecordUsage" => Access::Roles(PEERS),
         "veto.v1.AdminService" if ADMIN_READS.contains(&method) => Access::Roles(ADMIN_READERS),
         "veto.v1.AdminService" if ADMIN_METHODS.contains(&method) => Access::Roles(OPERATORS),
         _ => Access::Deny,
@@ -94,7 +96,7 @@ pub fn policy(path: &str) -> Access {
 /// rate limit).
 pub fn is_write(path: &str) -> bool {
     match split(path) {
-        Some(("veto.v1.TokenService", m)) => !matches!(m, "Get" | "List"),
+        Some(("veto.v1.TokenService", m)) => !TOKEN_READS.contains(&m),
         Some(("veto.v1.AdminService", m)) => !matches!(m, "Backup") && !ADMIN_READS.contains(&m),
         _ => false,
     }

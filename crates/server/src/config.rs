@@ -61,6 +61,9 @@ pub struct Options {
     pub leak_reports: LeakOptions,
     /// How long this node keeps its copy of the audit trail.
     pub audit: AuditOptions,
+    /// How often the usage its edges reported is folded into the
+    /// replicated state (one `RecordUsage` entry per 5,000 tokens), ms.
+    pub usage_flush_interval_ms: u64,
 }
 
 /// Retention of the audit trail on this node: the oldest events go once
@@ -184,6 +187,7 @@ impl Default for Options {
             token_prefix: None,
             leak_reports: LeakOptions::default(),
             audit: AuditOptions::default(),
+            usage_flush_interval_ms: 10_000,
         }
     }
 }
@@ -325,6 +329,9 @@ impl Options {
         }
         if self.sweep_interval_seconds == 0 {
             return bad("sweep_interval_seconds must be greater than 0".into());
+        }
+        if !(100..=3_600_000).contains(&self.usage_flush_interval_ms) {
+            return bad("usage_flush_interval_ms must be between 100 and 3600000".into());
         }
         if self.audit.prune_interval_ms < 10 {
             return bad("audit.prune_interval_ms must be at least 10".into());

@@ -80,6 +80,8 @@ struct HubInner {
     /// answered, so a member that stops answering still has its edges
     /// named (as unknown) in a wait for all edges.
     member_edges: Mutex<HashMap<u64, Vec<String>>>,
+    /// Usage the edges reported, until the next flush (`crate::usage`).
+    usage: Arc<crate::usage::Pending>,
 }
 
 /// A view of the edges across the cluster.
@@ -122,8 +124,14 @@ impl Hub {
                 propagation: Mutex::new(Default::default()),
                 closing: tokio::sync::watch::channel(false).0,
                 member_edges: Mutex::new(HashMap::new()),
+                usage: Arc::default(),
             }),
         }
+    }
+
+    /// The usage the edges of this node reported, until flushed.
+    pub fn pending_usage(&self) -> Arc<crate::usage::Pending> {
+        self.inner.usage.clone()
     }
 
     /// A snapshot of the edge registry.
@@ -914,6 +922,12 @@ async fn read_edge(
                 // finish; dropping one only delays freshness.
                 let _ = probe_in.try_send(p.nonce);
                 hub.probed(&edge, p.verify_counts);
+            }
+            Ok(Some(pb::edge_message::Msg::Usage(u))) => {
+                // Attributed to the stream's (authenticated) edge id.
+                hub.inner
+                    .usage
+                    .add(crate::usage::deltas_of(Some(&edge), &u.tokens));
             }
             Ok(Some(pb::edge_message::Msg::Ack(a))) => hub.ack(
                 &edge,

@@ -128,6 +128,11 @@ async fn status_json(State(h): State<Http>) -> impl IntoResponse {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    let now_s = (now_ms / 1000) as i64;
+    let (usage, keys) = h
+        .node
+        .state()
+        .read(|s| (usage_json(s, now_s), keys_json(s, now_s)));
     let body = serde_json::json!({
         "node_id": h.node.id(),
         "now_ms": now_ms,
@@ -139,6 +144,8 @@ async fn status_json(State(h): State<Http>) -> impl IntoResponse {
         "edges": edges_json(edges),
         "verify_totals": totals,
         "propagation": {"window_s": veto_proto::propagation::WINDOW_S, "series": series},
+        "usage": usage,
+        "keys": keys,
     });
     (
         [
@@ -147,6 +154,43 @@ async fn status_json(State(h): State<Http>) -> impl IntoResponse {
         ],
         body.to_string(),
     )
+}
+
+/// Token usage over the live records of this node's replicated state (the
+/// figures of the `veto_tokens_*` gauges).
+fn usage_json(s: &veto_core::State, now: i64) -> serde_json::Value {
+    let t = s.usage_totals(now);
+    serde_json::json!({
+        "active": t.active, "used": t.used, "never_used": t.never_used,
+        "least_privilege": t.least_privilege,
+        "least_privilege_ratio": t.least_privilege_ratio(),
+        "revoked_attempts": t.revoked_attempts, "verifies": t.verifies,
+    })
+}
+
+/// The signing key in use, when it was activated and when the rotation
+/// policy replaces it (null without a policy), and a published successor.
+/// A key activated before activation times were recorded has no age.
+fn keys_json(s: &veto_core::State, now: i64) -> serde_json::Value {
+    use veto_core::state::KeyState;
+    let active = s.active_key();
+    let activated = active.map(|k| k.activated_at).filter(|t| *t > 0);
+    let next = match (s.rotation_policy(), active) {
+        (Some(p), Some(k)) => Some(p.next_activation(k.activated_at)),
+        _ => None,
+    };
+    let pending = s
+        .keys()
+        .filter(|k| k.state == KeyState::Published)
+        .max_by_key(|k| k.published_revision)
+        .map(|k| serde_json::json!({"kid": k.kid.to_string(), "published_unix": k.published_at}));
+    serde_json::json!({
+        "active_kid": active.map(|k| k.kid.to_string()),
+        "active_key_age_seconds": activated.map(|t| now.saturating_sub(t).max(0)),
+        "last_rotation_unix": activated,
+        "next_rotation_unix": next,
+        "pending": pending,
+    })
 }
 
 /// Every member with its role as this node sees it and, on the leader,

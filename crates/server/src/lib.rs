@@ -21,6 +21,7 @@ pub mod raft;
 pub mod rotation;
 pub mod routing;
 pub mod token_service;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -137,6 +138,12 @@ impl Server {
             rx.clone(),
         )?);
         tasks.push(tokio::spawn(hub.clone().run_read_index(rx.clone())));
+        tasks.push(tokio::spawn(usage::run(
+            node.clone(),
+            hub.pending_usage(),
+            std::time::Duration::from_millis(node.options().usage_flush_interval_ms),
+            rx.clone(),
+        )));
         tasks.push(tokio::spawn(rotation::run(
             node.clone(),
             hub.clone(),

@@ -348,6 +348,35 @@ impl Service {
         self.refresh_local(&req, actor).await
     }
 
+    async fn usage_local(&self, r: &pb::UsageRequest) -> Result<pb::UsageResponse> {
+        let by_subject = match r.group_by.as_str() {
+            "" | "owner" => false,
+            "subject" => true,
+            _ => {
+                return Err(
+                    validate::Invalid::new("group_by", "must be \"owner\" or \"subject\"").into(),
+                )
+            }
+        };
+        let limit = match r.limit {
+            0 => 100,
+            n if n > 10_000 => {
+                return Err(validate::Invalid::new("limit", "must be at most 10000").into())
+            }
+            n => n as usize,
+        };
+        self.node.linearize().await?;
+        let now = unix_now();
+        let state = self.node.state().clone();
+        let window = r.window_seconds;
+        // O(tokens): off the async workers.
+        tokio::task::spawn_blocking(move || {
+            state.read(|s| usage_summary(s, now, by_subject, window, limit))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("usage summary: {e}")))
+    }
+
     /// The issuer policy bounding `actor` (an `issuer:NAME` certificate),
     /// `None` for every other role. An issuer without a policy may do
     /// nothing.
@@ -725,6 +754,9 @@ impl Service {
             status: convert::status_from(status),
             expires_by: (r.expires_within_seconds > 0)
                 .then(|| now.saturating_add(r.expires_within_seconds.min(i64::MAX as u64) as i64)),
+            unused_since: (r.unused_for_seconds > 0)
+                .then(|| now.saturating_sub(r.unused_for_seconds.min(i64::MAX as u64) as i64)),
+            never_used: r.never_used,
             now,
         };
         Ok(self.node.state().read(|s| {
@@ -773,6 +805,111 @@ fn info(s: &veto_core::State, rec: &veto_core::state::TokenRecord, now: i64) -> 
         status: convert::status(status) as i32,
         revocation: rev.as_ref().map(convert::revocation),
         revision: s.revision,
+        usage: s.usage(&rec.token.jti).map(|u| pb::TokenUsageInfo {
+            valid: u.outcomes.valid,
+            revoked: u.outcomes.revoked,
+            refused: u.outcomes.refused,
+            first_used_unix: u.first_used,
+            last_used_unix: u.last_used,
+            edges: u.edges.iter().cloned().collect(),
+            scopes_required: u.scopes_required.iter().cloned().collect(),
+            scopes_unused: u
+                .unused_scopes(&rec.token.scopes)
+                .into_iter()
+                .cloned()
+                .collect(),
+        }),
+    }
+}
+
+/// One owner's or subject's figures while a usage summary is built.
+#[derive(Default)]
+struct Group {
+    g: pb::UsageGroup,
+}
+
+/// The usage summary of `s` at `now` (see `TokenService.Usage`).
+fn usage_summary(
+    s: &veto_core::State,
+    now: i64,
+    by_subject: bool,
+    window_seconds: u64,
+    limit: usize,
+) -> pb::UsageResponse {
+    let mut groups: std::collections::BTreeMap<String, Group> = Default::default();
+    let mut over = Vec::new();
+    let (mut active, mut never, mut used, mut least) = (0u64, 0u64, 0u64, 0u64);
+    let window_start = now.saturating_sub(window_seconds.min(i64::MAX as u64) as i64);
+    for rec in s
+        .list_where(
+            &TokenFilter {
+                now,
+                ..TokenFilter::default()
+            },
+            None,
+            usize::MAX,
+            usize::MAX,
+        )
+        .0
+    {
+        let t = &rec.token;
+        let key = if by_subject { &t.sub } else { &t.owner };
+        let g = &mut groups.entry(key.clone()).or_default().g;
+        g.tokens += 1;
+        let u = s.usage(&t.jti);
+        if let Some(u) = u {
+            g.verifies += u.outcomes.total();
+            g.revoked_attempts += u.outcomes.revoked;
+            g.last_used_unix = g.last_used_unix.max(u.last_used);
+        }
+        if s.status(rec, now).0 != TokenStatus::Active {
+            continue;
+        }
+        g.active += 1;
+        active += 1;
+        let Some(u) = u.filter(|u| u.outcomes.valid > 0) else {
+            g.never_used += 1;
+            never += 1;
+            continue;
+        };
+        if t.iat > window_start {
+            continue;
+        }
+        used += 1;
+        let unused = u.unused_scopes(&t.scopes);
+        if unused.is_empty() {
+            least += 1;
+        } else if over.len() < limit {
+            over.push(pb::OverPrivileged {
+                jti: t.jti.to_string(),
+                sub: t.sub.clone(),
+                owner: t.owner.clone(),
+                granted: t.scopes.clone(),
+                unused: unused.into_iter().cloned().collect(),
+                verifies: u.outcomes.valid,
+            });
+        }
+    }
+    let mut groups: Vec<pb::UsageGroup> = groups
+        .into_iter()
+        .map(|(k, mut g)| {
+            g.g.key = k;
+            g.g
+        })
+        .collect();
+    groups.sort_by(|a, b| b.verifies.cmp(&a.verifies).then(a.key.cmp(&b.key)));
+    groups.truncate(limit);
+    pb::UsageResponse {
+        groups,
+        over_privileged: over,
+        least_privilege_ratio: if used == 0 {
+            1.0
+        } else {
+            least as f64 / used as f64
+        },
+        active,
+        never_used: never,
+        revision: s.revision,
     }
 }
 
@@ -801,6 +938,8 @@ crate::rpc_service! {
             |s, r| s.revoke_selector_local(r.get_ref(), actor(r));
         list(pb::ListTokensRequest) -> pb::ListTokensResponse, "veto.v1.TokenService/List" =
             |s, r| s.list_local(r.get_ref());
+        usage(pb::UsageRequest) -> pb::UsageResponse, "veto.v1.TokenService/Usage" =
+            |s, r| s.usage_local(r.get_ref());
     }
     local {}
 }

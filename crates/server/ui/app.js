@@ -319,6 +319,92 @@
     setText('#stat-p99', lastPt ? fmtMs(lastPt.p99_ms) : '–');
   }
 
+  // ------------------------------------------------- tokens and signals
+
+  function fmtPct(v) {
+    const n = num(v);
+    if (n === null) return '–';
+    const p = Math.round(n * 1000) / 10;
+    return `${Number.isInteger(p) ? p.toFixed(0) : p.toFixed(1)} %`;
+  }
+
+  function fmtDuration(sec) {
+    let n = num(sec);
+    if (n === null) return '–';
+    n = Math.max(0, Math.round(n));
+    if (n < 60) return `${n} s`;
+    if (n < 3600) return `${Math.floor(n / 60)} m ${n % 60} s`;
+    if (n < 86400) return `${Math.floor(n / 3600)} h ${Math.floor((n % 3600) / 60)} m`;
+    return `${Math.floor(n / 86400)} d ${Math.floor((n % 86400) / 3600)} h`;
+  }
+
+  // Unix seconds as local time: the clock when within a day of now, else date and minutes.
+  function fmtWhen(unixS, nowMs) {
+    const n = num(unixS);
+    if (n === null) return '–';
+    const ms = n * 1000;
+    if (Math.abs(ms - nowMs) < 86400000) return fmtClock(ms);
+    const d = new Date(ms);
+    return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ${pad2(d.getHours())}:${pad2(d.getMinutes())}`;
+  }
+
+  function setValue(sel, text, cls) {
+    const e = $(sel);
+    if (!e) return;
+    setText(e, text);
+    const want = `value${e.classList.contains('small') ? ' small' : ''}${cls ? ` ${cls}` : ''}`;
+    if (e.className !== want) e.className = want;
+  }
+
+  function renderUsage(s) {
+    const u = obj(s.usage);
+    const active = num(u.active);
+    const used = num(u.used);
+    const never = num(u.never_used);
+    setValue('#tok-active', fmtInt(active));
+    setText('#tok-used', used === null ? '–' : `${fmtInt(used)} used`);
+    setValue('#tok-never', fmtInt(never), never !== null && never > 0 ? 'warn' : '');
+    setText('#tok-never-share', never !== null && active ? `${fmtPct(never / active)} of active` : '–');
+    const ratio = num(u.least_privilege_ratio);
+    setValue('#tok-lp', fmtPct(ratio), ratio !== null && ratio < 0.5 && (used ?? 0) > 0 ? 'warn' : '');
+    setText('#tok-lp-detail', used ? `${fmtInt(u.least_privilege)} of ${fmtInt(used)} used` : 'none used yet');
+    setValue('#tok-verifies', fmtInt(u.verifies));
+    const atEdges = sumCounts(s.verify_totals);
+    setText('#tok-verifies-rate', `${fmtInt(atEdges)} answered at edges`);
+  }
+
+  function renderSignals(s) {
+    const u = obj(s.usage);
+    const totals = obj(s.verify_totals);
+    const revoked = num(u.revoked_attempts);
+    setValue('#sig-revoked', fmtInt(revoked), revoked !== null && revoked > 0 ? 'bad' : (revoked === 0 ? 'ok' : ''));
+    setText('#sig-revoked-detail', revoked ? 'veto audit: revoked_token_used' : (revoked === 0 ? 'none recorded' : '–'));
+    for (const [key, sel] of [['bad_signature', '#sig-badsig'], ['unknown_key', '#sig-unknown']]) {
+      // No rate before the second poll; after it an outcome no edge reports is 0/s.
+      const rate = num(state.totalRates[key]) ?? (state.rateSeries.length > 0 ? 0 : null);
+      setValue(sel, fmtRate(rate), rate !== null && rate > 0 ? 'bad' : '');
+      setText(`${sel}-total`, `${fmtInt(num(totals[key]) ?? 0)} total`);
+    }
+
+    const k = obj(s.keys);
+    const nowMs = num(s.now_ms) ?? Date.now();
+    const nowS = nowMs / 1000;
+    setValue('#key-last', fmtWhen(k.last_rotation_unix, nowMs));
+    setText('#key-kid', typeof k.active_kid === 'string' && k.active_kid ? `kid ${k.active_kid}` : 'no active key');
+    setValue('#key-age', fmtDuration(k.active_key_age_seconds));
+    const pending = obj(k.pending);
+    setText('#key-pending', typeof pending.kid === 'string' ? `pending ${pending.kid}` : 'no key pending');
+    const next = num(k.next_rotation_unix);
+    if (next === null) {
+      setValue('#key-next', k.active_kid ? 'manual' : '–');
+      setText('#key-next-in', k.active_kid ? 'no rotation policy' : '–');
+    } else {
+      const overdue = nowS - next;
+      setValue('#key-next', fmtWhen(next, nowMs), overdue > 3600 ? 'bad' : (overdue > 0 ? 'warn' : ''));
+      setText('#key-next-in', overdue > 0 ? `overdue ${fmtDuration(overdue)}` : `in ${fmtDuration(-overdue)}`);
+    }
+  }
+
   // -------------------------------------------------------------- members
 
   function renderMembers(s) {
@@ -618,6 +704,8 @@
     if (!s) return;
     renderHeader(s);
     renderStats(s);
+    renderUsage(s);
+    renderSignals(s);
     renderMembers(s);
     renderTotals(s);
     const edgeRows = renderEdges(s);

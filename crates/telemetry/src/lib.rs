@@ -120,6 +120,9 @@ pub const TOKENS_LEAST_PRIVILEGE_RATIO: &str = "veto_tokens_least_privilege_rati
 pub const REVOKED_TOKEN_USE_ATTEMPTS: &str = "veto_revoked_token_use_attempts";
 /// Usage deltas this node folded into the replicated state.
 pub const USAGE_DELTAS_TOTAL: &str = "veto_usage_deltas_total";
+/// Verifies in edge usage reports this node dropped (its pending set was
+/// full).
+pub const USAGE_DROPPED_TOTAL: &str = "veto_usage_dropped_total";
 /// `RecordUsage` entries this node proposed.
 pub const USAGE_COMMANDS_TOTAL: &str = "veto_usage_commands_total";
 /// Edge: tokens with usage not yet reported to a server.
@@ -212,6 +215,7 @@ const SERVER_METRICS: &[Described] = &[
     (TOKENS_LEAST_PRIVILEGE_RATIO, Kind::Gauge, None, "Share of used active tokens whose every granted scope some request required."),
     (REVOKED_TOKEN_USE_ATTEMPTS, Kind::Gauge, None, "Use attempts of revoked tokens over the live token records (replicated)."),
     (USAGE_DELTAS_TOTAL, Kind::Counter, None, "Edge usage deltas this node folded into the replicated state."),
+    (USAGE_DROPPED_TOTAL, Kind::Counter, None, "Verifies in edge usage reports dropped because this node's pending set was full."),
     (USAGE_COMMANDS_TOTAL, Kind::Counter, None, "RecordUsage log entries this node proposed."),
     (LEAK_REPORTS_TOTAL, Kind::Counter, None, "Leak reports (GitHub secret scanning) received, by outcome."),
     (LEAK_TOKENS_TOTAL, Kind::Counter, None, "Tokens in signed leak reports, by outcome."),
@@ -261,6 +265,7 @@ pub fn register_server() {
     metrics::counter!(KEY_ROTATION_FORCED_TOTAL).increment(0);
     metrics::counter!(USAGE_DELTAS_TOTAL).increment(0);
     metrics::counter!(USAGE_COMMANDS_TOTAL).increment(0);
+    metrics::counter!(USAGE_DROPPED_TOTAL).increment(0);
     metrics::counter!(AUDIT_PRUNED_TOTAL).increment(0);
     for o in LEAK_REPORT_OUTCOMES {
         metrics::counter!(LEAK_REPORTS_TOTAL, "outcome" => o).increment(0);

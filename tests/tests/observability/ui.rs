@@ -1,14 +1,51 @@
 //! The dashboard end to end: `/api/v1/status` on a follower reports every
-//! member's edges, verify counts and merged propagation; headless Chromium
-//! renders `/ui` from it (edge table and chart with real data) and saves a
-//! screenshot under the test's output directory.
+//! member's edges, verify counts and merged propagation, token usage (as the
+//! edges reported it) and the signing key; headless Chromium renders `/ui`
+//! from it (edge table, chart, the Tokens and Compromise signals panels with
+//! real data) and saves a screenshot under the test's output directory.
 
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use veto_proto as pb;
 use veto_testkit::{eventually, http_get, Cluster, ClusterOptions};
 use veto_tests::{issue, revoke_all, start_edges, verify_at};
+
+/// The text of the element with `id` in a `--dump-dom` dump (up to its
+/// first child tag).
+fn text_by_id<'a>(dom: &'a str, id: &str) -> Option<&'a str> {
+    let at = dom.find(&format!("id=\"{id}\""))?;
+    let rest = &dom[at..];
+    let start = rest.find('>')? + 1;
+    let len = rest[start..].find('<')?;
+    Some(rest[start..start + len].trim())
+}
+
+/// The class attribute of the element with `id` in a dump.
+fn class_by_id<'a>(dom: &'a str, id: &str) -> Option<&'a str> {
+    let at = dom.find(&format!("id=\"{id}\""))?;
+    let tag_start = dom[..at].rfind('<')?;
+    let tag = &dom[tag_start..at + dom[at..].find('>')?];
+    let c = tag.find("class=\"")? + "class=\"".len();
+    let len = tag[c..].find('"')?;
+    Some(&tag[c..c + len])
+}
+
+/// `token` re-signed: with a key veto does not have under the token's own
+/// kid (`bad_signature` at an edge), or under an unknown kid (`unknown_key`).
+fn forge(token: &str, unknown_kid: bool) -> anyhow::Result<String> {
+    let parsed = veto_core::token::parse(token, 4096)?;
+    let mut claims = parsed.claims.clone();
+    claims.jti = veto_core::Jti::random();
+    let kid = if unknown_kid {
+        veto_core::Kid::random()
+    } else {
+        parsed.kid
+    };
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    Ok(veto_core::token::encode(&claims, kid, &key))
+}
 
 fn chromium(args: &[&str], profile: &Path) -> anyhow::Result<String> {
     let bin = ["chromium", "/usr/bin/chromium", "chromium-browser"]
@@ -57,12 +94,40 @@ async fn dashboard_renders_edges_and_propagation_in_chromium() -> anyhow::Result
     for i in 0..6 {
         toks.push(issue(l, &format!("user:{i}"), 3600).await?);
     }
+    // Live and never presented anywhere.
+    issue(l, "user:idle", 3600).await?;
     let edges = start_edges(&cluster, 3, 2_000, 100).await?;
     let last = revoke_all(l, &toks[..3]).await?;
+    let bad_sig = forge(&toks[3].token, false)?;
+    let unknown_kid = forge(&toks[3].token, true)?;
     for e in &edges {
         for tk in &toks {
             verify_at(e, &tk.token, last).await?;
         }
+        let r = verify_at(e, &bad_sig, last).await?;
+        assert_eq!(r.outcome(), pb::Outcome::BadSignature, "{}", r.reason);
+        let r = verify_at(e, &unknown_kid, last).await?;
+        assert_eq!(r.outcome(), pb::Outcome::UnknownKey, "{}", r.reason);
+    }
+    // One request that needs the token's only scope: that token is used
+    // with least privilege, the two other used ones are not.
+    {
+        let addr = edges[0]
+            .grpc_addr
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut c =
+            pb::verifier_service_client::VerifierServiceClient::new(veto_testkit::channel(&addr)?);
+        let r = c
+            .verify(pb::VerifyRequest {
+                token: toks[3].token.clone(),
+                required_scopes: vec!["read".into()],
+                audience: None,
+                min_revision: last,
+            })
+            .await?
+            .into_inner();
+        assert_eq!(r.outcome(), pb::Outcome::Valid, "{}", r.reason);
     }
     // A follower answers for the whole cluster.
     let f = cluster.follower().await?;
@@ -75,12 +140,60 @@ async fn dashboard_renders_edges_and_propagation_in_chromium() -> anyhow::Result
             let v: serde_json::Value = serde_json::from_str(&body).ok()?;
             let edges = v["edges"].as_array()?.len();
             let points = v["propagation"]["series"].as_array()?.len();
-            let valid = v["verify_totals"]["valid"].as_u64().unwrap_or(0);
-            let revoked = v["verify_totals"]["revoked"].as_u64().unwrap_or(0);
-            (code == 200 && edges == 3 && points > 0 && valid == 9 && revoked == 9).then_some(v)
+            let t = &v["verify_totals"];
+            let n = |k: &str| t[k].as_u64().unwrap_or(0);
+            (code == 200
+                && edges == 3
+                && points > 0
+                && n("valid") == 10
+                && n("revoked") == 9
+                && n("bad_signature") == 3
+                && n("unknown_key") == 3)
+                .then_some(v)
         },
     )
     .await?;
+    // Usage reaches the replicated state once the edges report it and the
+    // servers fold it in (10 s each by default).
+    let status = eventually(
+        "usage reported by the edges in the status",
+        Duration::from_secs(45),
+        Duration::from_millis(250),
+        || async {
+            let (code, body) = http_get(&f.http_addr, "/api/v1/status").await.ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let u = &v["usage"];
+            (code == 200
+                && u["revoked_attempts"].as_u64() == Some(9)
+                && u["used"].as_u64() == Some(3))
+            .then_some(v)
+        },
+    )
+    .await?;
+    let usage = &status["usage"];
+    assert_eq!(usage["active"].as_u64(), Some(4), "{usage}");
+    assert_eq!(usage["never_used"].as_u64(), Some(1), "{usage}");
+    assert_eq!(usage["least_privilege"].as_u64(), Some(1), "{usage}");
+    let ratio = usage["least_privilege_ratio"].as_f64().unwrap_or(-1.0);
+    assert!((ratio - 1.0 / 3.0).abs() < 1e-9, "{usage}");
+    // 9 revoked and 10 valid verifies of recorded tokens; forged ones are
+    // nobody's usage.
+    assert_eq!(usage["verifies"].as_u64(), Some(19), "{usage}");
+    let keys = &status["keys"];
+    let kid = keys["active_kid"].as_str().unwrap_or_default().to_string();
+    assert!(!kid.is_empty(), "{keys}");
+    let now_s = status["now_ms"].as_i64().unwrap_or(0) / 1000;
+    let activated = keys["last_rotation_unix"].as_i64().unwrap_or(0);
+    assert!(activated > 0 && activated <= now_s, "{keys}");
+    assert!(
+        keys["active_key_age_seconds"]
+            .as_i64()
+            .is_some_and(|a| a >= 0 && a < 600),
+        "{keys}"
+    );
+    // No rotation policy on this cluster, no key pending.
+    assert!(keys["next_rotation_unix"].is_null(), "{keys}");
+    assert!(keys["pending"].is_null(), "{keys}");
     assert_eq!(status["node_id"].as_u64(), Some(f.id));
     assert_eq!(status["leader"].as_u64(), Some(leader));
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
@@ -126,6 +239,36 @@ async fn dashboard_renders_edges_and_propagation_in_chromium() -> anyhow::Result
         );
     }
     assert!(dom.contains("data-edges=\"3\""), "{dom}");
+    // The Tokens and Compromise signals panels, with the status' numbers.
+    let t = |id: &str| text_by_id(&dom, id).unwrap_or("<missing>").to_string();
+    assert_eq!(t("tok-active"), "4", "{dom}");
+    assert_eq!(t("tok-used"), "3 used");
+    assert_eq!(t("tok-never"), "1");
+    assert_eq!(t("tok-never-share"), "25 % of active");
+    assert_eq!(t("tok-lp"), "33.3 %");
+    assert_eq!(t("tok-lp-detail"), "1 of 3 used");
+    assert_eq!(t("tok-verifies"), "19");
+    assert_eq!(t("tok-verifies-rate"), "25 answered at edges");
+    assert_eq!(t("sig-revoked"), "9");
+    assert_eq!(class_by_id(&dom, "sig-revoked"), Some("value bad"));
+    assert_eq!(t("sig-badsig-total"), "3 total");
+    assert_eq!(t("sig-unknown-total"), "3 total");
+    // Per-second rates after at least two polls (0: the forgeries were
+    // before the page opened).
+    for id in ["sig-badsig", "sig-unknown"] {
+        let v = t(id);
+        assert!(v.parse::<f64>().is_ok_and(|r| r >= 0.0), "{id}: {v:?}");
+    }
+    assert_eq!(t("key-kid"), format!("kid {kid}"));
+    let last_rotation = t("key-last");
+    assert!(
+        last_rotation.len() == 8 && last_rotation.chars().filter(|c| *c == ':').count() == 2,
+        "last rotation {last_rotation:?}"
+    );
+    let age = t("key-age");
+    assert!(age.ends_with(" s") && age != "–", "key age {age:?}");
+    assert_eq!(t("key-next"), "manual");
+    assert_eq!(t("key-pending"), "no key pending");
     let p99 = dom
         .split("class=\"p99\"")
         .nth(1)

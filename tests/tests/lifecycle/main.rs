@@ -7,3 +7,4 @@ mod audit;
 mod issuer_policy;
 mod leak;
 mod rotation;
+mod usage;

@@ -131,7 +131,7 @@ async fn dashboard_renders_edges_and_propagation_in_chromium() -> anyhow::Result
     }
     // A follower answers for the whole cluster.
     let f = cluster.follower().await?;
-    let status: serde_json::Value = eventually(
+    eventually(
         "status with 3 edges, verify counts and propagation",
         Duration::from_secs(10),
         Duration::from_millis(100),

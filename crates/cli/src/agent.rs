@@ -414,6 +414,12 @@ struct Agent {
     /// Tokens never to present again: rotated already (a second refresh
     /// would revoke their family) or refused for good.
     dead: HashSet<String>,
+    /// The idempotency key of the renewal in progress, by predecessor jti:
+    /// a retry after a lost answer sends the same key and gets the same
+    /// successor back instead of tripping refresh-reuse detection. Random,
+    /// never derived from the token (a thief holding the token must not be
+    /// able to compute it).
+    renew_key: Option<(String, String)>,
 }
 
 impl Agent {
@@ -480,10 +486,19 @@ impl Agent {
             0 => 0,
             t => t.min(u64::try_from(h.lifetime()).unwrap_or(1)),
         };
+        let key = match &self.renew_key {
+            Some((jti, k)) if *jti == h.jti => k.clone(),
+            _ => {
+                let k = format!("{:032x}", rand::random::<u128>());
+                self.renew_key = Some((h.jti.clone(), k.clone()));
+                k
+            }
+        };
         let req = pb::RefreshPresentedRequest {
             token: h.token.0.clone(),
             ttl_seconds: ttl,
             grace_seconds: self.args.grace,
+            idempotency_key: key,
         };
         let timeout = self.timeout;
         let answer = self
@@ -1027,6 +1042,7 @@ pub async fn run(
         timeout,
         pending: None,
         dead: HashSet::new(),
+        renew_key: None,
     };
     agent.adopt_side_file();
     let mut failed = 0u32;

@@ -145,6 +145,7 @@ pub(crate) async fn token(t: TokenCmd, mut tokens: Tokens, j: bool) -> Result<()
                         token,
                         ttl_seconds: ttl,
                         grace_seconds: grace,
+                        ..Default::default()
                     };
                     tokens.refresh_presented(req).await
                 }
@@ -153,6 +154,7 @@ pub(crate) async fn token(t: TokenCmd, mut tokens: Tokens, j: bool) -> Result<()
                         jti: jti.unwrap_or_default(),
                         ttl_seconds: ttl,
                         grace_seconds: grace,
+                        ..Default::default()
                     };
                     tokens.refresh(req).await
                 }

@@ -47,6 +47,11 @@ pub struct NewToken {
     /// by selector.
     #[serde(default, skip_serializing_if = "crate::labels::Labels::is_empty")]
     pub labels: crate::labels::Labels,
+    /// A successor's refresh: SHA-256 (hex) of the idempotency key the
+    /// caller sent, so a retry with the same key gets this successor back
+    /// instead of being taken for refresh reuse.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub refresh_key: String,
 }
 
 /// A replicated command.

@@ -134,6 +134,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         owner: String::new(),
         description: String::new(),
         labels: Default::default(),
+        refresh_key: String::new(),
     };
     let seq = vec![
         Command::PublishKey {

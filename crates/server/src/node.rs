@@ -302,6 +302,22 @@ impl Node {
         Ok((kid, sk))
     }
 
+    /// The private key of `kid` (any stage that still holds it), opened
+    /// with the KEK: to sign a token's claims again.
+    pub fn signer_for(&self, kid: Kid) -> Result<SigningKey> {
+        let sealed = self
+            .inner
+            .state
+            .read(|s| s.key(&kid).map(|k| k.sealed.clone()))
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "signing key {kid} no longer holds its private key"
+                ))
+            })?;
+        Ok(SigningKey::from_bytes(&self.open_sealed(kid, &sealed)?))
+    }
+
     /// Opens a sealed private key with the KEK, or an earlier one.
     fn open_sealed(&self, kid: Kid, sealed: &[u8]) -> Result<[u8; 32]> {
         match self.inner.kek.open(kid, sealed) {

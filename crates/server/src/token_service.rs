@@ -132,9 +132,17 @@ impl Service {
             owner: meta.owner,
             description: meta.description,
             labels: meta.labels,
+            refresh_key: String::new(),
         };
+        let s = self.sign(&t, &key);
+        Ok((t, s))
+    }
+
+    /// The token string of `t` signed with `key` (Ed25519 is deterministic:
+    /// the same claims and key give the same string).
+    fn sign(&self, t: &NewToken, key: &ed25519_dalek::SigningKey) -> String {
         let claims = Claims {
-            jti,
+            jti: t.jti,
             sub: t.sub.clone(),
             scope: t.scopes.join(" "),
             iat: t.iat,
@@ -142,12 +150,11 @@ impl Service {
             exp: t.exp,
             fam: t.fam,
             aud: t.aud.clone(),
-            rev,
+            rev: t.rev,
         };
-        let s = token::encode(&claims, kid, &key);
+        let s = token::encode(&claims, t.kid, key);
         // The scanner form when `token_prefix` is set (crate::leak).
-        let s = veto_core::scan::issue_form(self.node.options().token_prefix.as_ref(), s);
-        Ok((t, s))
+        veto_core::scan::issue_form(self.node.options().token_prefix.as_ref(), s)
     }
 
     fn issued(&self, jti: Jti, token: String, revision: u64) -> Result<pb::IssueResponse> {
@@ -256,6 +263,24 @@ impl Service {
         if let Some((name, p)) = self.issuer_bounds(&actor)? {
             bounded(&name, p.check(&pt.sub, &pt.scopes, ttl, &pt.labels))?;
         }
+        let refresh_key = idempotency_hash(&r.idempotency_key)?;
+        if let (Some(sj), false) = (succ, refresh_key.is_empty()) {
+            // A retry of a refresh that went through: the same successor.
+            let again = self.node.state().read(|s| {
+                s.token(&sj)
+                    .filter(|rec| rec.token.refresh_key == refresh_key)
+                    .map(|rec| (rec.token.clone(), rec.issued_revision))
+                    .zip(s.token_revocation(&pred).map(|rv| rv.effective_at))
+            });
+            if let Some(((t, revision), revoke_at)) = again {
+                let key = self.node.signer_for(t.kid)?;
+                let token = self.sign(&t, &key);
+                return Ok(pb::RefreshResponse {
+                    successor: Some(self.issued(t.jti, token, revision)?),
+                    predecessor_revoked_at_unix: revoke_at,
+                });
+            }
+        }
         if succ.is_some() {
             // The predecessor is being rotated a second time: two parties
             // hold it. Its whole family dies (refresh-reuse detection).
@@ -282,7 +307,7 @@ impl Service {
             description: pt.description.clone(),
             labels: pt.labels.clone(),
         };
-        let (t, s) = self.new_token(
+        let (mut t, _) = self.new_token(
             &pt.sub,
             &pt.scopes,
             pt.aud.as_deref(),
@@ -290,6 +315,9 @@ impl Service {
             Some(pt.fam),
             meta,
         )?;
+        t.refresh_key = refresh_key;
+        let key = self.node.signer_for(t.kid)?;
+        let s = self.sign(&t, &key);
         let jti = t.jti;
         let revoke_at = now.saturating_add(r.grace_seconds as i64);
         let cmd = Command::Refresh {
@@ -344,6 +372,7 @@ impl Service {
             jti: jti.to_string(),
             ttl_seconds: ttl.min(self.node.limits().max_ttl_seconds),
             grace_seconds: r.grace_seconds,
+            idempotency_key: r.idempotency_key.clone(),
         };
         self.refresh_local(&req, actor).await
     }
@@ -783,6 +812,25 @@ impl Service {
             }
         }))
     }
+}
+
+/// SHA-256 (hex) of a refresh's idempotency key; empty when none is sent.
+fn idempotency_hash(key: &str) -> Result<String> {
+    if key.is_empty() {
+        return Ok(String::new());
+    }
+    if !(16..=128).contains(&key.len()) || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(validate::Invalid::new(
+            "idempotency_key",
+            "16 to 128 printable ASCII characters (a random value per refresh)",
+        )
+        .into());
+    }
+    use sha2::Digest;
+    Ok(sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// A policy check's answer as a gRPC error naming the field.

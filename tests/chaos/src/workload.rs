@@ -469,12 +469,16 @@ async fn refresh_one(c: &Clients, s: &Shared, k: usize) {
     let i = attempt(s, Target::Jti(pred.jti.clone()), false, true);
     let mut done = None;
     let mut tries = 0;
+    // One key for every try: a try whose answer was lost after it committed
+    // is answered with the same successor, not taken for reuse.
+    let key = format!("chaos-refresh-{:032x}", rand::random::<u128>());
     for t in 0..c.servers.len() {
         tries += 1;
         let req = pb::RefreshRequest {
             jti: pred.jti.clone(),
             ttl_seconds: s.ttl,
             grace_seconds: 0,
+            idempotency_key: key.clone(),
         };
         if let Ok(r) = tokens(c, k + t)
             .refresh(with_timeout(req, Duration::from_secs(2)))

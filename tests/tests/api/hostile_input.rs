@@ -257,6 +257,7 @@ async fn every_rpc_refuses_hostile_input_clearly_and_nothing_changes() -> anyhow
                         jti: j,
                         grace_seconds: u64::MAX,
                         ttl_seconds: 60,
+                        ..Default::default()
                     })
                     .await)
                 }

@@ -192,6 +192,7 @@ async fn edges_with_wrong_clocks_refuse_revoked_tokens_on_time() -> anyhow::Resu
             jti: p.record.as_ref().map(|r| r.jti.clone()).unwrap_or_default(),
             ttl_seconds: 3600,
             grace_seconds: grace.as_secs(),
+            ..Default::default()
         })
         .await?
         .into_inner();

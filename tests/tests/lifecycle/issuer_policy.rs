@@ -137,6 +137,7 @@ async fn an_issuer_stays_inside_its_policy_and_an_auditor_only_reads() -> Result
             jti: rec.jti.clone(),
             ttl_seconds: 601,
             grace_seconds: 0,
+            ..Default::default()
         })
         .await
         .expect_err("ttl");
@@ -181,6 +182,7 @@ async fn an_issuer_stays_inside_its_policy_and_an_auditor_only_reads() -> Result
             jti: rec.jti.clone(),
             ttl_seconds: 300,
             grace_seconds: 0,
+            ..Default::default()
         })
         .await?
         .into_inner();

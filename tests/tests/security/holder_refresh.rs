@@ -171,3 +171,55 @@ async fn a_holder_refreshes_its_token_and_reuse_revokes_the_family() -> Result<(
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     Ok(())
 }
+
+/// A refresh retried with its idempotency key (its answer was lost) gets
+/// the same successor back, byte for byte, and the family lives; the same
+/// retry without the key, or with another one, is reuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_the_same_idempotency_key_is_not_reuse() -> Result<()> {
+    let cluster = veto_testkit::Cluster::start(veto_testkit::ClusterOptions::default()).await?;
+    let t0 = veto_tests::issue(&cluster.nodes[0], "svc:retry", 300).await?;
+    let mut c = TokenServiceClient::new(veto_testkit::channel(&cluster.nodes[1].grpc_addr)?);
+    let req = |key: &str| pb::RefreshPresentedRequest {
+        token: t0.token.clone(),
+        ttl_seconds: 0,
+        grace_seconds: 5,
+        idempotency_key: key.into(),
+    };
+    let key = "0123456789abcdef0123456789abcdef";
+    let first = c.refresh_presented(req(key)).await?.into_inner();
+    let again = c.refresh_presented(req(key)).await?.into_inner();
+    let (s1, s2) = (
+        first.successor.context("successor")?,
+        again.successor.context("successor")?,
+    );
+    assert_eq!(s1.token, s2.token, "the same successor, re-signed identically");
+    assert_eq!(s1.revision, s2.revision);
+    assert_eq!(
+        first.predecessor_revoked_at_unix,
+        again.predecessor_revoked_at_unix
+    );
+    let jti1 = s1.record.as_ref().map(|r| r.jti.clone()).unwrap_or_default();
+    assert_eq!(
+        veto_tests::token_status(&cluster.nodes[0], &jti1).await?,
+        pb::TokenStatus::Active
+    );
+    // A short key is refused, naming the field; nothing changes.
+    let e = c
+        .refresh_presented(req("short"))
+        .await
+        .expect_err("short key");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("idempotency_key"), "{}", e.message());
+    // Another key (someone else holding the token): reuse, the family dies.
+    let e = c
+        .refresh_presented(req("fedcba9876543210fedcba9876543210"))
+        .await
+        .expect_err("reuse");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        veto_tests::token_status(&cluster.nodes[0], &jti1).await?,
+        pb::TokenStatus::Revoked
+    );
+    Ok(())
+}

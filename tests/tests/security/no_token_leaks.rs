@@ -128,6 +128,7 @@ async fn no_token_string_in_logs_metrics_spans_or_errors() -> anyhow::Result<()>
             jti: jti(&issued[1]),
             ttl_seconds: 600,
             grace_seconds: 0,
+            ..Default::default()
         })
         .await?
         .into_inner()

@@ -68,6 +68,7 @@ impl Fx {
             owner: String::new(),
             description: String::new(),
             labels: Default::default(),
+            refresh_key: String::new(),
         }
     }
 

@@ -2,7 +2,7 @@
 # The benchmarks (release build): `veto-bench` against a local 3-node
 # cluster (fsync on) and, for issue/revoke/propagation, a local 3-member
 # etcd cluster for comparison. The first argument picks the benchmark (all,
-# issue, revoke, verify, propagation, scale, overhead, gateways; default
+# issue, revoke, verify, propagation, scale, overhead, gateways, usage; default
 # all); the rest go to it (e.g. scripts/bench.sh propagation --duration-secs 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -25,7 +25,7 @@ use crate::common::{micros, q, read_token};
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// What to measure (the subcommand): issue, revoke, all (issue +
-    /// revoke), verify, propagation, scale, overhead or gateways.
+    /// revoke), verify, propagation, scale, overhead, gateways or usage.
     #[arg(skip)]
     pub what: String,
     /// Concurrency levels (in-flight calls), comma-separated.
@@ -60,6 +60,20 @@ pub struct BenchArgs {
     /// (certificates from a throwaway CA) instead of plaintext.
     #[arg(long)]
     pub tls: bool,
+    /// usage: which parts to run, comma-separated (memory, overhead, raft).
+    #[arg(long, default_value = "memory,overhead,raft", value_delimiter = ',')]
+    pub usage_parts: Vec<String>,
+    /// usage: verifies per second driven for the Raft cost.
+    #[arg(long, default_value_t = 100_000)]
+    pub usage_rate: u64,
+    /// usage: distinct tokens verified for the Raft cost, comma-separated
+    /// (up to 10,000 real tokens; more are synthetic jtis).
+    #[arg(long, default_value = "10000,1000000", value_delimiter = ',')]
+    pub usage_distinct: Vec<usize>,
+    /// usage: seconds measured per working set for the Raft cost (after a
+    /// warm-up of one report and one flush interval).
+    #[arg(long, default_value_t = 40)]
+    pub usage_secs: u64,
 }
 
 /// One measurement.
@@ -183,6 +197,7 @@ pub async fn run(args: BenchArgs, json_out: bool) -> Result<()> {
         "scale" => crate::edgebench::scale(json_out).await,
         "overhead" => crate::overhead::run(&args, json_out).await,
         "gateways" => crate::gatewaybench::run(&args, json_out).await,
+        "usage" => crate::usagebench::run(&args, json_out).await,
         _ => committed(&args, json_out).await,
     }
 }

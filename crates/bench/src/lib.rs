@@ -9,3 +9,4 @@ pub mod demo;
 pub mod edgebench;
 pub mod gatewaybench;
 pub mod overhead;
+pub mod usagebench;

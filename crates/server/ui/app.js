@@ -378,7 +378,7 @@
     const totals = obj(s.verify_totals);
     const revoked = num(u.revoked_attempts);
     setValue('#sig-revoked', fmtInt(revoked), revoked !== null && revoked > 0 ? 'bad' : (revoked === 0 ? 'ok' : ''));
-    setText('#sig-revoked-detail', revoked ? 'veto audit: revoked_token_used' : (revoked === 0 ? 'none recorded' : '–'));
+    setText('#sig-revoked-detail', revoked ? 'see veto audit' : (revoked === 0 ? 'none recorded' : '–'));
     for (const [key, sel] of [['bad_signature', '#sig-badsig'], ['unknown_key', '#sig-unknown']]) {
       // No rate before the second poll; after it an outcome no edge reports is 0/s.
       const rate = num(state.totalRates[key]) ?? (state.rateSeries.length > 0 ? 0 : null);
@@ -390,7 +390,9 @@
     const nowMs = num(s.now_ms) ?? Date.now();
     const nowS = nowMs / 1000;
     setValue('#key-last', fmtWhen(k.last_rotation_unix, nowMs));
-    setText('#key-kid', typeof k.active_kid === 'string' && k.active_kid ? `kid ${k.active_kid}` : 'no active key');
+    const kidText = typeof k.active_kid === 'string' && k.active_kid ? `kid ${k.active_kid}` : 'no active key';
+    setText('#key-kid', kidText);
+    $('#key-kid').title = kidText;
     setValue('#key-age', fmtDuration(k.active_key_age_seconds));
     const pending = obj(k.pending);
     setText('#key-pending', typeof pending.kid === 'string' ? `pending ${pending.kid}` : 'no key pending');

@@ -445,10 +445,40 @@ impl State {
     }
 
     /// Usage across the live tokens at `now` (the figures of the dashboards
-    /// and the `veto_tokens_*` gauges). O(tokens).
+    /// and the `veto_tokens_*` gauges). O(tokens): callers holding a lock
+    /// that blocks apply should use [`State::usage_totals_page`].
     pub fn usage_totals(&self, now: i64) -> crate::usage::UsageTotals {
         let mut t = crate::usage::UsageTotals::default();
-        for rec in self.tokens.values() {
+        let mut after = None;
+        while let Some(next) = self.usage_totals_page(now, after, usize::MAX, &mut t) {
+            after = Some(next);
+        }
+        t
+    }
+
+    /// Adds the usage of up to `limit` token records after `after` (by jti)
+    /// to `t`; the jti to continue after, or `None` at the end. Lets a
+    /// reader release its lock between pages.
+    pub fn usage_totals_page(
+        &self,
+        now: i64,
+        after: Option<Jti>,
+        limit: usize,
+        t: &mut crate::usage::UsageTotals,
+    ) -> Option<Jti> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut last = None;
+        for (n, rec) in self
+            .tokens
+            .range((from, Bound::Unbounded))
+            .map(|(_, r)| r)
+            .enumerate()
+        {
+            if n >= limit {
+                return last;
+            }
+            last = Some(rec.token.jti);
             if let Some(u) = self.usage.get(&rec.token.jti) {
                 t.verifies = t.verifies.saturating_add(u.outcomes.total());
                 t.revoked_attempts = t.revoked_attempts.saturating_add(u.outcomes.revoked);
@@ -467,7 +497,18 @@ impl State {
                 _ => t.never_used += 1,
             }
         }
-        t
+        None
+    }
+
+    /// Up to `limit` token records after `after` (by jti), in jti order.
+    pub fn records_page(&self, after: Option<Jti>, limit: usize) -> Vec<&TokenRecord> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.tokens
+            .range((from, Bound::Unbounded))
+            .map(|(_, r)| r)
+            .take(limit)
+            .collect()
     }
 
     fn set_rotation_policy(

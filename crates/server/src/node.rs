@@ -46,6 +46,9 @@ struct Inner {
     opts: Options,
     signer: Mutex<Option<(Kid, SigningKey)>>,
     peers: Mutex<HashMap<String, Channel>>,
+    /// The latest usage figures (`rotation::run` recomputes them every few
+    /// seconds, in pages), for readers that must not walk every record.
+    usage_totals: Mutex<Option<veto_core::usage::UsageTotals>>,
 }
 
 /// A commit index the leader confirmed (a quorum still follows it) in a
@@ -100,6 +103,7 @@ impl Node {
                 transport,
                 opts,
                 signer: Mutex::new(None),
+                usage_totals: Mutex::new(None),
                 peers: Mutex::new(HashMap::new()),
             }),
         }
@@ -300,6 +304,25 @@ impl Node {
         let sk = SigningKey::from_bytes(&secret);
         *cache = Some((kid, sk.clone()));
         Ok((kid, sk))
+    }
+
+    /// The latest usage figures across the live tokens (None until first
+    /// computed, a few seconds after start).
+    pub fn usage_totals(&self) -> Option<veto_core::usage::UsageTotals> {
+        *self
+            .inner
+            .usage_totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records freshly computed usage figures.
+    pub fn set_usage_totals(&self, t: veto_core::usage::UsageTotals) {
+        *self
+            .inner
+            .usage_totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(t);
     }
 
     /// The private key of `kid` (any stage that still holds it), opened

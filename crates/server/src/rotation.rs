@@ -195,6 +195,9 @@ fn export_gauges(node: &Node, now: i64) {
     gauge!(veto_telemetry::SIGNING_KEY_NEXT_ROTATION_TIMESTAMP).set(next.unwrap_or(0) as f64);
 }
 
+/// Token records read per lock while computing usage figures.
+pub const USAGE_PAGE: usize = 10_000;
+
 /// How often the token usage gauges are recomputed.
 const USAGE_GAUGES_EVERY: Duration = Duration::from_secs(5);
 
@@ -202,7 +205,16 @@ const USAGE_GAUGES_EVERY: Duration = Duration::from_secs(5);
 /// attempts as gauges (every node, from its replicated state).
 fn export_usage_gauges(node: &Node, now: i64) {
     use veto_telemetry::metrics::gauge;
-    let t = node.state().read(|s| s.usage_totals(now));
+    // In pages, so applies (and so revocations) never wait long for it.
+    let mut t = veto_core::usage::UsageTotals::default();
+    let mut after = None;
+    while let Some(next) = node
+        .state()
+        .read(|s| s.usage_totals_page(now, after, USAGE_PAGE, &mut t))
+    {
+        after = Some(next);
+    }
+    node.set_usage_totals(t);
     gauge!(veto_telemetry::TOKENS_ACTIVE).set(t.active as f64);
     gauge!(veto_telemetry::TOKENS_NEVER_USED).set(t.never_used as f64);
     gauge!(veto_telemetry::TOKENS_LEAST_PRIVILEGE_RATIO).set(t.least_privilege_ratio());

@@ -398,9 +398,26 @@ impl Service {
         let now = unix_now();
         let state = self.node.state().clone();
         let window = r.window_seconds;
-        // O(tokens): off the async workers.
+        // O(tokens): off the async workers, and in pages so applies (and so
+        // revocations) never wait long for the state lock.
         tokio::task::spawn_blocking(move || {
-            state.read(|s| usage_summary(s, now, by_subject, window, limit))
+            let mut sum = Summary::new(now, by_subject, window, limit);
+            let mut after = None;
+            loop {
+                let next = state.read(|s| {
+                    let page = s.records_page(after, crate::rotation::USAGE_PAGE);
+                    for rec in &page {
+                        sum.add(s, rec);
+                    }
+                    page.last().map(|r| r.token.jti)
+                });
+                match next {
+                    Some(j) => after = Some(j),
+                    None => break,
+                }
+            }
+            let revision = state.read(|s| s.revision);
+            sum.finish(revision)
         })
         .await
         .map_err(|e| Error::Internal(format!("usage summary: {e}")))
@@ -870,39 +887,40 @@ fn info(s: &veto_core::State, rec: &veto_core::state::TokenRecord, now: i64) -> 
     }
 }
 
-/// One owner's or subject's figures while a usage summary is built.
-#[derive(Default)]
-struct Group {
-    g: pb::UsageGroup,
-}
-
-/// The usage summary of `s` at `now` (see `TokenService.Usage`).
-fn usage_summary(
-    s: &veto_core::State,
+/// A usage summary being built page by page (see `TokenService.Usage`).
+struct Summary {
     now: i64,
     by_subject: bool,
-    window_seconds: u64,
+    window_start: i64,
     limit: usize,
-) -> pb::UsageResponse {
-    let mut groups: std::collections::BTreeMap<String, Group> = Default::default();
-    let mut over = Vec::new();
-    let (mut active, mut never, mut used, mut least) = (0u64, 0u64, 0u64, 0u64);
-    let window_start = now.saturating_sub(window_seconds.min(i64::MAX as u64) as i64);
-    for rec in s
-        .list_where(
-            &TokenFilter {
-                now,
-                ..TokenFilter::default()
-            },
-            None,
-            usize::MAX,
-            usize::MAX,
-        )
-        .0
-    {
+    groups: std::collections::BTreeMap<String, pb::UsageGroup>,
+    over: Vec<pb::OverPrivileged>,
+    active: u64,
+    never: u64,
+    used: u64,
+    least: u64,
+}
+
+impl Summary {
+    fn new(now: i64, by_subject: bool, window_seconds: u64, limit: usize) -> Self {
+        Self {
+            now,
+            by_subject,
+            window_start: now.saturating_sub(window_seconds.min(i64::MAX as u64) as i64),
+            limit,
+            groups: Default::default(),
+            over: Vec::new(),
+            active: 0,
+            never: 0,
+            used: 0,
+            least: 0,
+        }
+    }
+
+    fn add(&mut self, s: &veto_core::State, rec: &veto_core::state::TokenRecord) {
         let t = &rec.token;
-        let key = if by_subject { &t.sub } else { &t.owner };
-        let g = &mut groups.entry(key.clone()).or_default().g;
+        let key = if self.by_subject { &t.sub } else { &t.owner };
+        let g = self.groups.entry(key.clone()).or_default();
         g.tokens += 1;
         let u = s.usage(&t.jti);
         if let Some(u) = u {
@@ -910,25 +928,25 @@ fn usage_summary(
             g.revoked_attempts += u.outcomes.revoked;
             g.last_used_unix = g.last_used_unix.max(u.last_used);
         }
-        if s.status(rec, now).0 != TokenStatus::Active {
-            continue;
+        if s.status(rec, self.now).0 != TokenStatus::Active {
+            return;
         }
         g.active += 1;
-        active += 1;
+        self.active += 1;
         let Some(u) = u.filter(|u| u.outcomes.valid > 0) else {
             g.never_used += 1;
-            never += 1;
-            continue;
+            self.never += 1;
+            return;
         };
-        if t.iat > window_start {
-            continue;
+        if t.iat > self.window_start {
+            return;
         }
-        used += 1;
+        self.used += 1;
         let unused = u.unused_scopes(&t.scopes);
         if unused.is_empty() {
-            least += 1;
-        } else if over.len() < limit {
-            over.push(pb::OverPrivileged {
+            self.least += 1;
+        } else if self.over.len() < self.limit {
+            self.over.push(pb::OverPrivileged {
                 jti: t.jti.to_string(),
                 sub: t.sub.clone(),
                 owner: t.owner.clone(),
@@ -938,26 +956,30 @@ fn usage_summary(
             });
         }
     }
-    let mut groups: Vec<pb::UsageGroup> = groups
-        .into_iter()
-        .map(|(k, mut g)| {
-            g.g.key = k;
-            g.g
-        })
-        .collect();
-    groups.sort_by(|a, b| b.verifies.cmp(&a.verifies).then(a.key.cmp(&b.key)));
-    groups.truncate(limit);
-    pb::UsageResponse {
-        groups,
-        over_privileged: over,
-        least_privilege_ratio: if used == 0 {
-            1.0
-        } else {
-            least as f64 / used as f64
-        },
-        active,
-        never_used: never,
-        revision: s.revision,
+
+    fn finish(self, revision: u64) -> pb::UsageResponse {
+        let mut groups: Vec<pb::UsageGroup> = self
+            .groups
+            .into_iter()
+            .map(|(k, mut g)| {
+                g.key = k;
+                g
+            })
+            .collect();
+        groups.sort_by(|a, b| b.verifies.cmp(&a.verifies).then(a.key.cmp(&b.key)));
+        groups.truncate(self.limit);
+        pb::UsageResponse {
+            groups,
+            over_privileged: self.over,
+            least_privilege_ratio: if self.used == 0 {
+                1.0
+            } else {
+                self.least as f64 / self.used as f64
+            },
+            active: self.active,
+            never_used: self.never,
+            revision,
+        }
     }
 }
 

@@ -59,6 +59,8 @@ async fn a_known_workload_over_three_edges_reaches_the_control_plane_exactly() -
     })
     .await?;
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
+    // Waits for the bootstrap signing key.
+    veto_tests::issue(&cluster.nodes[0], "user:warmup", 60).await?;
     let mut edges = Vec::new();
     for (i, a) in addrs.iter().enumerate() {
         edges.push(veto_tests::start_edge(edge_opts(&format!("edge-{i}"), a, 200)).await?);

@@ -129,10 +129,22 @@ async fn status_json(State(h): State<Http>) -> impl IntoResponse {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let now_s = (now_ms / 1000) as i64;
-    let (usage, keys) = h
-        .node
-        .state()
-        .read(|s| (usage_json(s, now_s), keys_json(s, now_s)));
+    // The figures the gauges were last set from (recomputed every 5 s);
+    // before the first, counted here in pages so applies never wait long.
+    let counted = h.node.usage_totals().unwrap_or_else(|| {
+        let mut t = veto_core::usage::UsageTotals::default();
+        let mut after = None;
+        while let Some(next) = h
+            .node
+            .state()
+            .read(|s| s.usage_totals_page(now_s, after, crate::rotation::USAGE_PAGE, &mut t))
+        {
+            after = Some(next);
+        }
+        t
+    });
+    let usage = usage_json(&counted);
+    let keys = h.node.state().read(|s| keys_json(s, now_s));
     let body = serde_json::json!({
         "node_id": h.node.id(),
         "now_ms": now_ms,
@@ -158,8 +170,7 @@ async fn status_json(State(h): State<Http>) -> impl IntoResponse {
 
 /// Token usage over the live records of this node's replicated state (the
 /// figures of the `veto_tokens_*` gauges).
-fn usage_json(s: &veto_core::State, now: i64) -> serde_json::Value {
-    let t = s.usage_totals(now);
+fn usage_json(t: &veto_core::usage::UsageTotals) -> serde_json::Value {
     serde_json::json!({
         "active": t.active, "used": t.used, "never_used": t.never_used,
         "least_privilege": t.least_privilege,

@@ -193,13 +193,20 @@ async fn a_retry_with_the_same_idempotency_key_is_not_reuse() -> Result<()> {
         first.successor.context("successor")?,
         again.successor.context("successor")?,
     );
-    assert_eq!(s1.token, s2.token, "the same successor, re-signed identically");
+    assert_eq!(
+        s1.token, s2.token,
+        "the same successor, re-signed identically"
+    );
     assert_eq!(s1.revision, s2.revision);
     assert_eq!(
         first.predecessor_revoked_at_unix,
         again.predecessor_revoked_at_unix
     );
-    let jti1 = s1.record.as_ref().map(|r| r.jti.clone()).unwrap_or_default();
+    let jti1 = s1
+        .record
+        .as_ref()
+        .map(|r| r.jti.clone())
+        .unwrap_or_default();
     assert_eq!(
         veto_tests::token_status(&cluster.nodes[0], &jti1).await?,
         pb::TokenStatus::Active

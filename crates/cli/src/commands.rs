@@ -340,6 +340,7 @@ pub(crate) async fn audit(a: AuditArgs, mut admin: Admin, j: bool) -> Result<()>
         let req = pb::AuditRequest {
             subject: a.subject.clone().unwrap_or_default(),
             actor: a.actor.clone().unwrap_or_default(),
+            action: a.action.clone().unwrap_or_default(),
             since_unix: a.since,
             until_unix: a.until,
             page_size: a.page_size,

@@ -166,6 +166,9 @@ pub struct AuditArgs {
     /// Only events by this actor, e.g. operator:alice.
     #[arg(long)]
     pub actor: Option<String>,
+    /// Only events of this action, e.g. revoked_token_used, revoke_token.
+    #[arg(long)]
+    pub action: Option<String>,
     /// Only events at or after this unix time.
     #[arg(long, default_value_t = 0)]
     pub since: i64,

@@ -109,6 +109,8 @@ pub struct AuditQuery<'a> {
     pub subject: Option<&'a str>,
     /// Exact actor.
     pub actor: Option<&'a str>,
+    /// Exact action.
+    pub action: Option<&'a str>,
     /// Events at or after this time.
     pub since: Option<i64>,
     /// Events at or before this time.
@@ -126,6 +128,7 @@ impl AuditQuery<'_> {
         self.after_revision.is_none_or(|a| e.revision > a)
             && self.subject.is_none_or(|s| e.subject.as_deref() == Some(s))
             && self.actor.is_none_or(|a| e.actor == a)
+            && self.action.is_none_or(|a| e.action == a)
             && self.since.is_none_or(|t| e.at.is_some_and(|at| at >= t))
             && self.until.is_none_or(|t| e.at.is_some_and(|at| at <= t))
     }

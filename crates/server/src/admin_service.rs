@@ -419,7 +419,16 @@ impl Service {
             ),
         };
         let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        if r.action.len() > 64
+            || !r
+                .action
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_')
+        {
+            return Err(Invalid::new("action", "an action name: lowercase letters and _").into());
+        }
         let (subject, actor) = (nonempty(&r.subject), nonempty(&r.actor));
+        let action = nonempty(&r.action);
         let (since, until) = (
             (r.since_unix > 0).then_some(r.since_unix),
             (r.until_unix > 0).then_some(r.until_unix),
@@ -438,6 +447,7 @@ impl Service {
             let q = veto_core::audit::AuditQuery {
                 subject: subject.as_deref(),
                 actor: actor.as_deref(),
+                action: action.as_deref(),
                 since,
                 until,
                 after_revision,

@@ -224,15 +224,13 @@ async fn a_known_workload_over_three_edges_reaches_the_control_plane_exactly() -
     let trail = AdminServiceClient::new(channel(&addrs[2])?)
         .audit(pb::AuditRequest {
             subject: "svc:d".into(),
+            action: "revoked_token_used".into(),
             ..Default::default()
         })
         .await?
         .into_inner();
-    let used = trail
-        .events
-        .iter()
-        .find(|e| e.action == "revoked_token_used")
-        .with_context(|| format!("{trail:?}"))?;
+    assert_eq!(trail.events.len(), 1, "{trail:?}");
+    let used = &trail.events[0];
     assert_eq!(used.actor, "edge:edge-1");
     assert_eq!(used.target, jti(&d));
     assert!(

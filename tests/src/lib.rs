@@ -154,6 +154,41 @@ pub async fn start_edge(opts: veto_edge::Options) -> Result<veto_edge::Edge> {
     Ok(e)
 }
 
+/// The TLS transport of the certificate `name` from a `veto certs init`
+/// directory.
+pub fn tls_transport(dir: &std::path::Path, name: &str) -> Result<veto_auth::Transport> {
+    Ok(veto_auth::Transport::from_config(
+        &veto_auth::TlsFiles::in_dir(dir, name),
+        false,
+    )?)
+}
+
+/// Starts in-process TLS edges named `names` (their certificates from
+/// `dir`) subscribed to every node of `cluster`, each waited fresh.
+pub async fn start_tls_edges(
+    cluster: &Cluster,
+    dir: &std::path::Path,
+    names: &[&str],
+    bound_ms: u64,
+) -> Result<Vec<veto_edge::Edge>> {
+    let servers: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
+    let mut edges = Vec::new();
+    for name in names {
+        edges.push(
+            start_edge(veto_edge::Options {
+                edge_id: (*name).into(),
+                servers: servers.clone(),
+                bound_ms,
+                probe_interval_ms: 100,
+                transport: tls_transport(dir, name)?,
+                ..Default::default()
+            })
+            .await?,
+        );
+    }
+    Ok(edges)
+}
+
 /// Starts `n` edges (in-process, each serving VerifierService on its own
 /// 127.0.0.1 port) subscribed to every node of `cluster`.
 pub async fn start_edges(

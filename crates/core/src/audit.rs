@@ -387,13 +387,7 @@ impl ChainCheck {
             return Ok(());
         }
         if seq < self.seq {
-            return Err(Broken::Gap {
-                seq,
-                revision,
-                expected: self.seq + 1,
-                prev: self.hash.clone(),
-                found: hash.to_owned(),
-            });
+            return Err(self.gap(seq, revision, hash));
         }
         self.not_held += seq - self.seq;
         self.seq = seq;
@@ -411,19 +405,24 @@ impl ChainCheck {
             });
         }
         if c.seq != self.seq + 1 || c.prev != self.hash {
-            return Err(Broken::Gap {
-                seq: c.seq,
-                revision: c.event.revision,
-                expected: self.seq + 1,
-                prev: self.hash.clone(),
-                found: c.prev.clone(),
-            });
+            return Err(self.gap(c.seq, c.event.revision, &c.prev));
         }
         self.seq = c.seq;
         self.hash = c.hash.clone();
         self.checked += 1;
         self.observe();
         Ok(())
+    }
+
+    /// The chain jumps to `seq` (at `revision`, naming `found` before it).
+    fn gap(&self, seq: u64, revision: u64, found: &str) -> Broken {
+        Broken::Gap {
+            seq,
+            revision,
+            expected: self.seq + 1,
+            prev: self.hash.clone(),
+            found: found.to_owned(),
+        }
     }
 
     /// Whether the trail passed through the replicated head with its hash.

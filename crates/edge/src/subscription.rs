@@ -240,16 +240,7 @@ fn report_usage(h: &EdgeHandle, tx: &mpsc::Sender<pb::EdgeMessage>) -> Result<()
         let rest = deltas.split_off(deltas.len().min(USAGE_PER_MESSAGE));
         let tokens = deltas
             .iter()
-            .map(|d| pb::TokenUsage {
-                jti: d.jti.0.to_vec().into(),
-                edge: String::new(),
-                valid: d.outcomes.valid,
-                revoked: d.outcomes.revoked,
-                refused: d.outcomes.refused,
-                first_unix: d.first,
-                last_unix: d.last,
-                scopes: d.scopes.iter().cloned().collect(),
-            })
+            .map(|d| veto_proto::usage::token_usage(d, ""))
             .collect();
         let m = pb::EdgeMessage {
             msg: Some(pb::edge_message::Msg::Usage(pb::UsageReport {

@@ -27,3 +27,4 @@ pub mod edges;
 pub mod feed;
 pub mod propagation;
 pub mod standard;
+pub mod usage;

@@ -88,16 +88,7 @@ pub fn deltas_of(edge: Option<&str>, tokens: &[pb::TokenUsage]) -> Vec<UsageDelt
 pub fn wire_of(deltas: &[UsageDelta]) -> Vec<pb::TokenUsage> {
     deltas
         .iter()
-        .map(|d| pb::TokenUsage {
-            jti: d.jti.0.to_vec().into(),
-            edge: d.edge.clone(),
-            valid: d.outcomes.valid,
-            revoked: d.outcomes.revoked,
-            refused: d.outcomes.refused,
-            first_unix: d.first,
-            last_unix: d.last,
-            scopes: d.scopes.iter().cloned().collect(),
-        })
+        .map(|d| veto_proto::usage::token_usage(d, &d.edge))
         .collect()
 }
 

@@ -339,6 +339,20 @@ mod tests {
         }
     }
 
+    /// Checks what `store` keeps chains from its cut to `head`.
+    fn chains(
+        store: &AuditStore,
+        kept: &[ChainedEvent],
+        head: &AuditHead,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let p = store.pruned()?;
+        let mut check = ChainCheck::new(p.seq, &p.hash, head.seq, &head.hash);
+        for c in kept {
+            check.next(c)?;
+        }
+        Ok(check.finish()?)
+    }
+
     fn all(store: &AuditStore) -> Vec<ChainedEvent> {
         store
             .query(&AuditQuery {
@@ -384,11 +398,7 @@ mod tests {
         assert_eq!(store.totals().events, 16);
         let p = store.pruned()?;
         assert_eq!((p.seq, p.revision), (4, 4));
-        let mut check = ChainCheck::new(p.seq, &p.hash, head.seq, &head.hash);
-        for c in &kept {
-            check.next(c)?;
-        }
-        check.finish()?;
+        chains(&store, &kept, &head)?;
 
         // Size: at most 10 events' bytes -> the newest 10 stay.
         let r = store.prune(
@@ -403,12 +413,7 @@ mod tests {
         let kept = all(&store);
         assert_eq!(kept.len(), 10);
         assert_eq!(kept.last().map(|c| c.seq), Some(20));
-        let p = store.pruned()?;
-        let mut check = ChainCheck::new(p.seq, &p.hash, head.seq, &head.hash);
-        for c in &kept {
-            check.next(c)?;
-        }
-        check.finish()?;
+        chains(&store, &kept, &head)?;
         // Nothing over the limits: nothing dropped.
         let r = store.prune(
             1200,

@@ -20,7 +20,7 @@ use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey};
 use p256::pkcs8::{EncodePublicKey, LineEnding};
 use sha2::{Digest, Sha256};
-use veto_auth::{Role, TlsFiles, Transport};
+use veto_auth::{Role, Transport};
 use veto_proto as pb;
 use veto_proto::admin_service_client::AdminServiceClient;
 use veto_proto::verifier_service_client::VerifierServiceClient;
@@ -33,7 +33,7 @@ const BOUND_MS: u64 = 1_000;
 const LEAK_URL: &str = "https://github.com/octo/leaky/blob/0123abc/deploy/config.yml";
 
 fn transport(dir: &std::path::Path, name: &str) -> Result<Transport> {
-    Ok(Transport::from_config(&TlsFiles::in_dir(dir, name), false)?)
+    veto_tests::tls_transport(dir, name)
 }
 
 fn sign(key: &SigningKey, body: &str) -> String {
@@ -167,21 +167,8 @@ async fn a_signed_leak_report_kills_the_token_at_every_edge_and_a_forged_one_cha
     })
     .await?;
     veto_tests::issue(&cluster.nodes[0], "user:warmup", 60).await?;
-    let servers: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
-    let mut edges = Vec::new();
-    for name in ["edge-1", "edge-2"] {
-        edges.push(
-            veto_tests::start_edge(veto_edge::Options {
-                edge_id: name.into(),
-                servers: servers.clone(),
-                bound_ms: BOUND_MS,
-                probe_interval_ms: 100,
-                transport: transport(dir.path(), name)?,
-                ..Default::default()
-            })
-            .await?,
-        );
-    }
+    let edges =
+        veto_tests::start_tls_edges(&cluster, dir.path(), &["edge-1", "edge-2"], BOUND_MS).await?;
     let client = transport(dir.path(), "client")?;
     let ca = std::fs::read_to_string(dir.path().join("ca.pem"))?;
 

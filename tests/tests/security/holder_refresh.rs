@@ -7,13 +7,13 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use veto_auth::{TlsFiles, Transport};
+use veto_auth::Transport;
 use veto_proto as pb;
 use veto_proto::token_service_client::TokenServiceClient;
 use veto_tests::tls_cluster;
 
 fn transport(dir: &std::path::Path, name: &str) -> Result<Transport> {
-    Ok(Transport::from_config(&TlsFiles::in_dir(dir, name), false)?)
+    veto_tests::tls_transport(dir, name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,20 +21,8 @@ async fn a_holder_refreshes_its_token_and_reuse_revokes_the_family() -> Result<(
     let dir = tempfile::tempdir()?;
     let cluster = tls_cluster(dir.path()).await?;
     let servers: Vec<String> = cluster.nodes.iter().map(|n| n.grpc_addr.clone()).collect();
-    let mut edges = Vec::new();
-    for name in ["edge-1", "edge-2"] {
-        edges.push(
-            veto_tests::start_edge(veto_edge::Options {
-                edge_id: name.into(),
-                servers: servers.clone(),
-                bound_ms: 1_000,
-                probe_interval_ms: 100,
-                transport: transport(dir.path(), name)?,
-                ..Default::default()
-            })
-            .await?,
-        );
-    }
+    let edges =
+        veto_tests::start_tls_edges(&cluster, dir.path(), &["edge-1", "edge-2"], 1_000).await?;
     let addr = servers[1].clone();
     let mut ops = cluster.nodes[0].tokens()?;
     let t0 = ops

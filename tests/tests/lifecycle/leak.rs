@@ -29,7 +29,7 @@ use veto_testkit::{Cluster, ClusterOptions};
 /// A key identifier in GitHub's style (hex of 32 bytes).
 const KEY_ID: &str = "90a421169f0a406205f1563a953312f0be898d3c7b6c06b681aa86a874555f4a";
 const PREFIX: &str = "vetotest";
-const BOUND_MS: u64 = 1_000;
+const BOUND_MS: u64 = 2_000;
 const LEAK_URL: &str = "https://github.com/octo/leaky/blob/0123abc/deploy/config.yml";
 
 fn transport(dir: &std::path::Path, name: &str) -> Result<Transport> {

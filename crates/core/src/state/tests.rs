@@ -1021,3 +1021,89 @@ fn lists_filter_by_owner_labels_status_key_and_expiry() {
     );
     assert_eq!(stopped, None);
 }
+
+#[test]
+fn usage_folds_per_token_is_swept_with_it_and_filters_never_and_long_unused() {
+    use crate::usage::{Outcomes, UsageDelta};
+    let mut fx = Fx::new();
+    let used = fx.issue(1, "svc:a", T0);
+    let idle = fx.issue(2, "svc:b", T0);
+    let delta = |jti: Jti, edge: &str, valid: u64, revoked: u64, at: i64| UsageDelta {
+        jti,
+        edge: edge.into(),
+        outcomes: Outcomes {
+            valid,
+            revoked,
+            refused: 0,
+        },
+        first: at,
+        last: at,
+        scopes: ["read".to_owned()].into(),
+    };
+    fx.apply(Command::RecordUsage {
+        deltas: vec![
+            delta(used, "e1", 3, 0, T0 + 10),
+            delta(used, "e2", 2, 1, T0 + 12),
+            // an unknown token is skipped
+            delta(Jti([9; 16]), "e1", 5, 0, T0 + 10),
+        ],
+        at: T0 + 13,
+    });
+    let u = fx.st.usage(&used).cloned().unwrap();
+    assert_eq!((u.outcomes.valid, u.outcomes.revoked), (5, 1));
+    assert_eq!(
+        (u.first_used, u.last_used, u.edges.len()),
+        (T0 + 10, T0 + 12, 2)
+    );
+    assert!(fx.st.usage(&Jti([9; 16])).is_none());
+    // one revoked_token_used event for the revoked attempt
+    assert_eq!(
+        fx.trail
+            .iter()
+            .filter(|c| c.event.action == "revoked_token_used")
+            .count(),
+        1
+    );
+    let list = |f: TokenFilter<'_>| -> Vec<Jti> {
+        fx.st
+            .list_where(&f, None, 100, 1000)
+            .0
+            .into_iter()
+            .map(|r| r.token.jti)
+            .collect()
+    };
+    let base = TokenFilter {
+        now: T0 + 20,
+        ..TokenFilter::default()
+    };
+    assert_eq!(
+        list(TokenFilter {
+            never_used: true,
+            ..base.clone()
+        }),
+        vec![idle]
+    );
+    // not used since T0 + 10: only the idle one (the other was, at T0 + 12)
+    assert_eq!(
+        list(TokenFilter {
+            unused_since: Some(T0 + 10),
+            ..base.clone()
+        }),
+        vec![idle]
+    );
+    assert_eq!(
+        list(TokenFilter {
+            unused_since: Some(T0 + 15),
+            ..base.clone()
+        }),
+        vec![used, idle]
+    );
+    let t = fx.st.usage_totals(T0 + 20);
+    assert_eq!(
+        (t.active, t.used, t.never_used, t.least_privilege),
+        (2, 1, 1, 1)
+    );
+    // swept with the token
+    fx.apply(Command::Sweep { cutoff: T0 + 4000 });
+    assert!(fx.st.usage(&used).is_none());
+}

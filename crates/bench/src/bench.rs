@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// warm-up of one report and one flush interval).
     #[arg(long, default_value_t = 40)]
     pub usage_secs: u64,
+    /// usage: A/A control: both overhead edges run with tracking off, to
+    /// see how far two identical edges differ on this machine.
+    #[arg(long)]
+    pub usage_aa: bool,
 }
 
 /// One measurement.

@@ -94,6 +94,13 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
     let channels: Vec<Channel> = (0..conns)
         .map(|_| veto_testkit::channel(&grpc))
         .collect::<Result<_>>()?;
+    let verify_clients = Arc::new(
+        channels
+            .iter()
+            .cloned()
+            .map(VerifierServiceClient::new)
+            .collect::<Vec<_>>(),
+    );
     let fa = Arc::new(forward_auth_conns(&http, c).await?);
     let mut rows = [
         Row::new("gRPC Verify")?,
@@ -102,7 +109,7 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
     ];
     eprintln!("{rounds} rounds of {turn:?} per hook, {c} calls in flight...");
     for _ in 0..rounds {
-        rows[0].add(verify_turn(&channels, &tokens, c, turn).await?)?;
+        rows[0].add(verify_turn(&verify_clients, &tokens, c, turn).await?)?;
         rows[1].add(check_turn(&channels, &tokens, c, turn).await?)?;
         rows[2].add(forward_auth_turn(&fa, &tokens, c, turn).await?)?;
     }
@@ -119,20 +126,15 @@ pub async fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
     Ok(())
 }
 
-async fn verify_turn(
-    channels: &[Channel],
+/// gRPC `Verify` at `c` in flight for `dur`, round-robin over `clients`,
+/// cycling `tokens`; a call counts when it answers valid.
+pub(crate) async fn verify_turn(
+    clients: &Arc<Vec<VerifierServiceClient<Channel>>>,
     tokens: &Arc<Vec<String>>,
     c: usize,
     dur: Duration,
 ) -> Result<(Histogram<u64>, u64, Duration)> {
-    let clients: Arc<Vec<_>> = Arc::new(
-        channels
-            .iter()
-            .cloned()
-            .map(VerifierServiceClient::new)
-            .collect(),
-    );
-    let tokens = tokens.clone();
+    let (clients, tokens) = (clients.clone(), tokens.clone());
     drive(c, dur, move |w, i| {
         let mut cl = clients[w % clients.len()].clone();
         let token = pick(&tokens, w, i);

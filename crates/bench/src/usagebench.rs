@@ -38,6 +38,7 @@ use veto_testkit::Cluster;
 use crate::bench::{drive, BenchArgs};
 use crate::common::{addr_text, batch_items, edge_opts, grpc_addrs, q};
 use crate::edgebench::{cluster_with_key, issue_many, EdgeThread};
+use crate::gatewaybench::verify_turn;
 
 /// Live tokens issued: the overhead working set, and the largest real
 /// working set of the Raft part.
@@ -431,30 +432,6 @@ fn in_process(h: &veto_edge::EdgeHandle, tokens: &[String]) -> f64 {
         }
     }
     (tokens.len() * INPROC_PASSES) as f64 / t.elapsed().as_secs_f64()
-}
-
-/// gRPC `Verify` at `c` in flight for `dur`; a call counts when valid.
-async fn verify_turn(
-    clients: &Arc<Vec<VerifyClient>>,
-    tokens: &Arc<Vec<String>>,
-    c: usize,
-    dur: Duration,
-) -> Result<(Histogram<u64>, u64, Duration)> {
-    let (clients, tokens) = (clients.clone(), tokens.clone());
-    drive(c, dur, move |w, i| {
-        let mut cl = clients[w % clients.len()].clone();
-        let token = tokens[(w * 7_919 + i as usize) % tokens.len()].clone();
-        async move {
-            let r = cl
-                .verify(pb::VerifyRequest {
-                    token,
-                    ..Default::default()
-                })
-                .await;
-            Some(r.is_ok_and(|r| r.into_inner().valid))
-        }
-    })
-    .await
 }
 
 /// gRPC `VerifyBatch` of [`BATCH`] tokens, [`BATCH_IN_FLIGHT`] in flight,

@@ -170,11 +170,17 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
     let mut report = tokio::time::interval(Duration::from_millis(opts.usage_report_interval_ms));
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     report.reset();
+    let mut backlog = Backlog {
+        usage: h.usage(),
+        deltas: Vec::new(),
+    };
     loop {
         tokio::select! {
             _ = report.tick(), if h.usage().is_some() => {
-                if let Err(e) = report_usage(h, &tx) {
-                    return e;
+                match report_usage(h, &tx, &mut backlog) {
+                    Ok(true) => {}
+                    Ok(false) => report.reset_after(USAGE_RETRY),
+                    Err(e) => return e,
                 }
             }
             _ = &mut ack_timer, if st.ack_pending() => {
@@ -223,47 +229,82 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
 /// message limit).
 const USAGE_PER_MESSAGE: usize = 1000;
 
-/// Sends the usage recorded since the last report; what the stream cannot
-/// take now goes back to the table for the next report.
-fn report_usage(h: &EdgeHandle, tx: &mpsc::Sender<pb::EdgeMessage>) -> Result<(), End> {
-    let Some(u) = h.usage() else {
-        return Ok(());
-    };
-    let mut deltas = u.drain(crate::unix_now());
-    if h.options().metrics {
-        veto_telemetry::metrics::gauge!(veto_telemetry::EDGE_USAGE_TRACKED, "edge" => h.options().edge_id.clone())
-            .set(deltas.len() as f64);
-        veto_telemetry::metrics::counter!(veto_telemetry::EDGE_USAGE_DROPPED_TOTAL, "edge" => h.options().edge_id.clone())
-            .absolute(u.dropped());
-    }
-    while !deltas.is_empty() {
-        let rest = deltas.split_off(deltas.len().min(USAGE_PER_MESSAGE));
-        let tokens = deltas
-            .iter()
-            .map(|d| veto_proto::usage::token_usage(d, ""))
-            .collect();
-        let m = pb::EdgeMessage {
-            msg: Some(pb::edge_message::Msg::Usage(pb::UsageReport {
-                tokens,
-                dropped_total: u.dropped(),
-            })),
-        };
-        match tx.try_send(m) {
-            Ok(()) => deltas = rest,
-            Err(e) => {
-                // Keep what was not sent for the next report (or session).
-                let closed = matches!(e, mpsc::error::TrySendError::Closed(_));
-                let mut back = deltas;
-                back.extend(rest);
-                u.restore(back);
-                if closed {
-                    return Err(End::Stream("outbound stream closed".into()));
-                }
-                return Ok(());
+/// Outbound slots a usage report leaves free, so that acks and probes
+/// never wait behind usage (a full queue would drop an ack).
+const ACK_RESERVE: usize = 8;
+
+/// When a report did not fit in the outbound queue, how soon the rest goes.
+const USAGE_RETRY: Duration = Duration::from_millis(20);
+
+/// Usage drained from the table and not sent yet: at most one drain's worth,
+/// since the table is drained again only once this is empty. What a session
+/// ends with goes back to the table for the next session.
+struct Backlog<'a> {
+    usage: Option<&'a crate::usage::Usage>,
+    deltas: Vec<veto_core::usage::UsageDelta>,
+}
+
+impl Drop for Backlog<'_> {
+    fn drop(&mut self) {
+        if let Some(u) = self.usage {
+            if !self.deltas.is_empty() {
+                u.restore(std::mem::take(&mut self.deltas));
             }
         }
     }
-    Ok(())
+}
+
+/// Sends the usage recorded since the last report, as far as the outbound
+/// queue takes it while leaving [`ACK_RESERVE`] slots free: true when all
+/// of it went, false when some waits in `backlog` for a retry.
+fn report_usage(
+    h: &EdgeHandle,
+    tx: &mpsc::Sender<pb::EdgeMessage>,
+    backlog: &mut Backlog<'_>,
+) -> Result<bool, End> {
+    let Some(u) = backlog.usage else {
+        return Ok(true);
+    };
+    if backlog.deltas.is_empty() {
+        backlog.deltas = u.drain(crate::unix_now());
+        if h.options().metrics {
+            veto_telemetry::metrics::gauge!(veto_telemetry::EDGE_USAGE_TRACKED, "edge" => h.options().edge_id.clone())
+                .set(backlog.deltas.len() as f64);
+            veto_telemetry::metrics::counter!(veto_telemetry::EDGE_USAGE_DROPPED_TOTAL, "edge" => h.options().edge_id.clone())
+                .absolute(u.dropped());
+        }
+    }
+    while !backlog.deltas.is_empty() {
+        if tx.is_closed() {
+            return Err(End::Stream("outbound stream closed".into()));
+        }
+        // This task is the queue's only sender: past this check the send
+        // cannot find it full.
+        if tx.capacity() <= ACK_RESERVE {
+            return Ok(false);
+        }
+        let at = backlog.deltas.len().saturating_sub(USAGE_PER_MESSAGE);
+        let chunk = backlog.deltas.split_off(at);
+        let m = pb::EdgeMessage {
+            msg: Some(pb::edge_message::Msg::Usage(pb::UsageReport {
+                tokens: chunk
+                    .iter()
+                    .map(|d| veto_proto::usage::token_usage(d, ""))
+                    .collect(),
+                dropped_total: u.dropped(),
+            })),
+        };
+        if let Err(e) = tx.try_send(m) {
+            backlog.deltas.extend(chunk);
+            return match e {
+                mpsc::error::TrySendError::Closed(_) => {
+                    Err(End::Stream("outbound stream closed".into()))
+                }
+                mpsc::error::TrySendError::Full(_) => Ok(false),
+            };
+        }
+    }
+    Ok(true)
 }
 
 /// Handles `first` and every message already readable (up to
@@ -420,4 +461,106 @@ fn apply_spans(opts: &crate::Options, addr: &str, b: &pb::ChangeBatch) -> Vec<tr
             span
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jti(i: u64) -> veto_core::Jti {
+        let mut j = [0u8; 16];
+        j[..8].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+        j[8..].copy_from_slice(&i.to_le_bytes());
+        veto_core::Jti(j)
+    }
+
+    fn tokens_in(rx: &mut mpsc::Receiver<pb::EdgeMessage>) -> (usize, u64) {
+        let (mut messages, mut verifies) = (0, 0);
+        while let Ok(m) = rx.try_recv() {
+            if let Some(pb::edge_message::Msg::Usage(r)) = m.msg {
+                messages += 1;
+                verifies += r.tokens.iter().map(|t| t.valid).sum::<u64>();
+            }
+        }
+        (messages, verifies)
+    }
+
+    #[test]
+    fn usage_reports_leave_room_for_acks_and_send_the_rest_later() {
+        let h = EdgeHandle::new(crate::Options {
+            edge_id: "edge-t".into(),
+            ..Default::default()
+        });
+        let u = h.usage().expect("usage tracking is on by default");
+        let now = crate::unix_now();
+        let n = 20 * USAGE_PER_MESSAGE as u64;
+        for i in 0..n {
+            u.record(&jti(i), veto_feed::Outcome::Valid, &[], now);
+        }
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut backlog = Backlog {
+            usage: h.usage(),
+            deltas: Vec::new(),
+        };
+        // 16 slots, 8 kept free: 8 messages go, 12 wait.
+        assert!(!report_usage(&h, &tx, &mut backlog).unwrap());
+        assert_eq!(tx.capacity(), ACK_RESERVE);
+        assert_eq!(backlog.deltas.len(), 12 * USAGE_PER_MESSAGE);
+        let ack = session::Ack {
+            revision: 7,
+            delay: Duration::ZERO,
+        };
+        assert!(send_ack(&tx, ack).is_ok());
+        assert_eq!(tx.capacity(), ACK_RESERVE - 1, "the ack took a slot");
+        // Verifies meanwhile stay in the table, not in the backlog.
+        u.record(&jti(n), veto_feed::Outcome::Valid, &[], now);
+        let (m1, v1) = tokens_in(&mut rx);
+        assert_eq!((m1, v1), (8, 8 * USAGE_PER_MESSAGE as u64));
+        assert!(!report_usage(&h, &tx, &mut backlog).unwrap());
+        let (m2, v2) = tokens_in(&mut rx);
+        assert_eq!(m2, 8);
+        assert!(report_usage(&h, &tx, &mut backlog).unwrap());
+        let (m3, v3) = tokens_in(&mut rx);
+        assert_eq!((m3, v1 + v2 + v3), (4, n), "every verify once");
+        // The next report drains the table again: the one recorded meanwhile.
+        assert!(report_usage(&h, &tx, &mut backlog).unwrap());
+        assert_eq!(tokens_in(&mut rx), (1, 1));
+    }
+
+    #[test]
+    fn a_session_that_ends_with_a_backlog_returns_it_to_the_table() {
+        let h = EdgeHandle::new(crate::Options {
+            edge_id: "edge-t".into(),
+            ..Default::default()
+        });
+        let u = h.usage().expect("usage tracking is on by default");
+        let now = crate::unix_now();
+        let n = 12 * USAGE_PER_MESSAGE as u64;
+        for i in 0..n {
+            u.record(&jti(i), veto_feed::Outcome::Valid, &[], now);
+        }
+        let (tx, mut rx) = mpsc::channel(ACK_RESERVE + 2);
+        {
+            let mut backlog = Backlog {
+                usage: h.usage(),
+                deltas: Vec::new(),
+            };
+            assert!(!report_usage(&h, &tx, &mut backlog).unwrap());
+            assert_eq!(tokens_in(&mut rx), (2, 2 * USAGE_PER_MESSAGE as u64));
+        }
+        drop(rx);
+        let kept: u64 = u.drain(now).iter().map(|d| d.outcomes.valid).sum();
+        assert_eq!(kept, n - 2 * USAGE_PER_MESSAGE as u64);
+        // A closed stream ends the session, keeping the report.
+        let (tx, rx) = mpsc::channel(16);
+        drop(rx);
+        u.record(&jti(0), veto_feed::Outcome::Valid, &[], now);
+        let mut backlog = Backlog {
+            usage: h.usage(),
+            deltas: Vec::new(),
+        };
+        assert!(report_usage(&h, &tx, &mut backlog).is_err());
+        drop(backlog);
+        assert_eq!(u.drain(now).len(), 1);
+    }
 }

@@ -322,6 +322,8 @@ impl Work {
 struct Series {
     /// Throughput per round.
     rates: Vec<f64>,
+    /// In-process only: CPU ns per verify per round.
+    cpu_ns: Vec<f64>,
     /// Per call latency over every round, µs (gRPC only).
     h: Histogram<u64>,
     errors: u64,
@@ -331,6 +333,7 @@ impl Series {
     fn new() -> Result<Self> {
         Ok(Self {
             rates: Vec::new(),
+            cpu_ns: Vec::new(),
             h: Histogram::new(3)?,
             errors: 0,
         })
@@ -408,7 +411,11 @@ async fn overhead(
             for &e in &order {
                 let s = if e == OFF { &mut *off } else { &mut *on };
                 let rate = match *w {
-                    Work::InProcess => in_process(&edges[e].handle, tokens),
+                    Work::InProcess => {
+                        let (rate, cpu) = in_process(&edges[e].handle, tokens);
+                        s.cpu_ns.extend(cpu);
+                        rate
+                    }
                     Work::Verify => {
                         let (h, errors, el) = verify_turn(&clients[e], tokens, c, turn).await?;
                         s.errors += errors;
@@ -452,16 +459,35 @@ async fn overhead(
     })
 }
 
-/// In-process verifies of every token, [`INPROC_PASSES`] times; per second.
-fn in_process(h: &veto_edge::EdgeHandle, tokens: &[String]) -> f64 {
+/// This thread's time on a CPU, ns (`/proc/thread-self/schedstat`): unlike
+/// wall time, it leaves out the time the VM or the other threads took.
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// In-process verifies of every token, [`INPROC_PASSES`] times: per second
+/// of wall time, and this thread's CPU ns per verify (when readable).
+fn in_process(h: &veto_edge::EdgeHandle, tokens: &[String]) -> (f64, Option<f64>) {
     let req = veto_core::token::Requirements::default();
+    let cpu0 = thread_cpu_ns();
     let t = Instant::now();
     for _ in 0..INPROC_PASSES {
         for tok in tokens {
             std::hint::black_box(h.verify(tok, &req));
         }
     }
-    (tokens.len() * INPROC_PASSES) as f64 / t.elapsed().as_secs_f64()
+    let n = (tokens.len() * INPROC_PASSES) as f64;
+    let rate = n / t.elapsed().as_secs_f64();
+    let cpu = match (cpu0, thread_cpu_ns()) {
+        (Some(a), Some(b)) if b > a => Some((b - a) as f64 / n),
+        _ => None,
+    };
+    (rate, cpu)
 }
 
 /// gRPC `VerifyBatch` of [`BATCH`] tokens, [`BATCH_IN_FLIGHT`] in flight,
@@ -485,6 +511,18 @@ async fn batch_turn(
 }
 
 impl Overhead {
+    /// In-process CPU ns per verify, medians: (off, on).
+    fn cpu(&self) -> Option<(f64, f64)> {
+        let (_, off, on) = self
+            .series
+            .iter()
+            .find(|(w, _, _)| matches!(w, Work::InProcess))?;
+        if off.cpu_ns.is_empty() || on.cpu_ns.is_empty() {
+            return None;
+        }
+        Some((median(off.cpu_ns.clone()), median(on.cpu_ns.clone())))
+    }
+
     /// Per workload: (median off, median on, on/off, median of per-round on/off).
     fn summary(&self) -> Vec<(Work, f64, f64, f64, f64)> {
         self.series
@@ -556,6 +594,14 @@ impl Overhead {
             .map(|(_, a, b)| a.errors + b.errors)
             .sum();
         println!("(on/off: ratio of the medians; paired: median of each round's on/off; failed or not-valid calls: {errors})");
+        if let Some((off, on)) = self.cpu() {
+            println!(
+                "in-process verify, CPU ns per verify (thread run time, /proc/thread-self/schedstat): off {off:.0}, on {on:.0}, on/off {:.3}, tracking adds {:.1} %: {}",
+                on / off.max(1e-9),
+                (on / off.max(1e-9) - 1.0) * 100.0,
+                pass(on <= off * (1.0 + BUDGET))
+            );
+        }
     }
 
     fn json(&self) -> serde_json::Value {
@@ -572,7 +618,11 @@ impl Overhead {
                        "errors": so.errors + sn.errors, "pass": *ratio >= 1.0 - BUDGET})
             })
             .collect();
-        json!({"aa_control": self.aa, "rounds": self.rounds, "turn_s": self.turn.as_secs_f64(),
+        let cpu = self.cpu().map(|(off, on)| {
+            json!({"off_ns": off, "on_ns": on, "ratio": on / off.max(1e-9),
+                   "pass": on <= off * (1.0 + BUDGET)})
+        });
+        json!({"aa_control": self.aa, "in_process_cpu_ns_per_verify": cpu, "rounds": self.rounds, "turn_s": self.turn.as_secs_f64(),
                "verify_concurrency": self.concurrency, "budget": BUDGET, "results": rows})
     }
 }

@@ -170,10 +170,7 @@ async fn session(h: &EdgeHandle, addr: &str, resync: bool) -> End {
     let mut report = tokio::time::interval(Duration::from_millis(opts.usage_report_interval_ms));
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     report.reset();
-    let mut backlog = Backlog {
-        usage: h.usage(),
-        deltas: Vec::new(),
-    };
+    let mut backlog = Backlog::new(h);
     loop {
         tokio::select! {
             _ = report.tick(), if h.usage().is_some() => {
@@ -242,6 +239,15 @@ const USAGE_RETRY: Duration = Duration::from_millis(20);
 struct Backlog<'a> {
     usage: Option<&'a crate::usage::Usage>,
     deltas: Vec<veto_core::usage::UsageDelta>,
+}
+
+impl<'a> Backlog<'a> {
+    fn new(h: &'a EdgeHandle) -> Self {
+        Self {
+            usage: h.usage(),
+            deltas: Vec::new(),
+        }
+    }
 }
 
 impl Drop for Backlog<'_> {
@@ -474,6 +480,21 @@ mod tests {
         veto_core::Jti(j)
     }
 
+    /// An edge with usage tracking on (the default), never connected.
+    fn tracking_edge() -> EdgeHandle {
+        EdgeHandle::new(crate::Options {
+            edge_id: "edge-t".into(),
+            ..Default::default()
+        })
+    }
+
+    /// One valid verify of each token in `range`.
+    fn record(u: &crate::usage::Usage, range: std::ops::Range<u64>, now: i64) {
+        for i in range {
+            u.record(&jti(i), veto_feed::Outcome::Valid, &[], now);
+        }
+    }
+
     fn tokens_in(rx: &mut mpsc::Receiver<pb::EdgeMessage>) -> (usize, u64) {
         let (mut messages, mut verifies) = (0, 0);
         while let Ok(m) = rx.try_recv() {
@@ -487,21 +508,13 @@ mod tests {
 
     #[test]
     fn usage_reports_leave_room_for_acks_and_send_the_rest_later() {
-        let h = EdgeHandle::new(crate::Options {
-            edge_id: "edge-t".into(),
-            ..Default::default()
-        });
+        let h = tracking_edge();
         let u = h.usage().expect("usage tracking is on by default");
         let now = crate::unix_now();
         let n = 20 * USAGE_PER_MESSAGE as u64;
-        for i in 0..n {
-            u.record(&jti(i), veto_feed::Outcome::Valid, &[], now);
-        }
+        record(u, 0..n, now);
         let (tx, mut rx) = mpsc::channel(16);
-        let mut backlog = Backlog {
-            usage: h.usage(),
-            deltas: Vec::new(),
-        };
+        let mut backlog = Backlog::new(&h);
         // 16 slots, 8 kept free: 8 messages go, 12 wait.
         assert!(!report_usage(&h, &tx, &mut backlog).unwrap());
         assert_eq!(tx.capacity(), ACK_RESERVE);
@@ -529,22 +542,14 @@ mod tests {
 
     #[test]
     fn a_session_that_ends_with_a_backlog_returns_it_to_the_table() {
-        let h = EdgeHandle::new(crate::Options {
-            edge_id: "edge-t".into(),
-            ..Default::default()
-        });
+        let h = tracking_edge();
         let u = h.usage().expect("usage tracking is on by default");
         let now = crate::unix_now();
         let n = 12 * USAGE_PER_MESSAGE as u64;
-        for i in 0..n {
-            u.record(&jti(i), veto_feed::Outcome::Valid, &[], now);
-        }
+        record(u, 0..n, now);
         let (tx, mut rx) = mpsc::channel(ACK_RESERVE + 2);
         {
-            let mut backlog = Backlog {
-                usage: h.usage(),
-                deltas: Vec::new(),
-            };
+            let mut backlog = Backlog::new(&h);
             assert!(!report_usage(&h, &tx, &mut backlog).unwrap());
             assert_eq!(tokens_in(&mut rx), (2, 2 * USAGE_PER_MESSAGE as u64));
         }
@@ -555,10 +560,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(16);
         drop(rx);
         u.record(&jti(0), veto_feed::Outcome::Valid, &[], now);
-        let mut backlog = Backlog {
-            usage: h.usage(),
-            deltas: Vec::new(),
-        };
+        let mut backlog = Backlog::new(&h);
         assert!(report_usage(&h, &tx, &mut backlog).is_err());
         drop(backlog);
         assert_eq!(u.drain(now).len(), 1);

@@ -5,22 +5,12 @@
 //! the configured leeway; each edge measures its offset from the leader's
 //! clock, exports it and warns in `/healthz`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use veto_proto as pb;
 use veto_testkit::{bin_named, eventually, http_get, Cluster, ClusterOptions};
-
-/// The faketime wrapper, installed by `scripts/deps.sh`.
-fn faketime() -> anyhow::Result<PathBuf> {
-    let p = PathBuf::from("/usr/bin/faketime");
-    anyhow::ensure!(
-        p.exists(),
-        "faketime is missing: run scripts/deps.sh (Debian package faketime)"
-    );
-    Ok(p)
-}
 
 struct ClockEdge {
     child: tokio::process::Child,
@@ -28,8 +18,11 @@ struct ClockEdge {
     http: String,
 }
 
-/// Starts `veto-edge` with its wall clock `offset` (faketime syntax, e.g.
-/// "-90s") and `extra` flags.
+/// Starts `veto-edge` with its wall clock `offset` (libfaketime syntax,
+/// e.g. "-90s") and `extra` flags. libfaketime is preloaded into the edge
+/// itself rather than through Debian's `faketime` wrapper: the wrapper
+/// forks, so killing it on drop left the edge running, and an orphan
+/// reconnected to whichever later test's cluster reused its ports.
 async fn start_edge(
     dir: &Path,
     id: &str,
@@ -39,9 +32,7 @@ async fn start_edge(
 ) -> anyhow::Result<ClockEdge> {
     let ready = dir.join(format!("{id}.ready"));
     let log = dir.join(format!("{id}.log"));
-    let child = tokio::process::Command::new(faketime()?)
-        .args(["-f", offset])
-        .arg(bin_named("veto-edge", "VETO_EDGE_BIN")?)
+    let child = tokio::process::Command::new(bin_named("veto-edge", "VETO_EDGE_BIN")?)
         .args(["--edge-id", id, "--servers", &servers.join(",")])
         .args(["--listen-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .args([
@@ -54,6 +45,8 @@ async fn start_edge(
         .args(extra)
         .arg("--ready-file")
         .arg(&ready)
+        .env("LD_PRELOAD", veto_chaos::clock::libfaketime()?)
+        .env("FAKETIME", offset)
         // Only the wall clock moves; timers and the bound keep real time.
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
         .stdin(Stdio::null())

@@ -137,17 +137,21 @@ async fn a_known_workload_over_three_edges_reaches_the_control_plane_exactly() -
     // Everything reaches the replicated state (reports every 200 ms,
     // flushes every 300 ms).
     let deadline = Instant::now() + Duration::from_secs(20);
-    let (ia, id) = loop {
+    // Each edge reports through its own server, which flushes on its own
+    // schedule: wait for every token's usage, not just some.
+    let (ia, id, ib) = loop {
         let ia = get(&mut tokens, &jti(&a)).await?;
         let id = get(&mut tokens, &jti(&d)).await?;
+        let ib = get(&mut tokens, &jti(&b)).await?;
         let done = ia.usage.as_ref().is_some_and(|u| u.valid >= 15)
-            && id.usage.as_ref().is_some_and(|u| u.revoked >= 4);
+            && id.usage.as_ref().is_some_and(|u| u.revoked >= 4)
+            && ib.usage.as_ref().is_some_and(|u| u.valid >= 7);
         if done {
-            break (ia, id);
+            break (ia, id, ib);
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "usage never arrived: {ia:?} {id:?}"
+            "usage never arrived: {ia:?} {id:?} {ib:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -162,10 +166,7 @@ async fn a_known_workload_over_three_edges_reaches_the_control_plane_exactly() -
     let ud = id.usage.context("usage of d")?;
     assert_eq!((ud.valid, ud.revoked), (3, 4));
     // Exactly the reported edges' verifies: the killed edge's 5 are lost.
-    let ub = get(&mut tokens, &jti(&b))
-        .await?
-        .usage
-        .context("usage of b")?;
+    let ub = ib.usage.context("usage of b")?;
     assert_eq!((ub.valid, ub.edges.clone()), (7, vec!["edge-2".to_owned()]));
     assert!(get(&mut tokens, &jti(&c)).await?.usage.is_none());
 

@@ -164,8 +164,32 @@ pub struct EdgeHandle {
     inner: Arc<Inner>,
 }
 
+/// What one lock guards: the replica every verify reads and the usage
+/// table every verify writes, so recording a verify takes no lock of its own.
+struct Local {
+    replica: Replica,
+    /// Per-token usage until the next report (None when off).
+    usage: Option<usage::Table>,
+}
+
+/// The lock on [`Local`], seen as the replica.
+pub(crate) struct ReplicaGuard<'a>(MutexGuard<'a, Local>);
+
+impl std::ops::Deref for ReplicaGuard<'_> {
+    type Target = Replica;
+    fn deref(&self) -> &Replica {
+        &self.0.replica
+    }
+}
+
+impl std::ops::DerefMut for ReplicaGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Replica {
+        &mut self.0.replica
+    }
+}
+
 struct Inner {
-    replica: Mutex<Replica>,
+    local: Mutex<Local>,
     applied: watch::Sender<u64>,
     server: Mutex<Option<String>>,
     connects: AtomicU64,
@@ -176,9 +200,17 @@ struct Inner {
     /// The same counts, readable (reported to the server in probes).
     verify_counts: Vec<AtomicU64>,
     clock: Mutex<ClockSamples>,
-    /// Per-token usage until the next report (None when off).
-    usage: Option<usage::Usage>,
     opts: Options,
+}
+
+impl Local {
+    /// Records a verify in the usage table, if tracking is on.
+    #[inline]
+    fn track(&mut self, v: &Verdict, required: &[String], unix: i64) {
+        if let (Some(u), Some(c)) = (&mut self.usage, &v.claims) {
+            u.record(&c.jti, v.outcome, required, unix);
+        }
+    }
 }
 
 impl EdgeHandle {
@@ -193,7 +225,12 @@ impl EdgeHandle {
         let (applied, _) = watch::channel(0);
         Self {
             inner: Arc::new(Inner {
-                replica: Mutex::new(replica),
+                local: Mutex::new(Local {
+                    replica,
+                    usage: (opts.usage_max_tokens > 0).then(|| {
+                        usage::Table::new(&opts.edge_id, opts.usage_max_tokens, unix_now())
+                    }),
+                }),
                 applied,
                 server: Mutex::new(None),
                 connects: AtomicU64::new(0),
@@ -217,15 +254,17 @@ impl EdgeHandle {
                     .map(|_| AtomicU64::new(0))
                     .collect(),
                 clock: Mutex::new(ClockSamples::default()),
-                usage: (opts.usage_max_tokens > 0)
-                    .then(|| usage::Usage::new(&opts.edge_id, opts.usage_max_tokens, unix_now())),
                 opts,
             }),
         }
     }
 
-    pub(crate) fn replica(&self) -> MutexGuard<'_, Replica> {
-        self.inner.replica.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn local(&self) -> MutexGuard<'_, Local> {
+        self.inner.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn replica(&self) -> ReplicaGuard<'_> {
+        ReplicaGuard(self.local())
     }
 
     /// The options it runs with.
@@ -236,22 +275,17 @@ impl EdgeHandle {
     /// Verifies a token now.
     pub fn verify(&self, token: &str, req: &Requirements<'_>) -> Verdict {
         let unix = unix_now();
-        let v = self.replica().verify(token, req, Instant::now(), unix);
+        let mut local = self.local();
+        let v = local.replica.verify(token, req, Instant::now(), unix);
+        local.track(&v, req.scopes, unix);
+        drop(local);
         self.count(v.outcome);
-        self.track(&v, req.scopes, unix);
         v
     }
 
-    /// Records a verify in the usage table.
-    fn track(&self, v: &Verdict, required: &[String], unix: i64) {
-        if let (Some(u), Some(c)) = (&self.inner.usage, &v.claims) {
-            u.record(&c.jti, v.outcome, required, unix);
-        }
-    }
-
     /// The usage table, when tracking is on.
-    pub fn usage(&self) -> Option<&usage::Usage> {
-        self.inner.usage.as_ref()
+    pub fn usage(&self) -> Option<usage::Tracker<'_>> {
+        (self.inner.opts.usage_max_tokens > 0).then_some(usage::Tracker { edge: self })
     }
 
     /// Verifies a token for introspection (RFC 7662): every check of
@@ -260,7 +294,8 @@ impl EdgeHandle {
     /// audience is checked as if the request named it. Counted once.
     pub fn verify_any_audience(&self, token: &str) -> Verdict {
         let (now, unix) = (Instant::now(), unix_now());
-        let mut replica = self.replica();
+        let mut local = self.local();
+        let replica = &mut local.replica;
         let mut v = replica.verify(token, &Requirements::default(), now, unix);
         let aud = match (&v.outcome, &v.claims) {
             (veto_feed::Outcome::WrongAudience, Some(c)) => c.aud.clone(),
@@ -273,9 +308,9 @@ impl EdgeHandle {
             };
             v = replica.verify(token, &req, now, unix);
         }
-        drop(replica);
+        local.track(&v, &[], unix);
+        drop(local);
         self.count(v.outcome);
-        self.track(&v, &[], unix);
         v
     }
 

@@ -237,7 +237,7 @@ const USAGE_RETRY: Duration = Duration::from_millis(20);
 /// since the table is drained again only once this is empty. What a session
 /// ends with goes back to the table for the next session.
 struct Backlog<'a> {
-    usage: Option<&'a crate::usage::Usage>,
+    usage: Option<crate::usage::Tracker<'a>>,
     deltas: Vec<veto_core::usage::UsageDelta>,
 }
 
@@ -252,7 +252,7 @@ impl<'a> Backlog<'a> {
 
 impl Drop for Backlog<'_> {
     fn drop(&mut self) {
-        if let Some(u) = self.usage {
+        if let Some(u) = &self.usage {
             if !self.deltas.is_empty() {
                 u.restore(std::mem::take(&mut self.deltas));
             }
@@ -489,7 +489,7 @@ mod tests {
     }
 
     /// One valid verify of each token in `range`.
-    fn record(u: &crate::usage::Usage, range: std::ops::Range<u64>, now: i64) {
+    fn record(u: crate::usage::Tracker<'_>, range: std::ops::Range<u64>, now: i64) {
         for i in range {
             u.record(&jti(i), veto_feed::Outcome::Valid, &[], now);
         }

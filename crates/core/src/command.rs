@@ -231,7 +231,9 @@ pub enum Command {
     /// (tokens no longer recorded are skipped). Housekeeping: not audited
     /// itself, but each use attempt of a revoked token is.
     RecordUsage {
-        /// Deltas, at most one per (jti, edge).
+        /// Deltas, at most one per (jti, edge); packed in the log
+        /// ([`crate::usage::packed`]).
+        #[serde(with = "crate::usage::packed")]
         deltas: Vec<crate::usage::UsageDelta>,
         /// Leader's time.
         at: i64,

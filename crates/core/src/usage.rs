@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Jti;
 
+pub mod packed;
+
 /// Edges named per record at most; later ones are counted, not named.
 pub const MAX_EDGES_PER_TOKEN: usize = 16;
 

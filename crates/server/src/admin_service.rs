@@ -622,7 +622,9 @@ impl Service {
             .into());
         }
         let deltas = crate::usage::deltas_of(None, &r.usage);
-        let revision = crate::usage::record(&self.node, deltas).await?;
+        let revision = crate::usage::record(&self.node, &deltas)
+            .await
+            .map_err(|f| f.error)?;
         Ok(pb::PolicyResponse { revision })
     }
 

@@ -23,7 +23,7 @@ use veto_core::usage::{merge_pending, Outcomes, UsageDelta};
 use veto_core::Jti;
 use veto_proto as pb;
 
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::node::{unix_now, Node};
 
 /// Deltas per `RecordUsage` entry.
@@ -129,25 +129,36 @@ impl Pending {
     }
 }
 
+/// A flush that failed after its first `done` deltas were committed.
+#[derive(Debug)]
+pub struct Failed {
+    /// Deltas committed before the failure (whole entries, in order).
+    pub done: usize,
+    /// Why the next entry failed.
+    pub error: Error,
+}
+
 /// Proposes `deltas` (on the leader) in entries of [`DELTAS_PER_COMMAND`].
-pub async fn record(node: &Node, deltas: Vec<UsageDelta>) -> Result<u64> {
+pub async fn record(node: &Node, deltas: &[UsageDelta]) -> Result<u64, Failed> {
     let mut revision = 0;
-    let mut rest = deltas;
-    while !rest.is_empty() {
-        let tail = rest.split_off(rest.len().min(DELTAS_PER_COMMAND));
-        let n = rest.len() as u64;
+    let mut done = 0;
+    for chunk in deltas.chunks(DELTAS_PER_COMMAND) {
         let cmd = veto_core::Command::RecordUsage {
-            deltas: rest,
+            deltas: chunk.to_vec(),
             at: unix_now(),
         };
-        match node.propose(cmd).await? {
+        let fail = |error| Failed { done, error };
+        match node.propose(cmd).await.map_err(fail)? {
             veto_core::Response::Applied { revision: r } => revision = r,
-            veto_core::Response::Rejected { rejection, .. } => return Err(rejection.into()),
-            other => return Err(Error::Fatal(format!("unexpected response {other:?}"))),
+            veto_core::Response::Rejected { rejection, .. } => {
+                return Err(fail(rejection.into()));
+            }
+            other => return Err(fail(Error::Fatal(format!("unexpected response {other:?}")))),
         }
         veto_telemetry::metrics::counter!(veto_telemetry::USAGE_COMMANDS_TOTAL).increment(1);
-        veto_telemetry::metrics::counter!(veto_telemetry::USAGE_DELTAS_TOTAL).increment(n);
-        rest = tail;
+        veto_telemetry::metrics::counter!(veto_telemetry::USAGE_DELTAS_TOTAL)
+            .increment(chunk.len() as u64);
+        done += chunk.len();
     }
     Ok(revision)
 }
@@ -172,20 +183,29 @@ pub async fn run(
         let n = deltas.len();
         match flush(&node, &deltas).await {
             Ok(revision) => debug!(deltas = n, revision, "usage flushed"),
-            Err(e) => {
-                warn!(deltas = n, error = %e, "usage flush failed; kept for the next one");
-                pending.restore(deltas);
+            Err(Failed { done, error }) => {
+                // Entries already committed are not sent again: only the
+                // rest waits for the next flush.
+                let mut deltas = deltas;
+                let rest = deltas.split_off(done.min(n));
+                warn!(deltas = n, committed = done, error = %error, "usage flush failed; the rest kept for the next one");
+                pending.restore(rest);
             }
         }
     }
 }
 
-async fn flush(node: &Node, deltas: &[UsageDelta]) -> Result<u64> {
-    match node.route(false).await? {
-        crate::node::Route::Local => record(node, deltas.to_vec()).await,
+async fn flush(node: &Node, deltas: &[UsageDelta]) -> Result<u64, Failed> {
+    let route = node
+        .route(false)
+        .await
+        .map_err(|error| Failed { done: 0, error })?;
+    match route {
+        crate::node::Route::Local => record(node, deltas).await,
         crate::node::Route::Forward(ch) => {
             let mut c = pb::admin_service_client::AdminServiceClient::new(ch);
             let mut revision = 0;
+            let mut done = 0;
             for chunk in deltas.chunks(DELTAS_PER_COMMAND) {
                 let mut req = tonic::Request::new(pb::RecordUsageRequest {
                     usage: wire_of(chunk),
@@ -194,9 +214,13 @@ async fn flush(node: &Node, deltas: &[UsageDelta]) -> Result<u64> {
                 revision = c
                     .record_usage(req)
                     .await
-                    .map_err(Error::Forwarded)?
+                    .map_err(|e| Failed {
+                        done,
+                        error: Error::Forwarded(e),
+                    })?
                     .into_inner()
                     .revision;
+                done += chunk.len();
             }
             Ok(revision)
         }

@@ -560,8 +560,10 @@ pub enum StartError {
     Grpc(#[from] veto_runtime::grpc::ServeError),
 }
 
-/// Serves VerifierService, grpc.health.v1 (following `/healthz`:
-/// NOT_SERVING while stale) and reflection on `listener` until `shutdown`.
+/// Serves VerifierService and ext_authz, grpc.health.v1 for both
+/// (following `/healthz`: NOT_SERVING while stale) and reflection (of
+/// VerifierService: `envoy-types` publishes no descriptors) on `listener`
+/// until `shutdown`.
 fn serve_grpc(
     h: &EdgeHandle,
     listener: tokio::net::TcpListener,
@@ -574,6 +576,7 @@ fn serve_grpc(
         policy: service::policy,
         limit: None,
         services: vec![veto_proto::verifier_service_server::SERVICE_NAME],
+        health_only: vec![ext_authz::SERVICE_NAME],
         routes: tonic::service::Routes::new(service::server(h.clone()))
             .add_service(ext_authz::server(h.clone())),
         ready: move || fresh.freshness().fresh,

@@ -30,6 +30,9 @@ pub struct Port<R> {
     /// The full names of the process's own services (for health and
     /// reflection).
     pub services: Vec<&'static str>,
+    /// Services served whose descriptors the process does not carry
+    /// (Envoy's ext_authz, from `envoy-types`): in health, not reflection.
+    pub health_only: Vec<&'static str>,
     /// The process's own services.
     pub routes: Routes,
     /// Whether the process is ready (health is SERVING while it is).
@@ -49,9 +52,11 @@ where
     let (health, health_svc) = veto_proto::standard::health();
     let reflection_v1 = veto_proto::standard::reflection_v1(&port.services)?;
     let reflection_v1alpha = veto_proto::standard::reflection_v1alpha(&port.services)?;
+    let mut healthy = port.services;
+    healthy.extend(port.health_only);
     let health_task = tokio::spawn(veto_proto::standard::report_health(
         health,
-        port.services,
+        healthy,
         port.ready,
         shutdown.clone(),
     ));

@@ -334,6 +334,7 @@ fn serve_grpc(
             veto_proto::feed_service_server::SERVICE_NAME,
             veto_proto::raft_service_server::SERVICE_NAME,
         ],
+        health_only: Vec::new(),
         routes: tonic::service::Routes::new(s.raft)
             .add_service(s.token)
             .add_service(s.admin)

@@ -195,6 +195,11 @@ pub struct State {
     /// Verify usage per token, reported by edges.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     usage: crate::usage::UsageMap,
+    /// Use attempts of revoked tokens ever recorded: unlike the per-token
+    /// counts, never lowered when a sweep drops a record, so an alert on
+    /// its increase sees every attempt.
+    #[serde(default)]
+    revoked_attempts_total: u64,
     /// Audit events applied since the store last took them.
     #[serde(skip)]
     audit_out: Vec<crate::audit::ChainedEvent>,
@@ -416,6 +421,9 @@ impl State {
             };
             let sub = rec.token.sub.clone();
             self.usage.entry(d.jti).or_default().fold(d);
+            self.revoked_attempts_total = self
+                .revoked_attempts_total
+                .saturating_add(d.outcomes.revoked);
             if d.outcomes.revoked > 0 {
                 self.chain(crate::audit::AuditEvent {
                     revision,
@@ -437,6 +445,12 @@ impl State {
     /// The usage record of a token, if it was ever verified.
     pub fn usage(&self, jti: &Jti) -> Option<&crate::usage::UsageRecord> {
         self.usage.get(jti)
+    }
+
+    /// Use attempts of revoked tokens recorded since the cluster began
+    /// (never lowered by sweeps).
+    pub fn revoked_attempts_total(&self) -> u64 {
+        self.revoked_attempts_total
     }
 
     /// Tokens recorded with usage.

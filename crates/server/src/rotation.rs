@@ -219,6 +219,11 @@ fn export_usage_gauges(node: &Node, now: i64) {
     gauge!(veto_telemetry::TOKENS_NEVER_USED).set(t.never_used as f64);
     gauge!(veto_telemetry::TOKENS_LEAST_PRIVILEGE_RATIO).set(t.least_privilege_ratio());
     gauge!(veto_telemetry::REVOKED_TOKEN_USE_ATTEMPTS).set(t.revoked_attempts as f64);
+    // Not created at 0 at start: the series first appears with the state's
+    // total, so a restart shows no drop to 0 and back (a false increase).
+    let total = node.state().read(|s| s.revoked_attempts_total());
+    veto_telemetry::metrics::counter!(veto_telemetry::REVOKED_TOKEN_USE_ATTEMPTS_TOTAL)
+        .absolute(total);
 }
 
 /// Applies this node's audit retention.

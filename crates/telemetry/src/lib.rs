@@ -118,6 +118,9 @@ pub const TOKENS_LEAST_PRIVILEGE_RATIO: &str = "veto_tokens_least_privilege_rati
 /// Use attempts of revoked tokens recorded over the live token records
 /// (replicated: the same on every node; drops when records are swept).
 pub const REVOKED_TOKEN_USE_ATTEMPTS: &str = "veto_revoked_token_use_attempts";
+/// Use attempts of revoked tokens recorded since the cluster began, from
+/// the replicated state: a counter no sweep lowers (what alerts use).
+pub const REVOKED_TOKEN_USE_ATTEMPTS_TOTAL: &str = "veto_revoked_token_use_attempts_total";
 /// Usage deltas this node folded into the replicated state.
 pub const USAGE_DELTAS_TOTAL: &str = "veto_usage_deltas_total";
 /// Verifies in edge usage reports this node dropped (its pending set was
@@ -214,6 +217,7 @@ const SERVER_METRICS: &[Described] = &[
     (TOKENS_NEVER_USED, Kind::Gauge, None, "Active tokens never verified valid at any edge."),
     (TOKENS_LEAST_PRIVILEGE_RATIO, Kind::Gauge, None, "Share of used active tokens whose every granted scope some request required."),
     (REVOKED_TOKEN_USE_ATTEMPTS, Kind::Gauge, None, "Use attempts of revoked tokens over the live token records (replicated)."),
+    (REVOKED_TOKEN_USE_ATTEMPTS_TOTAL, Kind::Counter, None, "Use attempts of revoked tokens recorded since the cluster began (replicated; sweeps never lower it)."),
     (USAGE_DELTAS_TOTAL, Kind::Counter, None, "Edge usage deltas this node folded into the replicated state."),
     (USAGE_DROPPED_TOTAL, Kind::Counter, None, "Verifies in edge usage reports dropped because this node's pending set was full."),
     (USAGE_COMMANDS_TOTAL, Kind::Counter, None, "RecordUsage log entries this node proposed."),

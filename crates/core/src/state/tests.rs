@@ -1103,7 +1103,13 @@ fn usage_folds_per_token_is_swept_with_it_and_filters_never_and_long_unused() {
         (t.active, t.used, t.never_used, t.least_privilege),
         (2, 1, 1, 1)
     );
-    // swept with the token
+    assert_eq!((t.revoked_attempts, fx.st.revoked_attempts_total()), (1, 1));
+    // swept with the token: the record and its share of the gauge go, the
+    // total of attempts stays (and survives a snapshot)
     fx.apply(Command::Sweep { cutoff: T0 + 4000 });
     assert!(fx.st.usage(&used).is_none());
+    assert_eq!(fx.st.usage_totals(T0 + 4001).revoked_attempts, 0);
+    assert_eq!(fx.st.revoked_attempts_total(), 1);
+    let back = State::from_snapshot_bytes(&fx.st.to_snapshot_bytes()).unwrap();
+    assert_eq!(back.revoked_attempts_total(), 1);
 }

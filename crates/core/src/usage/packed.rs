@@ -59,26 +59,33 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-/// Interns `name` in `list`, returning its index.
-fn intern(list: &mut Vec<String>, index: &mut HashMap<String, u64>, name: &str) -> u64 {
-    if let Some(&i) = index.get(name) {
-        return i;
+/// Names in order of first use, each with its index.
+#[derive(Default)]
+struct Names<'a> {
+    list: Vec<String>,
+    index: HashMap<&'a str, u64>,
+}
+
+impl<'a> Names<'a> {
+    /// The index of `name`, listing it on first use.
+    fn intern(&mut self, name: &'a str) -> u64 {
+        let next = self.list.len() as u64;
+        let i = *self.index.entry(name).or_insert(next);
+        if i == next {
+            self.list.push(name.to_owned());
+        }
+        i
     }
-    let i = list.len() as u64;
-    list.push(name.to_owned());
-    index.insert(name.to_owned(), i);
-    i
 }
 
 /// Packs `deltas` (order kept).
 fn pack(deltas: &[UsageDelta]) -> Packed {
     let base = deltas.iter().map(|d| d.first).min().unwrap_or(0);
-    let (mut edges, mut scopes) = (Vec::new(), Vec::new());
-    let (mut edge_ix, mut scope_ix) = (HashMap::new(), HashMap::new());
+    let (mut edges, mut scopes) = (Names::default(), Names::default());
     let mut rows = Vec::with_capacity(deltas.len() * 32);
     for d in deltas {
         rows.extend_from_slice(&d.jti.0);
-        put(&mut rows, intern(&mut edges, &mut edge_ix, &d.edge));
+        put(&mut rows, edges.intern(&d.edge));
         put(&mut rows, d.outcomes.valid);
         put(&mut rows, d.outcomes.revoked);
         put(&mut rows, d.outcomes.refused);
@@ -86,13 +93,13 @@ fn pack(deltas: &[UsageDelta]) -> Packed {
         put(&mut rows, zigzag(d.last.wrapping_sub(d.first)));
         put(&mut rows, d.scopes.len() as u64);
         for s in &d.scopes {
-            put(&mut rows, intern(&mut scopes, &mut scope_ix, s));
+            put(&mut rows, scopes.intern(s));
         }
     }
     Packed {
         v: VERSION,
-        edges,
-        scopes,
+        edges: edges.list,
+        scopes: scopes.list,
         base,
         n: deltas.len(),
         rows: STANDARD_NO_PAD.encode(rows),
